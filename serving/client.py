@@ -1,0 +1,270 @@
+"""The one seam between RepoTune and Triton: a small typed client over ``tritonclient.http``.
+
+It speaks the FasterTransformer GPT-J tensors, so the same calls drive the FasterTransformer
+backend in production and RepoTune's python-backend model on CPU. Every tritonclient or socket
+error is translated here into :mod:`serving.errors` (chained with ``from``), so callers catch
+RepoTune's errors only.
+
+``tritonclient.http`` sits on geventhttpclient, whose connections must not be shared between
+threads: :class:`TritonClient` keeps one underlying client per thread.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from serving.errors import (
+    InferenceFailed,
+    ModelLoadFailed,
+    TritonTimeout,
+    TritonUnavailable,
+    VersionUnavailable,
+)
+
+
+@dataclass(frozen=True)
+class Generation:
+    """What one prompt row produced."""
+
+    tokens: list[int]
+    """Newly generated token ids (prompt excluded)."""
+    log_probs: list[float] = field(default_factory=list)
+    """Per-token log probabilities of ``tokens`` (empty unless asked for)."""
+    cum_log_prob: float = 0.0
+    """Sum of ``log_probs`` as the backend reports it (NaN reveals a broken model)."""
+    version: int | None = None
+    """The model version that answered, when the request named one."""
+
+
+def encode_stop_words(stop_sequences: Sequence[Sequence[int]], batch: int) -> np.ndarray:
+    """FasterTransformer's ``stop_words_list`` [batch, 2, S]: row 0 the sequences' ids
+    concatenated (zero padded), row 1 their cumulative end offsets (padded with -1)."""
+    flat: list[int] = []
+    offsets: list[int] = []
+    for seq in stop_sequences:
+        if not seq:
+            continue
+        flat.extend(int(t) for t in seq)
+        offsets.append(len(flat))
+    width = max(1, len(flat))
+    out = np.zeros((batch, 2, width), dtype=np.int32)
+    out[:, 1, :] = -1
+    out[:, 0, : len(flat)] = flat
+    out[:, 1, : len(offsets)] = offsets
+    return out
+
+
+def _translate(exc: BaseException, what: str, model: str, version: int | None) -> Exception:
+    """Map a tritonclient/socket error to the most specific :mod:`serving.errors` class."""
+    message = str(exc)
+    lowered = message.lower()
+    name = type(exc).__name__.lower()
+    if "timeout" in name or "timed out" in lowered or "timeout" in lowered:
+        return TritonTimeout(f"{what}: Triton did not answer in time ({message})")
+    if isinstance(exc, (ConnectionError, OSError)) and not hasattr(exc, "status"):
+        return TritonUnavailable(f"{what}: cannot reach Triton ({exc!r}); is it running?")
+    if ("unknown model" in lowered or "not at ready state" in lowered or "is not found" in lowered
+            or "unavailable model" in lowered):
+        where = f"{model} version {version}" if version is not None else model
+        return VersionUnavailable(f"{what}: {where} is not loaded ({message})")
+    return InferenceFailed(f"{what}: Triton returned an error: {message}")
+
+
+class TritonClient:
+    """Typed access to one model on one Triton server (``host:port`` of its HTTP endpoint).
+
+    ``timeout_s`` bounds every inference call; ``admin_timeout_s`` bounds model loads,
+    which can take minutes for a large checkpoint.
+    """
+
+    def __init__(self, url: str, model_name: str, *, timeout_s: float = 30.0,
+                 admin_timeout_s: float = 600.0) -> None:
+        self.url = url.removeprefix("http://")
+        self.model_name = model_name
+        self.timeout_s = timeout_s
+        self.admin_timeout_s = admin_timeout_s
+        self._local = threading.local()
+        self._declared: dict[str, str] | None = None
+
+    def _client(self, admin: bool = False):
+        import tritonclient.http as httpclient
+
+        attr = "admin" if admin else "infer"
+        client = getattr(self._local, attr, None)
+        if client is None:
+            timeout = self.admin_timeout_s if admin else self.timeout_s
+            client = httpclient.InferenceServerClient(
+                self.url, connection_timeout=min(timeout, 10.0), network_timeout=timeout)
+            setattr(self._local, attr, client)
+        return client
+
+    def _reset(self, admin: bool = False) -> None:
+        # A connection that failed mid-request may be half-read: never reuse it.
+        attr = "admin" if admin else "infer"
+        client = getattr(self._local, attr, None)
+        setattr(self._local, attr, None)
+        if client is not None:
+            try:
+                client.close()
+            except Exception:
+                pass
+
+    # -- health and model control -------------------------------------------------------------
+
+    def live(self) -> bool:
+        """True if the server answers and reports live."""
+        try:
+            return bool(self._client().is_server_live())
+        except Exception:
+            self._reset()
+            return False
+
+    def model_ready(self, version: int | None = None) -> bool:
+        """True if the model (or that exact version) is loaded and ready."""
+        try:
+            return bool(self._client().is_model_ready(self.model_name, str(version or "")))
+        except Exception:
+            self._reset()
+            return False
+
+    def load(self, config: dict | None = None) -> None:
+        """(Re)load the model, with ``config`` (a ModelConfig as JSON dict) overriding
+        ``config.pbtxt``; raises :class:`ModelLoadFailed` with Triton's reason."""
+        from tritonclient.utils import InferenceServerException
+
+        try:
+            self._client(admin=True).load_model(
+                self.model_name, config=json.dumps(config) if config is not None else None)
+        except InferenceServerException as exc:
+            self._reset(admin=True)
+            translated = _translate(exc, f"loading model {self.model_name!r}", self.model_name, None)
+            if isinstance(translated, TritonUnavailable) and not isinstance(translated, VersionUnavailable):
+                raise translated from exc
+            raise ModelLoadFailed(f"Triton refused to load {self.model_name!r}: {exc}") from exc
+        except Exception as exc:
+            self._reset(admin=True)
+            raise _translate(exc, f"loading model {self.model_name!r}", self.model_name, None) from exc
+
+    def unload(self) -> None:
+        """Unload every version of the model."""
+        try:
+            self._client(admin=True).unload_model(self.model_name)
+        except Exception as exc:
+            self._reset(admin=True)
+            raise _translate(exc, f"unloading {self.model_name!r}", self.model_name, None) from exc
+
+    def statistics(self, version: int | None = None) -> dict:
+        """Triton's inference statistics for the model (or one version)."""
+        try:
+            return self._client().get_inference_statistics(self.model_name, str(version or ""))
+        except Exception as exc:
+            self._reset()
+            raise _translate(exc, "reading statistics", self.model_name, version) from exc
+
+    # -- inference ----------------------------------------------------------------------------
+
+    def generate(
+        self,
+        input_ids: Sequence[int] | Sequence[Sequence[int]],
+        output_len: int,
+        *,
+        top_k: int = 1,
+        top_p: float = 0.0,
+        temperature: float = 1.0,
+        repetition_penalty: float = 1.0,
+        random_seed: int = 0,
+        stop_words: Sequence[Sequence[int]] = (),
+        end_id: int | None = None,
+        return_log_probs: bool = False,
+        version: int | None = None,
+    ) -> list[Generation]:
+        """Complete one prompt (a list of ids) or a batch (list of lists); one
+        :class:`Generation` per row. ``top_k=1`` or ``temperature=0`` is greedy."""
+        import tritonclient.http as httpclient
+
+        rows = [list(input_ids)] if input_ids and isinstance(input_ids[0], int) else [list(r) for r in input_ids]
+        if not rows or any(not r for r in rows):
+            raise InferenceFailed("generate needs at least one non-empty prompt row")
+        batch = len(rows)
+        width = max(len(r) for r in rows)
+        ids = np.zeros((batch, width), dtype=np.uint32)
+        for i, r in enumerate(rows):
+            ids[i, : len(r)] = r
+        tensors: dict[str, np.ndarray] = {
+            "input_ids": ids,
+            "input_lengths": np.array([[len(r)] for r in rows], dtype=np.uint32),
+            "request_output_len": np.full((batch, 1), output_len, dtype=np.uint32),
+            "runtime_top_k": np.full((batch, 1), top_k, dtype=np.uint32),
+            "runtime_top_p": np.full((batch, 1), top_p, dtype=np.float32),
+            "temperature": np.full((batch, 1), temperature, dtype=np.float32),
+            "repetition_penalty": np.full((batch, 1), repetition_penalty, dtype=np.float32),
+            "random_seed": np.full((batch, 1), random_seed, dtype=np.uint64),
+            "is_return_log_probs": np.full((batch, 1), return_log_probs, dtype=bool),
+        }
+        if end_id is not None:
+            tensors["end_id"] = np.full((batch, 1), end_id, dtype=np.uint32)
+        if stop_words:
+            tensors["stop_words_list"] = encode_stop_words(stop_words, batch)
+        declared = self._input_types(version)
+        inputs = []
+        for name, value in tensors.items():
+            if declared and name not in declared:
+                continue  # this deployment's config does not declare it (e.g. end_id)
+            dtype = declared.get(name) or _triton_dtype(value)
+            if dtype != _triton_dtype(value):
+                value = value.astype(_NUMPY[dtype])
+            tensor = httpclient.InferInput(name, list(value.shape), dtype)
+            tensor.set_data_from_numpy(value)
+            inputs.append(tensor)
+        wanted = ["output_ids", "sequence_length"]
+        if return_log_probs:
+            wanted += ["cum_log_probs", "output_log_probs"]
+        outputs = [httpclient.InferRequestedOutput(n) for n in wanted]
+        what = f"completing with {self.model_name!r}" + (f" version {version}" if version else "")
+        try:
+            result = self._client().infer(self.model_name, inputs, model_version=str(version or ""),
+                                          outputs=outputs)
+        except Exception as exc:
+            self._reset()
+            raise _translate(exc, what, self.model_name, version) from exc
+        out_ids = result.as_numpy("output_ids").reshape(batch, -1)
+        seq_len = result.as_numpy("sequence_length").reshape(batch, -1)[:, 0]
+        cum = result.as_numpy("cum_log_probs") if return_log_probs else None
+        per_tok = result.as_numpy("output_log_probs") if return_log_probs else None
+        gens = []
+        for i, r in enumerate(rows):
+            tokens = [int(t) for t in out_ids[i, len(r): int(seq_len[i])]]
+            lps: list[float] = []
+            cum_lp = 0.0
+            if cum is not None and per_tok is not None:
+                cum_lp = float(cum.reshape(batch, -1)[i, 0])
+                lps = [float(x) for x in per_tok.reshape(batch, -1)[i, : len(tokens)]]
+            gens.append(Generation(tokens=tokens, log_probs=lps, cum_log_prob=cum_lp, version=version))
+        return gens
+
+
+    def _input_types(self, version: int | None) -> dict[str, str]:
+        """Input name → Triton dtype as the model declares it (``random_seed`` is INT32 in
+        FasterTransformer backend v1.1 and UINT64 later); read once, then cached."""
+        if self._declared is None:
+            try:
+                meta = self._client().get_model_metadata(self.model_name, str(version or ""))
+            except Exception as exc:
+                self._reset()
+                raise _translate(exc, "reading model metadata", self.model_name, version) from exc
+            self._declared = {i["name"]: i["datatype"] for i in meta.get("inputs", [])}
+        return self._declared
+
+
+_NUMPY = {"UINT32": np.uint32, "INT32": np.int32, "FP32": np.float32, "UINT64": np.uint64,
+          "INT64": np.int64, "BOOL": bool}
+
+
+def _triton_dtype(value: np.ndarray) -> str:
+    return {np.dtype(np.uint32): "UINT32", np.dtype(np.int32): "INT32", np.dtype(np.float32): "FP32",
+            np.dtype(np.uint64): "UINT64", np.dtype(bool): "BOOL"}[value.dtype]
