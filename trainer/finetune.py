@@ -1,0 +1,646 @@
+"""Fine-tune a CodeGen model on the corpus with the Hugging Face Trainer and DeepSpeed.
+
+Reads top to bottom as the stages of a run: check the config → set up the process group →
+tokenizer and block size → tokenise/pack (cached, :mod:`trainer.data`) → model and embedding
+rows → train (resuming from the last complete checkpoint) → held-out loss → save the final
+checkpoint and ``train.json``.
+
+Two ways to run the same code:
+
+* :func:`train` in the current process (CPU, one rank; what tests and the embedded setup use).
+* :func:`launch` spawns DeepSpeed's launcher, which starts ``python -m trainer.finetune
+  --config <json>`` once per GPU (or per CPU rank with ``DS_ACCELERATOR=cpu``) and on every
+  host of a hostfile. Rank 0 prints one ``REPOTUNE_PROGRESS {json}`` line per logging step;
+  :func:`launch` streams the log to a file and turns those lines into ``progress`` calls.
+
+Equivalent commands::
+
+    # one GPU per rank, 2 GPUs on this host (the original recipe: --num_gpus 4)
+    deepspeed --num_gpus 2 --master_port 29500 --no_local_rank \\
+        --module trainer.finetune --config run/launch-config.json
+    # chosen GPUs / several hosts
+    deepspeed --include localhost:1,2 ... | deepspeed --hostfile hosts ...
+
+Tokens per optimizer step = per_device_batch × grad_accum × world_size × block_size; the
+recipe's 1 × 32 × 4 × 2048 = 262,144 tokens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import re
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trainer.errors import FinetuneError, TokenOutOfRange
+
+ProgressFn = Callable[[dict[str, Any]], None]
+
+PROGRESS_PREFIX = "REPOTUNE_PROGRESS "
+"""Prefix of the machine-readable progress line rank 0 prints under the launcher."""
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+EMBEDDING_MULTIPLE = 64
+"""Embedding rows are padded up to a multiple of this when the tokenizer outgrows them."""
+
+
+@dataclass
+class FinetuneConfig:
+    """Everything one fine-tuning run needs; ``train.json`` records it as given."""
+
+    base: str
+    """Base model: a hub id (``Salesforce/codegen-350M-multi``) or a local HF folder, e.g. the
+    production checkpoint for continued training or the tiny model from ``repotune model init-tiny``."""
+    train_files: list[str]
+    """Training shards (``corpus/<name>/shards/train-NN.jsonl.zst``)."""
+    heldout_files: list[str]
+    """Held-out shards; their loss is measured every ``eval_every`` steps. May be empty."""
+    output_dir: str
+    """Final checkpoint (safetensors + tokenizer) and ``train.json`` land here; intermediate
+    checkpoints under ``output_dir/checkpoints/``. Rerunning with the same folder resumes."""
+    block_size: int = 2048
+    """Tokens per training block; capped at the model's context (``n_positions``)."""
+    learning_rate: float = 2e-5
+    """Peak learning rate (linear decay after ``warmup_steps``). The recipe's 2e-5."""
+    num_epochs: float = 1.0
+    """Passes over the training blocks; ignored when ``max_steps`` > 0."""
+    max_steps: int = -1
+    """Optimizer steps to run; -1 means ``num_epochs`` decides."""
+    per_device_batch: int = 1
+    """Blocks per rank per forward pass (the recipe's per_device_train_batch_size=1)."""
+    grad_accum: int = 1
+    """Forward passes per optimizer step (the recipe used 32 on 4 GPUs)."""
+    warmup_steps: int = 0
+    """Steps of linear learning-rate warmup."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    seed: int = 42
+    """Seeds model init of new rows, data order and dropout."""
+    precision: str = "fp32"
+    """``fp32``, ``bf16`` (GPU or CPU) or ``fp16`` (GPU only; the recipe's choice on P40/V100)."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in backward: less memory, about 30 % slower."""
+    deepspeed: str = "zero2-offload"
+    """``zero2-offload`` (recipe default), ``zero2``, ``zero3``, ``zero3-offload``, ``none``
+    (plain Trainer) or a path to a DeepSpeed JSON config."""
+    eval_every: int = 50
+    """Held-out loss every N optimizer steps (and once before the first step and at the end)."""
+    save_every: int = 200
+    """Write a resumable checkpoint every N optimizer steps."""
+    keep_checkpoints: int = 2
+    """Intermediate checkpoints kept under ``output_dir/checkpoints``."""
+    log_every: int = 10
+    """Training loss and a progress event every N optimizer steps."""
+    max_eval_blocks: int = 64
+    """Held-out blocks evaluated each time (bounds evaluation cost on big corpora)."""
+    cache_dir: str | None = None
+    """Tokenisation cache (``corpus/<name>/tokenized``); default ``output_dir/tokenized``."""
+    num_proc: int = 1
+    """Processes used to tokenise a shard."""
+    resize_embeddings: bool = True
+    """Grow the embedding rows (to a multiple of 64) when the tokenizer has more tokens than the
+    model has rows. Rows are never removed. If False, such a corpus fails with TokenOutOfRange."""
+    use_cpu: bool | None = None
+    """Train on CPU. ``None``: CPU exactly when CUDA is not available."""
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FinetuneConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise FinetuneError(f"unknown FinetuneConfig field(s): {', '.join(unknown)}")
+        return cls(**data)
+
+    @classmethod
+    def from_json(cls, path: Path | str) -> FinetuneConfig:
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["train_files"] = [str(p) for p in self.train_files]
+        data["heldout_files"] = [str(p) for p in self.heldout_files]
+        return data
+
+    def problems(self) -> list[str]:
+        """Every reason this config cannot run, collected before failing once."""
+        from trainer import deepspeed_configs
+
+        found = []
+        if not self.train_files:
+            found.append("train_files is empty: point it at the corpus's train-*.jsonl.zst shards")
+        if self.precision not in PRECISIONS:
+            found.append(f"precision={self.precision!r}: use one of {', '.join(PRECISIONS)}")
+        if self.block_size < 2:
+            found.append(f"block_size={self.block_size}: must be at least 2")
+        for name in ("per_device_batch", "grad_accum", "eval_every", "save_every", "log_every"):
+            if getattr(self, name) < 1:
+                found.append(f"{name}={getattr(self, name)}: must be at least 1")
+        if self.max_steps == 0 or (self.max_steps < 0 and self.num_epochs <= 0):
+            found.append("nothing to train: set max_steps > 0 or num_epochs > 0")
+        ds = str(self.deepspeed)
+        if ds not in deepspeed_configs.names() and not Path(ds).expanduser().is_file():
+            found.append(f"deepspeed={ds!r}: use one of {', '.join(deepspeed_configs.names())} "
+                         "or a path to a JSON config")
+        return found
+
+
+@dataclass
+class TrainResult:
+    """What a finished run produced (also written to ``output_dir/train.json``)."""
+
+    checkpoint: Path
+    """Final HF checkpoint folder (safetensors + tokenizer files); equals ``output_dir``."""
+    steps: int
+    """Optimizer steps completed in total (including those before a resume)."""
+    tokens: int
+    """Training tokens consumed in total: steps × tokens per step."""
+    train_loss: float | None
+    """Last logged training loss."""
+    heldout_loss: float | None
+    """Held-out loss at the end (None without held-out shards)."""
+    wall_time_s: float
+    """Wall time of this process's run, preparation included."""
+    tokens_per_s: float
+    """Training tokens per second over this process's training loop."""
+    peak_memory_bytes: int
+    """Peak RSS on CPU; ``torch.cuda.max_memory_allocated`` on GPU (rank 0)."""
+    resumed_from: str | None
+    """Checkpoint folder the run resumed from, if any."""
+    loss_curve: list[list[float]] = field(default_factory=list)
+    """``[step, loss]`` pairs."""
+    heldout_curve: list[list[float]] = field(default_factory=list)
+    """``[step, held-out loss]`` pairs, starting at step 0 (or the resume step)."""
+    extras: dict[str, Any] = field(default_factory=dict)
+    """Block size, embedding resize, tokenisation cache account, world size …"""
+
+    def as_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["checkpoint"] = str(self.checkpoint)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainResult:
+        names = {f.name for f in dataclasses.fields(cls)}
+        kept = {k: v for k, v in data.items() if k in names}
+        kept["checkpoint"] = Path(kept["checkpoint"])
+        return cls(**kept)
+
+
+# ───────────────────────────── helpers (pure) ─────────────────────────────
+
+
+def effective_block_size(requested: int, n_positions: int | None) -> int:
+    """The requested block size, capped at the model's context window."""
+    return min(requested, n_positions) if n_positions else requested
+
+
+def padded_rows(n: int, multiple: int = EMBEDDING_MULTIPLE) -> int:
+    return int(math.ceil(n / multiple) * multiple)
+
+
+def check_token_range(max_token_id: int, rows: int, *, where: str = "the corpus") -> None:
+    """Raise :class:`TokenOutOfRange` if any token id cannot index the embedding matrix."""
+    if max_token_id >= rows:
+        raise TokenOutOfRange(
+            f"{where} contains token id {max_token_id} but the model has only {rows} embedding rows "
+            f"(valid ids 0..{rows - 1}). The tokenizer does not match the base model: use the tokenizer "
+            "saved with the base checkpoint, or allow resize_embeddings so rows are added (never removed)."
+        )
+
+
+def last_complete_checkpoint(folder: Path) -> Path | None:
+    """Newest ``checkpoint-N`` whose save finished (``trainer_state.json`` is written last)."""
+    if not folder.is_dir():
+        return None
+    found = []
+    for child in folder.iterdir():
+        match = re.fullmatch(r"checkpoint-(\d+)", child.name)
+        if match and (child / "trainer_state.json").is_file():
+            found.append((int(match.group(1)), child))
+    return max(found)[1] if found else None
+
+
+def parse_progress_line(line: str) -> dict[str, Any] | None:
+    """The progress event in one launcher log line, or None."""
+    at = line.find(PROGRESS_PREFIX)
+    if at < 0:
+        return None
+    try:
+        event = json.loads(line[at + len(PROGRESS_PREFIX):])
+    except ValueError:
+        return None
+    return event if isinstance(event, dict) else None
+
+
+def build_launch_command(
+    config_path: Path | str,
+    *,
+    gpus: int | None = None,
+    include: str | None = None,
+    hostfile: Path | str | None = None,
+    master_port: int | None = None,
+    python: str | None = None,
+) -> list[str]:
+    """The ``deepspeed`` launcher command that runs ``python -m trainer.finetune --config``.
+
+    ``gpus`` → ``--num_gpus`` (ranks per host); ``include`` → ``--include`` (e.g.
+    ``localhost:1,2``; excludes ``gpus``); ``hostfile`` → ``--hostfile`` (multi-node, MPI style
+    ``host slots=N`` lines, passwordless ssh and the same paths on every host).
+    """
+    if gpus is not None and include:
+        raise FinetuneError("give either gpus (--num_gpus) or include (--include localhost:1,2), not both")
+    cmd = [python or sys.executable, "-u", "-m", "deepspeed.launcher.runner"]
+    if hostfile:
+        cmd += ["--hostfile", str(hostfile)]
+    if include:
+        cmd += ["--include", include]
+    if gpus is not None:
+        cmd += ["--num_gpus", str(int(gpus))]
+    if master_port:
+        cmd += ["--master_port", str(int(master_port))]
+    cmd += ["--no_local_rank", "--module", "trainer.finetune", "--config", str(config_path)]
+    return cmd
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ensure_single_process_env() -> None:
+    """DeepSpeed wants a process group even for one rank; without these it looks for MPI."""
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        return
+    os.environ.setdefault("RANK", "0")
+    os.environ.setdefault("WORLD_SIZE", "1")
+    os.environ.setdefault("LOCAL_RANK", "0")
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", str(_free_port()))
+
+
+def _peak_memory_bytes(on_gpu: bool) -> int:
+    if on_gpu:
+        import torch
+
+        return int(torch.cuda.max_memory_allocated())
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
+
+
+def _atomic_write_json(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(data, fh, indent=2)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _collate(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    import torch
+
+    ids = torch.as_tensor([row["input_ids"] for row in rows], dtype=torch.long)
+    # CodeGen shifts labels inside forward; -100 is never needed because blocks are full.
+    return {"input_ids": ids, "labels": ids.clone()}
+
+
+# ───────────────────────────── in-process training ─────────────────────────────
+
+
+def train(cfg: FinetuneConfig, progress: ProgressFn | None = None) -> TrainResult:
+    """Fine-tune ``cfg.base`` on the corpus shards; resume if ``output_dir`` holds a checkpoint.
+
+    Runs in this process as one rank (or as one of the ranks the launcher started). Returns
+    the :class:`TrainResult` and writes ``output_dir/train.json`` on rank 0.
+    """
+    started = time.perf_counter()
+    problems = cfg.problems()
+    if problems:
+        raise FinetuneError("cannot start fine-tuning:\n  - " + "\n  - ".join(problems))
+
+    import torch
+
+    use_cpu = cfg.use_cpu if cfg.use_cpu is not None else not torch.cuda.is_available()
+    if cfg.precision == "fp16" and use_cpu:
+        raise FinetuneError("precision='fp16' needs a GPU (PyTorch has no fp16 training on CPU); "
+                            "use precision='bf16' or 'fp32' on CPU")
+    from trainer import deepspeed_configs
+
+    ds_config = deepspeed_configs.load(cfg.deepspeed)
+    if ds_config is not None:
+        _ensure_single_process_env()
+
+    from transformers import AutoConfig, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(cfg.base)
+        model_config = AutoConfig.from_pretrained(cfg.base)
+    except OSError as exc:
+        raise FinetuneError(f"cannot load base model {cfg.base!r}: {exc}. Give a local folder with "
+                            "config.json and tokenizer files, or a hub id with network access") from exc
+    n_positions = getattr(model_config, "n_positions", None) or getattr(model_config, "max_position_embeddings", None)
+    block_size = effective_block_size(cfg.block_size, n_positions)
+
+    out = Path(cfg.output_dir)
+    ckpt_dir = out / "checkpoints"
+    args = _training_args(cfg, ckpt_dir, use_cpu, ds_config)  # also sets up the process group
+
+    from trainer.data import prepare
+
+    cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else out / "tokenized"
+    with args.main_process_first(desc="tokenise corpus", local=False):
+        data = prepare(cfg.train_files, cfg.heldout_files, tokenizer, cache_dir, block_size,
+                       num_proc=cfg.num_proc, max_eval_blocks=cfg.max_eval_blocks,
+                       progress=progress if args.process_index == 0 else None)
+
+    model, embedding = _load_model(cfg, tokenizer, use_cpu)
+    check_token_range(data.max_token_id, embedding["rows"])
+
+    resume = last_complete_checkpoint(ckpt_dir)
+    world = args.world_size
+    tokens_per_step = cfg.per_device_batch * cfg.grad_accum * world * block_size
+    reporter = _ProgressCallback(progress, tokens_per_step)
+
+    from transformers import Trainer
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer = Trainer(model=model, args=args, train_dataset=data.train, eval_dataset=data.heldout,
+                      data_collator=_collate, callbacks=[reporter])
+    # Our progress events replace the Trainer's printed log dicts.
+    trainer.remove_callback(PrinterCallback)
+    train_started = time.perf_counter()
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    train_seconds = time.perf_counter() - train_started
+    state = trainer.state
+
+    heldout_curve = [[h["step"], h["eval_loss"]] for h in state.log_history if "eval_loss" in h]
+    if data.heldout is not None and (not heldout_curve or heldout_curve[-1][0] != state.global_step):
+        final = trainer.evaluate()
+        heldout_curve.append([state.global_step, final["eval_loss"]])
+        reporter.emit({"heldout_loss": final["eval_loss"]}, state.global_step, state.max_steps)
+    loss_curve = [[h["step"], h["loss"]] for h in state.log_history if "loss" in h]
+
+    trainer.save_model(str(out))
+    if args.should_save:
+        tokenizer.save_pretrained(str(out))
+
+    steps_here = state.global_step - reporter.start_step
+    result = TrainResult(
+        checkpoint=out,
+        steps=state.global_step,
+        tokens=state.global_step * tokens_per_step,
+        train_loss=loss_curve[-1][1] if loss_curve else None,
+        heldout_loss=heldout_curve[-1][1] if heldout_curve else None,
+        wall_time_s=round(time.perf_counter() - started, 3),
+        tokens_per_s=round(steps_here * tokens_per_step / train_seconds, 2) if train_seconds > 0 else 0.0,
+        peak_memory_bytes=_peak_memory_bytes(not use_cpu),
+        resumed_from=str(resume) if resume else None,
+        loss_curve=loss_curve,
+        heldout_curve=heldout_curve,
+        extras={
+            "block_size": block_size,
+            "tokens_per_step": tokens_per_step,
+            "world_size": world,
+            "device": "cpu" if use_cpu else "cuda",
+            "deepspeed": cfg.deepspeed,
+            "steps_this_run": steps_here,
+            "train_seconds": round(train_seconds, 3),
+            "embedding": embedding,
+            "data": data.summary(),
+            "config": cfg.to_dict(),
+        },
+    )
+    if args.process_index == 0:
+        _atomic_write_json(out / "train.json", result.as_dict())
+    return result
+
+
+def _training_args(cfg: FinetuneConfig, ckpt_dir: Path, use_cpu: bool, ds_config: dict | None):
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
+        output_dir=str(ckpt_dir),
+        per_device_train_batch_size=cfg.per_device_batch,
+        per_device_eval_batch_size=cfg.per_device_batch,
+        gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=cfg.learning_rate,
+        num_train_epochs=cfg.num_epochs,
+        max_steps=cfg.max_steps,
+        warmup_steps=cfg.warmup_steps,
+        weight_decay=cfg.weight_decay,
+        seed=cfg.seed,
+        bf16=cfg.precision == "bf16",
+        fp16=cfg.precision == "fp16",
+        activation_checkpointing=cfg.gradient_checkpointing,
+        deepspeed=ds_config,
+        use_cpu=use_cpu,
+        eval_strategy="steps" if cfg.heldout_files else "no",
+        eval_steps=cfg.eval_every,
+        eval_on_start=bool(cfg.heldout_files),
+        logging_strategy="steps",
+        logging_steps=cfg.log_every,
+        save_strategy="steps",
+        save_steps=cfg.save_every,
+        save_total_limit=cfg.keep_checkpoints,
+        report_to="none",
+        disable_tqdm=True,
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+    )
+
+
+def _load_model(cfg: FinetuneConfig, tokenizer, use_cpu: bool):
+    """Load the base model and make its embedding rows cover the tokenizer (never shrink)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(cfg.base, dtype=torch.float32)
+    rows = model.get_input_embeddings().num_embeddings
+    info: dict[str, Any] = {"rows": rows, "tokenizer_len": len(tokenizer), "resized_from": None}
+    if len(tokenizer) > rows and cfg.resize_embeddings:
+        # Growing is safe; shrinking to len(tokenizer) is what broke the original recipe's
+        # converted model (CodeGen-350M has 51200 rows for a 50295-token tokenizer).
+        new_rows = padded_rows(len(tokenizer))
+        model.resize_token_embeddings(new_rows, mean_resizing=False)
+        info.update(rows=new_rows, resized_from=rows)
+    if cfg.gradient_checkpointing:
+        model.config.use_cache = False
+    return model, info
+
+
+class _ProgressCallback:
+    """Turns Trainer logs into progress events (and, under the launcher, JSON lines)."""
+
+    def __new__(cls, *args, **kwargs):
+        # Subclass lazily so importing this module does not import transformers.
+        from transformers import TrainerCallback
+
+        class _Impl(TrainerCallback):
+            def __init__(self, progress: ProgressFn | None, tokens_per_step: int) -> None:
+                self.progress = progress
+                self.tokens_per_step = tokens_per_step
+                self.start_step = 0
+                self.start_time = time.perf_counter()
+
+            def on_train_begin(self, args, state, control, **kwargs):
+                self.start_step = state.global_step
+                self.start_time = time.perf_counter()
+
+            def on_log(self, args, state, control, logs=None, **kwargs):
+                if not state.is_world_process_zero or not logs:
+                    return
+                extras = {}
+                if "loss" in logs:
+                    extras["loss"] = float(logs["loss"])
+                if "eval_loss" in logs:
+                    extras["heldout_loss"] = float(logs["eval_loss"])
+                if extras:
+                    self.emit(extras, state.global_step, state.max_steps)
+
+            def emit(self, extras: dict[str, Any], step: int, total: int) -> None:
+                if self.progress is None:
+                    return
+                elapsed = time.perf_counter() - self.start_time
+                done_here = step - self.start_step
+                event = {"stage": "train", "done": step, "total": total, **extras}
+                if done_here > 0 and elapsed > 0:
+                    event["tokens_per_s"] = round(done_here * self.tokens_per_step / elapsed, 1)
+                self.progress(event)
+
+        return _Impl(*args, **kwargs)
+
+
+# ───────────────────────────── launcher ─────────────────────────────
+
+
+def launch(
+    cfg: FinetuneConfig,
+    *,
+    gpus: int | None = None,
+    include: str | None = None,
+    hostfile: Path | str | None = None,
+    log_path: Path | str,
+    env: dict[str, str] | None = None,
+    progress: ProgressFn | None = None,
+    master_port: int | None = None,
+    timeout_s: float | None = None,
+) -> TrainResult:
+    """Run the fine-tune through the ``deepspeed`` launcher and wait for it.
+
+    ``env`` adds variables for every rank (``NCCL_DEBUG=INFO``, ``NCCL_SHM_DISABLE=1``,
+    ``DS_ACCELERATOR=cpu`` …): the launcher exports NCCL_*/PYTHON*/… to remote hosts itself.
+    The combined log of all ranks is written to ``log_path`` as it arrives.
+    """
+    problems = cfg.problems()
+    if problems:
+        raise FinetuneError("cannot start fine-tuning:\n  - " + "\n  - ".join(problems))
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    config_path = out / "launch-config.json"
+    _atomic_write_json(config_path, cfg.to_dict())
+    cmd = build_launch_command(config_path, gpus=gpus, include=include, hostfile=hostfile,
+                               master_port=master_port or _free_port())
+    child_env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        child_env.pop(key, None)  # the launcher assigns these per rank
+    log_path = Path(log_path)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    tail: list[str] = []
+    deadline = time.monotonic() + timeout_s if timeout_s else None
+    with open(log_path, "a", encoding="utf-8") as log:
+        log.write(f"$ {' '.join(cmd)}\n")
+        log.flush()
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=child_env,
+                                text=True, errors="replace", start_new_session=True)
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                log.write(line)
+                log.flush()
+                tail = (tail + [line.rstrip()])[-20:]
+                event = parse_progress_line(line)
+                if event is not None and progress is not None:
+                    progress(event)
+                if deadline and time.monotonic() > deadline:
+                    raise FinetuneError(f"training exceeded {timeout_s} s; see {log_path}")
+            rc = proc.wait()
+        finally:
+            if proc.poll() is None:
+                _kill_group(proc)
+    if rc != 0:
+        raise FinetuneError(f"the deepspeed launcher exited with status {rc}. Last lines:\n  "
+                            + "\n  ".join(tail[-8:]) + f"\nFull log: {log_path}")
+    summary = out / "train.json"
+    if not summary.is_file():
+        raise FinetuneError(f"training finished but wrote no {summary}; see {log_path}")
+    return TrainResult.from_dict(json.loads(summary.read_text()))
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    import signal
+
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=10)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+
+
+# ───────────────────────────── entry point for the launcher ─────────────────────────────
+
+
+def _print_progress(event: dict[str, Any]) -> None:
+    print(PROGRESS_PREFIX + json.dumps(event), flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m trainer.finetune --config run.json``: one rank of a (launched) fine-tune."""
+    parser = argparse.ArgumentParser(prog="python -m trainer.finetune", description=main.__doc__)
+    parser.add_argument("--config", required=True, help="FinetuneConfig as JSON")
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=None,
+                        help="set by launchers that pass it; LOCAL_RANK in the environment wins")
+    args = parser.parse_args(argv)
+    cfg = FinetuneConfig.from_json(args.config)
+    try:
+        result = train(cfg, progress=_print_progress)
+    except FinetuneError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 1
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"REPOTUNE_RESULT {json.dumps(result.as_dict()['checkpoint'])}", flush=True)
+    return 0
+
+
+__all__ = [
+    "FinetuneConfig",
+    "TrainResult",
+    "build_launch_command",
+    "check_token_range",
+    "effective_block_size",
+    "last_complete_checkpoint",
+    "launch",
+    "main",
+    "parse_progress_line",
+    "train",
+]
+
+if __name__ == "__main__":
+    sys.exit(main())
