@@ -1,0 +1,287 @@
+"""Running a causal LM on tasks: batched greedy completion with a KV cache, and held-out loss.
+
+Both functions take an already loaded (model, tokenizer); :func:`load_model` does the loading.
+torch and transformers are imported inside the functions so ``import trainer`` stays cheap.
+
+Generation is a plain greedy loop rather than ``model.generate`` because we need two things
+it does not give per sequence: a stop rule that counts completed *lines* (after the first
+non-blank character), and the time at which each sequence stopped (its latency).
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from trainer.errors import EvaluationError
+from trainer.evaluate.config import EvalConfig
+from trainer.evaluate.tasks import Task
+
+Progress = Callable[[dict[str, Any]], None] | None
+
+LINE_KINDS = ("line", "next_line")
+
+
+@dataclass(frozen=True)
+class Completion:
+    """What a model produced for one task."""
+
+    text: str
+    """The completion, cut to the target's line count (blank leading lines dropped for line starts)."""
+    latency_ms: float
+    """Wall time from the start of its batch to the step at which this sequence stopped."""
+    new_tokens: int
+    """Tokens generated for it (including those cut off afterwards)."""
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for evaluation, with the name reports use for it."""
+
+    model: Any
+    tokenizer: Any
+    name: str
+    device: Any
+
+    @property
+    def context(self) -> int:
+        return context_length(self.model)
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def load_model(ref: str | Path | LoadedModel, device: str = "auto") -> LoadedModel:
+    """Load an HF causal-LM checkpoint folder (weights + tokenizer) in fp32 for evaluation."""
+    if isinstance(ref, LoadedModel):
+        return ref
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(ref)
+    if not (path / "config.json").is_file():
+        raise EvaluationError(
+            f"no model checkpoint at {path} (looked for {path / 'config.json'}); pass the folder "
+            "a fine-tuning run wrote (runs/<id>/checkpoint) or a base model saved with save_pretrained")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    except (OSError, ValueError) as exc:
+        raise EvaluationError(f"could not load the model at {path}: {exc}") from exc
+    # We truncate prompts ourselves; this only silences "sequence longer than maximum" warnings.
+    tokenizer.model_max_length = 1 << 40
+    chosen = resolve_device(device)
+    model.to(chosen).eval()
+    return LoadedModel(model=model, tokenizer=tokenizer, name=str(path), device=chosen)
+
+
+def context_length(model: Any) -> int:
+    cfg = model.config
+    for attr in ("n_positions", "max_position_embeddings", "n_ctx"):
+        value = getattr(cfg, attr, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return 2048
+
+
+def _eos_id(tokenizer: Any) -> int:
+    for value in (tokenizer.eos_token_id, tokenizer.pad_token_id):
+        if value is not None:
+            return int(value)
+    return 0
+
+
+_TOKEN_TABLES: dict[int, tuple[Any, Any, Any]] = {}
+
+
+def _token_tables(tokenizer: Any, vocab: int):
+    """Per token id: newlines in it, newlines after its first non-blank char, has non-blank char."""
+    import torch
+
+    key = id(tokenizer)
+    cached = _TOKEN_TABLES.get(key)
+    if cached is not None and cached[0].shape[0] == vocab:
+        return cached
+    texts = tokenizer.batch_decode([[i] for i in range(min(vocab, len(tokenizer)))])
+    texts += [""] * (vocab - len(texts))
+    total = torch.tensor([t.count("\n") for t in texts], dtype=torch.long)
+    after, content = [], []
+    for t in texts:
+        stripped = t.lstrip()
+        content.append(bool(stripped))
+        after.append(stripped.count("\n") if stripped else 0)
+    tables = (total, torch.tensor(after, dtype=torch.long), torch.tensor(content, dtype=torch.bool))
+    _TOKEN_TABLES[key] = tables
+    return tables
+
+
+def _cap(task: Task, cfg: EvalConfig) -> int:
+    return cfg.max_new_tokens if task.kind in LINE_KINDS else cfg.block_max_new_tokens
+
+
+def postprocess(task: Task, generated: str) -> str:
+    """Cut a raw generation to what is compared with the target."""
+    if task.kind == "line":
+        return generated.split("\n", 1)[0]
+    lines = generated.split("\n")
+    while lines and not lines[0].strip():
+        lines.pop(0)
+    return "\n".join(lines[:task.target_lines])
+
+
+def generate_completions(lm: LoadedModel, tasks: Sequence[Task], cfg: EvalConfig, *,
+                         progress: Progress = None) -> list[Completion]:
+    """Greedy-complete every task, in batches of prompts of similar length.
+
+    Prompts are left-truncated to ``context - cap`` tokens and left-padded; one KV cache per
+    batch; a sequence stops at EOS or once it has produced as many lines as its target
+    (one for ``line``/``next_line``); the batch stops when all its sequences have.
+    """
+    import torch
+
+    model, tokenizer = lm.model, lm.tokenizer
+    eos = _eos_id(tokenizer)
+    vocab = model.get_output_embeddings().weight.shape[0]
+    nl_total, nl_after, has_content = (t.to(lm.device) for t in _token_tables(tokenizer, vocab))
+    ctx = lm.context
+    encoded: list[list[int]] = []
+    for task in tasks:
+        keep = ctx - _cap(task, cfg)
+        if keep < 1:
+            raise EvaluationError(
+                f"model context {ctx} leaves no room for a prompt with {_cap(task, cfg)} new tokens; "
+                "lower EvalConfig.max_new_tokens / block_max_new_tokens")
+        ids = tokenizer(task.prompt, add_special_tokens=False)["input_ids"][-keep:] or [eos]
+        encoded.append(ids)
+    order = sorted(range(len(tasks)), key=lambda i: (_cap(tasks[i], cfg), len(encoded[i]), i))
+    results: list[Completion | None] = [None] * len(tasks)
+    done_count = 0
+    if progress:
+        progress({"stage": "generate", "done": 0, "total": len(tasks)})
+    # Batches never mix caps, so every sequence in one shares the same step budget.
+    batches: list[list[int]] = []
+    for i in order:
+        if batches and len(batches[-1]) < cfg.batch_size and _cap(tasks[batches[-1][0]], cfg) == _cap(tasks[i], cfg):
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    with torch.inference_mode():
+        for batch in batches:
+            outs = _generate_batch(model, [encoded[i] for i in batch], [tasks[i] for i in batch],
+                                   _cap(tasks[batch[0]], cfg), eos, lm.device, nl_total, nl_after, has_content)
+            for i, (ids, latency) in zip(batch, outs, strict=True):
+                raw = tokenizer.decode(ids, skip_special_tokens=True)
+                results[i] = Completion(text=postprocess(tasks[i], raw), latency_ms=latency * 1000.0,
+                                        new_tokens=len(ids))
+            done_count += len(batch)
+            if progress:
+                progress({"stage": "generate", "done": done_count, "total": len(tasks)})
+    return [r for r in results if r is not None]
+
+
+def _generate_batch(model, prompts, tasks, cap, eos, device, nl_total, nl_after, has_content):
+    import torch
+
+    bsz, width = len(prompts), max(len(p) for p in prompts)
+    input_ids = torch.full((bsz, width), eos, dtype=torch.long)
+    mask = torch.zeros((bsz, width), dtype=torch.long)
+    for row, ids in enumerate(prompts):
+        input_ids[row, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
+        mask[row, width - len(ids):] = 1
+    input_ids, mask = input_ids.to(device), mask.to(device)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    stop_after = torch.tensor([1 if t.kind in LINE_KINDS else t.target_lines for t in tasks], device=device)
+    # A "line" task is already inside a line; the others start counting at the first non-blank char.
+    started = torch.tensor([t.kind == "line" for t in tasks], dtype=torch.bool, device=device)
+    lines = torch.zeros(bsz, dtype=torch.long, device=device)
+    done = torch.zeros(bsz, dtype=torch.bool, device=device)
+    generated: list[list[int]] = [[] for _ in range(bsz)]
+    finished_at = [0.0] * bsz
+    start = time.perf_counter()
+    # transformers 5.x renamed ``past_key_values`` to ``cache``; use whichever this model takes.
+    cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True)
+    past, logits = getattr(out, cache_kw), out.logits[:, -1, :]
+    next_pos = positions[:, -1:] + 1
+    for step in range(cap):
+        token = logits.argmax(-1)
+        active = ~done
+        lines += torch.where(started, nl_total[token], nl_after[token]) * active
+        started |= has_content[token]
+        newly = active & ((token == eos) | (lines >= stop_after))
+        for row, tok in enumerate(token.tolist()):
+            if active[row] and tok != eos:
+                generated[row].append(tok)
+        done |= newly
+        now = time.perf_counter() - start
+        for row in newly.nonzero().flatten().tolist():
+            finished_at[row] = now
+        if bool(done.all()) or step == cap - 1:
+            break
+        mask = torch.cat([mask, torch.ones((bsz, 1), dtype=mask.dtype, device=device)], dim=1)
+        out = model(input_ids=token[:, None], attention_mask=mask, position_ids=next_pos,
+                    use_cache=True, **{cache_kw: past})
+        past, logits = getattr(out, cache_kw), out.logits[:, -1, :]
+        next_pos = next_pos + 1
+    end = time.perf_counter() - start
+    return [(generated[r], finished_at[r] if done[r] else end) for r in range(bsz)]
+
+
+def record_losses(lm: LoadedModel, records: Sequence[Mapping[str, Any]], *, max_tokens: int,
+                  batch_size: int = 8, progress: Progress = None) -> list[tuple[float, int]]:
+    """Summed next-token negative log-likelihood (nats) and predicted-token count per record.
+
+    Each record is tokenised and split into non-overlapping windows of the model context;
+    records are taken in the given order until ``max_tokens`` tokens are covered (the last
+    one cut short), so two models given the same records and tokenizer score the same tokens.
+    Records beyond the budget get ``(0.0, 0)``.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    model, tokenizer, ctx = lm.model, lm.tokenizer, lm.context
+    windows: list[tuple[int, list[int]]] = []
+    budget = max_tokens
+    for index, record in enumerate(records):
+        if budget <= 0:
+            break
+        ids = tokenizer(record["text"], add_special_tokens=False)["input_ids"][:budget + 1]
+        budget -= max(len(ids) - 1, 0)
+        for lo in range(0, max(len(ids) - 1, 0), ctx):
+            chunk = ids[lo:lo + ctx]
+            if len(chunk) >= 2:
+                windows.append((index, chunk))
+    parts = [[0.0, 0] for _ in records]
+    windows.sort(key=lambda w: len(w[1]))
+    eos = _eos_id(tokenizer)
+    with torch.inference_mode():
+        for lo in range(0, len(windows), batch_size):
+            group = windows[lo:lo + batch_size]
+            width = max(len(c) for _, c in group)
+            ids = torch.full((len(group), width), eos, dtype=torch.long)
+            mask = torch.zeros((len(group), width), dtype=torch.long)
+            for row, (_, chunk) in enumerate(group):
+                ids[row, :len(chunk)] = torch.tensor(chunk)
+                mask[row, :len(chunk)] = 1
+            ids, mask = ids.to(lm.device), mask.to(lm.device)
+            logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1, :].float()
+            nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1),
+                                  reduction="none").view(len(group), -1)
+            valid = mask[:, 1:].bool()
+            sums = (nll * valid).sum(-1).tolist()
+            counts = valid.sum(-1).tolist()
+            for row, (index, _) in enumerate(group):
+                parts[index][0] += sums[row]
+                parts[index][1] += int(counts[row])
+            if progress:
+                progress({"stage": "loss", "done": min(lo + batch_size, len(windows)), "total": len(windows)})
+    return [(nll, count) for nll, count in parts]

@@ -1,0 +1,190 @@
+"""Completion tasks cut from held-out records: pure and deterministic.
+
+A task is (prompt, target): the code before a cut point and what a developer typed next.
+
+- ``line``: cut inside a line after at least ``min_prefix_chars`` non-indent characters;
+  the target is the rest of that line.
+- ``next_line``: the prompt ends at a line break; the target is the next non-blank line
+  (blank lines in between stay in the prompt).
+- ``block``: like ``next_line`` but the target is up to ``block_lines`` lines.
+
+Targets without a letter or digit (blank, ``}``, ``)``, ``]);``) are skipped: any model gets
+them right and they would only dilute the differences we measure.
+
+Determinism: each (record, kind) gets its own ``random.Random`` seeded from a SHA-256 of
+(seed, corpus version, repo, path, kind) — never Python's salted ``hash()`` — which shuffles
+that file's eligible lines. Tasks are then dealt round-robin over files (every file's first
+candidate, in an order fixed by a hash of the task id, then every file's second …), so the
+result does not depend on the order records arrive in, and the first ``n`` tasks of a larger
+draw are the ``n``-task draw.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from trainer.evaluate.config import TASK_KINDS
+
+_NONTRIVIAL = re.compile(r"[A-Za-z0-9]")
+
+
+@dataclass(frozen=True)
+class Task:
+    """One completion task: the model sees ``prompt`` and should produce ``target``."""
+
+    task_id: str
+    """Stable id: ``repo:path:kind:line:column``."""
+    kind: str
+    """``line``, ``next_line`` or ``block``."""
+    prompt: str
+    """Code before the cut (left-truncated to the model context when a tokenizer was given)."""
+    target: str
+    """The reference completion (no trailing newline; ``block`` targets join lines with ``\\n``)."""
+    path: str
+    lang: str
+    repo: str
+    line: int
+    """0-based line of the cut."""
+
+    @property
+    def target_lines(self) -> int:
+        """How many lines the target spans (generation stops after as many)."""
+        return self.target.count("\n") + 1
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def is_trivial(target: str) -> bool:
+    """True for targets a model cannot meaningfully miss: blank or punctuation only."""
+    return _NONTRIVIAL.search(target) is None
+
+
+def _seed_int(*parts: object) -> int:
+    digest = hashlib.sha256("\x1f".join(str(p) for p in parts).encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big")
+
+
+def _line_starts(lines: list[str]) -> list[int]:
+    starts, pos = [], 0
+    for line in lines:
+        starts.append(pos)
+        pos += len(line) + 1
+    return starts
+
+
+def _file_candidates(record: Mapping[str, Any], kind: str, *, seed: int, corpus_version: str,
+                     block_lines: int, min_prefix_chars: int) -> list[Task]:
+    """Every eligible task of one kind in one file, in that file's seeded order."""
+    text = record["text"]
+    repo, path, lang = record.get("repo", ""), record["path"], record.get("lang", "unknown")
+    rng = random.Random(_seed_int(seed, corpus_version, repo, path, kind))
+    lines = text.split("\n")
+    starts = _line_starts(lines)
+    order = list(range(len(lines)))
+    rng.shuffle(order)
+    found: list[Task] = []
+    for i in order:
+        line = lines[i]
+        if kind == "line":
+            indent = len(line) - len(line.lstrip())
+            body = len(line) - indent
+            if body < min_prefix_chars + 2:
+                continue
+            cut = indent + rng.randint(min_prefix_chars, body - 1)
+            target = line[cut:]
+            col = cut
+        else:
+            if i == 0 or not line.strip():
+                continue
+            col = 0
+            target = "\n".join(lines[i:i + block_lines]) if kind == "block" else line
+        target = target.rstrip()
+        if is_trivial(target):
+            continue
+        prompt = text[:starts[i] + col]
+        if not prompt.strip():
+            continue
+        found.append(Task(task_id=f"{repo}:{path}:{kind}:{i}:{col}", kind=kind, prompt=prompt,
+                          target=target, path=path, lang=lang, repo=repo, line=i))
+    return found
+
+
+def build_tasks(records: Iterable[Mapping[str, Any]], *, seed: int, n: int, corpus_version: str | int,
+                kinds: tuple[str, ...] = TASK_KINDS, block_lines: int = 5, min_prefix_chars: int = 3,
+                tokenizer: Any = None, max_prompt_tokens: int | None = None) -> list[Task]:
+    """Draw ``n`` tasks (split as evenly as possible over ``kinds``) from ``records``.
+
+    ``records`` are corpus lines (``{"text", "path", "lang", "repo", "sha"}``). The same
+    records, seed and corpus version always give the same tasks in the same order. With a
+    ``tokenizer`` and ``max_prompt_tokens``, each prompt keeps only its last
+    ``max_prompt_tokens`` tokens (cut on a token boundary of the original text).
+    A kind with too few candidates leaves its share to the others.
+    """
+    unknown = [k for k in kinds if k not in TASK_KINDS]
+    if unknown:
+        raise ValueError(f"unknown task kinds {unknown}; use a subset of {TASK_KINDS}")
+    ordered = sorted(records, key=lambda r: (r.get("repo", ""), r["path"]))
+    version = str(corpus_version)
+    pools: dict[str, list[Task]] = {}
+    for kind in kinds:
+        ranked: list[tuple[int, int, Task]] = []
+        for record in ordered:
+            found = _file_candidates(record, kind, seed=seed, corpus_version=version,
+                                     block_lines=block_lines, min_prefix_chars=min_prefix_chars)
+            ranked.extend((rank, _seed_int(seed, version, t.task_id), t) for rank, t in enumerate(found))
+        ranked.sort(key=lambda item: (item[0], item[1]))
+        pools[kind] = [t for _, _, t in ranked]
+    chosen = _deal(pools, kinds, n)
+    if tokenizer is not None and max_prompt_tokens is not None:
+        chosen = [_truncated(t, tokenizer, max_prompt_tokens) for t in chosen]
+    return chosen
+
+
+def _deal(pools: dict[str, list[Task]], kinds: tuple[str, ...], n: int) -> list[Task]:
+    """Take tasks kind by kind in turn until ``n`` are taken or every pool is empty."""
+    taken: list[Task] = []
+    cursors = dict.fromkeys(kinds, 0)
+    while len(taken) < n:
+        progressed = False
+        for kind in kinds:
+            if len(taken) >= n:
+                break
+            if cursors[kind] < len(pools[kind]):
+                taken.append(pools[kind][cursors[kind]])
+                cursors[kind] += 1
+                progressed = True
+        if not progressed:
+            break
+    return taken
+
+
+def truncate_left(text: str, tokenizer: Any, max_tokens: int) -> str:
+    """The longest suffix of ``text`` starting on a token boundary with at most ``max_tokens`` tokens."""
+    if max_tokens <= 0:
+        return ""
+    # Tokenising a bounded window keeps this linear in the context, not in the file size.
+    window = text[-max_tokens * 16:]
+    enc = tokenizer(window, add_special_tokens=False, return_offsets_mapping=True)
+    offsets = enc["offset_mapping"]
+    if len(offsets) <= max_tokens:
+        if len(window) == len(text):
+            return text
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        offsets, window = enc["offset_mapping"], text
+        if len(offsets) <= max_tokens:
+            return text
+    start = offsets[len(offsets) - max_tokens][0]
+    return window[start:]
+
+
+def _truncated(task: Task, tokenizer: Any, max_tokens: int) -> Task:
+    prompt = truncate_left(task.prompt, tokenizer, max_tokens)
+    if prompt == task.prompt:
+        return task
+    return Task(**{**task.as_dict(), "prompt": prompt})
