@@ -82,7 +82,7 @@ class TritonPythonModel:
         threads = int(params.get("cpu_threads") or os.environ.get("REPOTUNE_TRITON_CPU_THREADS") or 1)
         torch.set_num_threads(max(1, threads))
         version_dir = Path(args["model_repository"]) / str(args["model_version"])
-        checkpoint = version_dir / "model"
+        checkpoint = version_dir / (params.get("model_dir") or "model")
         if not checkpoint.is_dir():
             raise RuntimeError(f"no Hugging Face checkpoint at {checkpoint}; publish an artifact with model/")
         self.model = AutoModelForCausalLM.from_pretrained(str(checkpoint), dtype=torch.float32)

@@ -1,0 +1,382 @@
+"""The Triton model repository: numbered versions, an atomic serving pointer, zero-downtime swaps.
+
+Layout (``root`` is ``REPOTUNE_HOME/triton``)::
+
+    <root>/<model>/config.pbtxt       model-level config, pinned to the serving version
+    <root>/<model>/<N>/               one published version: the artifact's payload
+                    model/ | <tp>-gpu/ + tokenizer/, artifact.json, config.pbtxt, model.py
+    <root>/<model>/serving.json       the pointer: which version the proxy routes to
+    <root>/<model>/.lock              serialises publish/activate/rollback across processes
+
+Lifecycle, one method each: :meth:`publish` (copy into a temp folder inside the model folder,
+fsync, rename to the next number) → :meth:`activate` (load old+new side by side, wait ready,
+smoke-complete on *that exact version*, switch the pointer, unload the old one) →
+:meth:`rollback` (activate an earlier version). A version that fails to load or fails its smoke
+completion is marked failed and never switched in; the previous version keeps serving.
+
+Why a pointer file and explicit versions instead of Triton's "latest": during a swap both
+versions are loaded (``version_policy: specific``), and the proxy names the pointer's version on
+every request. Requests already in flight on the old version finish there; new ones go to the
+new version the moment the pointer is renamed; a request that races the old version's unload
+gets "version unavailable" and is retried once on a freshly read pointer. See docs/serving.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import math
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from serving._files import checkpoint_dir, copytree_fsync, fsync_dir, write_atomic, write_json_atomic
+from serving.client import TritonClient
+from serving.errors import (
+    ModelLoadFailed,
+    RepositoryStateError,
+    ServingError,
+    SmokeTestFailed,
+)
+
+POINTER_FILE = "serving.json"
+FAILED_FILE = "FAILED"
+PYTHON_MODEL = Path(__file__).resolve().parent / "python_backend" / "model.py"
+
+ProgressFn = Callable[[dict[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class SmokeTest:
+    """The completion a version must produce before it may serve."""
+
+    prompt: str = "def fibonacci(n):\n    "
+    """A code prompt every code model should continue."""
+    max_tokens: int = 8
+    """Tokens to generate (greedy)."""
+    min_new_tokens: int = 1
+    """Fewer generated tokens than this (e.g. immediate EOS) fails the test."""
+
+
+def read_pointer(model_dir: Path) -> dict[str, Any] | None:
+    """The pointer file's content, or ``None`` if no version was ever activated."""
+    path = Path(model_dir) / POINTER_FILE
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+
+
+def load_tokenizer(version_dir: Path):
+    """The tokenizer shipped with a version (``model/`` or ``tokenizer/``)."""
+    from transformers import AutoTokenizer
+
+    ckpt = checkpoint_dir(version_dir)
+    if ckpt is None:
+        raise RepositoryStateError(f"{version_dir} has neither model/ nor tokenizer/; republish the artifact")
+    return AutoTokenizer.from_pretrained(str(ckpt))
+
+
+class ModelRepository:
+    """One model in a Triton model repository, managed as numbered versions.
+
+    ``triton_url`` (``host:port`` of Triton's HTTP endpoint) is needed by :meth:`activate`,
+    :meth:`rollback` and :meth:`ensure_loaded`; listing and publishing work without a server.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        model_name: str,
+        triton_url: str | None,
+        keep: int = 3,
+        *,
+        load_timeout_s: float = 300.0,
+        drain_s: float = 0.5,
+        smoke: SmokeTest | None = None,
+    ) -> None:
+        if keep < 1:
+            raise ValueError(f"keep must be at least 1, got {keep}")
+        self.root = Path(root).resolve()
+        self.model_name = model_name
+        self.model_dir = self.root / model_name
+        self.triton_url = triton_url
+        self.keep = keep
+        """Published versions to keep on disk (the serving one is never removed)."""
+        self.load_timeout_s = load_timeout_s
+        """Seconds to wait for a loaded version to report ready."""
+        self.drain_s = drain_s
+        """Seconds between switching the pointer and unloading the old version, so requests
+        that read the old pointer just before the switch still reach a loaded model."""
+        self.smoke = smoke or SmokeTest()
+        self._client: TritonClient | None = None
+
+    # -- queries ------------------------------------------------------------------------------
+
+    def current(self) -> int | None:
+        """The version the proxy routes to, or ``None``."""
+        pointer = read_pointer(self.model_dir)
+        return int(pointer["version"]) if pointer and pointer.get("version") is not None else None
+
+    def versions(self) -> list[dict[str, Any]]:
+        """Published versions on disk, oldest first: ``version``, ``serving``, ``failed`` (reason
+        or ``None``), ``backend``, ``source``, ``published``."""
+        serving = self.current()
+        out = []
+        for number in self._version_numbers():
+            vdir = self.model_dir / str(number)
+            meta = _read_json(vdir / "artifact.json")
+            failed = (vdir / FAILED_FILE).read_text().strip() if (vdir / FAILED_FILE).exists() else None
+            out.append({"version": number, "serving": number == serving, "failed": failed,
+                        "backend": meta.get("backend"), "source": meta.get("source"),
+                        "published": meta.get("published")})
+        return out
+
+    def version_dir(self, version: int) -> Path:
+        path = self.model_dir / str(int(version))
+        if not path.is_dir():
+            raise RepositoryStateError(
+                f"version {version} of {self.model_name!r} is not in {self.model_dir}; "
+                f"published versions: {self._version_numbers() or 'none'}")
+        return path
+
+    # -- publish ------------------------------------------------------------------------------
+
+    def publish(self, artifact: str | Path, progress: ProgressFn | None = None) -> int:
+        """Copy an artifact folder in as the next version; returns its number.
+
+        The copy goes to a temp folder inside the model folder, is fsync'd, then renamed to
+        the version number, so Triton never sees a half-written version.
+        """
+        artifact = Path(artifact).resolve()
+        meta = _read_json(artifact / "artifact.json")
+        if not meta:
+            raise RepositoryStateError(f"{artifact} is not an artifact (no artifact.json); "
+                                       "create one with `repotune deploy` or converter.convert()")
+        if not (artifact / "config.pbtxt").is_file():
+            raise RepositoryStateError(f"artifact {artifact} has no config.pbtxt")
+        backend = meta.get("backend", "python")
+        if backend == "python" and not (artifact / "model").is_dir():
+            raise RepositoryStateError(f"python-backend artifact {artifact} has no model/ folder")
+        self.model_dir.mkdir(parents=True, exist_ok=True)
+        with self._locked():
+            _emit(progress, "publish", 0, 1)
+            staging = Path(tempfile.mkdtemp(prefix=".publish-", dir=self.model_dir))
+            try:
+                payload = staging / "v"
+                copytree_fsync(artifact, payload)
+                if backend == "python":
+                    shutil.copy2(PYTHON_MODEL, payload / "model.py")
+                meta = dict(meta, published=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                            artifact_path=str(artifact))
+                write_json_atomic(payload / "artifact.json", meta)
+                number = self._next_version()
+                target = self.model_dir / str(number)
+                payload.rename(target)
+                fsync_dir(self.model_dir)
+                self._set_pointer(highest=number)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+            _emit(progress, "publish", 1, 1, version=number)
+        return number
+
+    # -- activate / rollback ------------------------------------------------------------------
+
+    def activate(self, version: int, progress: ProgressFn | None = None) -> None:
+        """Load ``version`` next to the serving one, smoke-test it, then switch to it.
+
+        Raises :class:`ModelLoadFailed` or :class:`SmokeTestFailed` (the version is marked
+        failed and the previous one keeps serving).
+        """
+        version = int(version)
+        vdir = self.version_dir(version)
+        client = self._triton()
+        with self._locked():
+            old = self.current()
+            if old is not None and not (self.model_dir / str(old)).is_dir():
+                old = None
+            both = sorted({v for v in (old, version) if v is not None})
+            _emit(progress, "load", 0, 3, version=version)
+            try:
+                client.load(self._config_override(vdir, both))
+                self._wait_ready(client, version)
+            except ModelLoadFailed as exc:
+                self._fail(version, old, f"load failed: {exc}")
+                raise ModelLoadFailed(
+                    f"version {version} of {self.model_name!r} failed to load; version {old} keeps "
+                    f"serving. Triton said: {exc}") from exc
+            _emit(progress, "smoke", 1, 3, version=version)
+            try:
+                self._smoke(client, version, vdir)
+            except SmokeTestFailed as exc:
+                self._fail(version, old, str(exc))
+                raise
+            _emit(progress, "switch", 2, 3, version=version)
+            self._set_pointer(version=version, previous=old if old != version else None)
+            if old is not None and old != version:
+                time.sleep(self.drain_s)
+                client.load(self._config_override(vdir, [version]))
+            write_atomic(self.model_dir / "config.pbtxt", self._config_text(vdir, [version]))
+            (vdir / FAILED_FILE).unlink(missing_ok=True)
+            self._retain()
+            _emit(progress, "switch", 3, 3, version=version)
+
+    def rollback(self, to: int | None = None, progress: ProgressFn | None = None) -> int:
+        """Activate ``to`` (default: the newest healthy version older than the serving one)."""
+        current = self.current()
+        if to is None:
+            older = [v["version"] for v in self.versions()
+                     if not v["failed"] and (current is None or v["version"] < current)]
+            if not older:
+                raise RepositoryStateError(
+                    f"no earlier healthy version of {self.model_name!r} to roll back to "
+                    f"(serving {current}; on disk: {[v['version'] for v in self.versions()]})")
+            to = older[-1]
+        self.activate(int(to), progress=progress)
+        return int(to)
+
+    def ensure_loaded(self) -> int | None:
+        """Load the pointer's version into a (re)started Triton; returns it (``None`` if none)."""
+        version = self.current()
+        if version is None:
+            return None
+        client = self._triton()
+        client.load(self._config_override(self.version_dir(version), [version]))
+        self._wait_ready(client, version)
+        return version
+
+    # -- steps --------------------------------------------------------------------------------
+
+    def _triton(self) -> TritonClient:
+        if not self.triton_url:
+            raise RepositoryStateError("this ModelRepository has no triton_url; pass one to load models")
+        if self._client is None:
+            self._client = TritonClient(self.triton_url, self.model_name, timeout_s=60.0,
+                                        admin_timeout_s=self.load_timeout_s)
+        return self._client
+
+    def _config_proto(self, vdir: Path, versions: list[int]):
+        from google.protobuf import text_format
+        from tritonclient.grpc import model_config_pb2
+
+        text = (vdir / "config.pbtxt").read_text(encoding="utf-8")
+        try:
+            cfg = text_format.Parse(text, model_config_pb2.ModelConfig())
+        except text_format.ParseError as exc:
+            raise ModelLoadFailed(f"{vdir}/config.pbtxt does not parse: {exc}") from exc
+        cfg.name = self.model_name
+        cfg.version_policy.specific.versions[:] = versions
+        if cfg.backend == "fastertransformer" and "model_checkpoint_path" in cfg.parameters:
+            # One config serves two versions during a swap: let each load its own
+            # <version>/<N>-gpu folder instead of the path baked in for one version.
+            del cfg.parameters["model_checkpoint_path"]
+        return cfg
+
+    def _config_override(self, vdir: Path, versions: list[int]) -> dict[str, Any]:
+        from google.protobuf import json_format
+
+        return json_format.MessageToDict(self._config_proto(vdir, versions))
+
+    def _config_text(self, vdir: Path, versions: list[int]) -> str:
+        from google.protobuf import text_format
+
+        return text_format.MessageToString(self._config_proto(vdir, versions))
+
+    def _wait_ready(self, client: TritonClient, version: int) -> None:
+        deadline = time.monotonic() + self.load_timeout_s
+        while not client.model_ready(version):
+            if time.monotonic() > deadline:
+                raise ModelLoadFailed(f"version {version} of {self.model_name!r} was not ready "
+                                      f"within {self.load_timeout_s:.0f}s")
+            time.sleep(0.1)
+
+    def _smoke(self, client: TritonClient, version: int, vdir: Path) -> None:
+        """Greedy completion of a code prompt on exactly ``version``: it must produce tokens
+        inside the vocabulary with finite log probabilities."""
+        try:
+            tokenizer = load_tokenizer(vdir)
+            ids = tokenizer(self.smoke.prompt)["input_ids"]
+            gen = client.generate(ids, self.smoke.max_tokens, top_k=1, return_log_probs=True,
+                                  version=version)[0]
+        except ServingError as exc:
+            raise SmokeTestFailed(f"smoke completion on version {version} failed: {exc}") from exc
+        vocab = len(tokenizer)
+        problems = []
+        if len(gen.tokens) < self.smoke.min_new_tokens:
+            problems.append(f"it generated {len(gen.tokens)} tokens (need {self.smoke.min_new_tokens})")
+        if any(t < 0 or t >= max(vocab, 1) for t in gen.tokens):
+            problems.append(f"token ids outside the vocabulary of {vocab}: {gen.tokens}")
+        if not math.isfinite(gen.cum_log_prob) or not all(math.isfinite(x) for x in gen.log_probs):
+            problems.append(f"log probabilities are not finite ({gen.cum_log_prob}); the weights are broken")
+        if problems:
+            raise SmokeTestFailed(f"version {version} of {self.model_name!r} failed its smoke completion "
+                                  f"of {self.smoke.prompt!r}: " + "; ".join(problems))
+
+    def _fail(self, version: int, old: int | None, reason: str) -> None:
+        """Unload the rejected version (keeping ``old`` serving) and record why."""
+        client = self._triton()
+        try:
+            if old is not None and old != version:
+                client.load(self._config_override(self.version_dir(old), [old]))
+            elif old is None:
+                client.unload()
+        except ServingError:
+            pass  # the old version's state is checked by the caller's next request
+        write_atomic(self.model_dir / str(version) / FAILED_FILE, reason + "\n")
+
+    def _retain(self) -> None:
+        """Keep the newest ``keep`` versions (always including the serving one); failed
+        versions go first."""
+        serving = self.current()
+        infos = self.versions()
+        healthy = [v["version"] for v in infos if not v["failed"]]
+        keep = set(healthy[-self.keep:]) | ({serving} if serving is not None else set())
+        for info in infos:
+            if info["version"] not in keep:
+                shutil.rmtree(self.model_dir / str(info["version"]), ignore_errors=True)
+
+    # -- pointer and numbering ----------------------------------------------------------------
+
+    def _version_numbers(self) -> list[int]:
+        if not self.model_dir.is_dir():
+            return []
+        return sorted(int(p.name) for p in self.model_dir.iterdir() if p.is_dir() and p.name.isdigit())
+
+    def _next_version(self) -> int:
+        pointer = read_pointer(self.model_dir) or {}
+        # Never reuse a number: Triton may remember a failed version by it.
+        return max([0, int(pointer.get("highest") or 0), *self._version_numbers()]) + 1
+
+    def _set_pointer(self, **changes: Any) -> None:
+        pointer = read_pointer(self.model_dir) or {"model": self.model_name, "version": None}
+        pointer.update(changes)
+        if "version" in changes:
+            pointer["switched_at"] = time.time()
+        write_json_atomic(self.model_dir / POINTER_FILE, pointer)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.model_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.model_dir / ".lock", "w") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
+def _emit(progress: ProgressFn | None, stage: str, done: int, total: int, **extra: Any) -> None:
+    if progress is not None:
+        progress({"stage": stage, "done": done, "total": total, **extra})
