@@ -275,3 +275,31 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
+
+
+def check_artifact(path: str | Path) -> dict[str, Any]:
+    """Re-check an artifact before publishing: configs agree with each other and the payload.
+
+    For FasterTransformer, every weight file's size is checked against ``config.ini`` and
+    ``config.pbtxt``'s model parameters against ``config.ini``; for the python backend, the
+    checkpoint's embeddings against its config. Returns ``artifact.json``.
+    """
+    from converter.fastertransformer import check_ft_files
+    from converter.triton_config import parse_model_config
+
+    path = Path(path)
+    meta = read_artifact(path)
+    pbtxt = (path / "config.pbtxt").read_text(encoding="utf-8")
+    parse_model_config(pbtxt)
+    if meta["backend"] == "fastertransformer":
+        cfg = check_ft_files(path / f"{meta['tensor_parallel']}-gpu", pbtxt)
+        rows = cfg.vocab_size
+    else:
+        model_dir = path / "model"
+        config = read_config(model_dir)
+        with TensorReader(model_dir) as reader:
+            rows = check_vocab(model_dir, config, reader, 0)
+    if meta.get("vocab_size") != rows:
+        raise ConversionError(f"{path}/artifact.json says vocab_size {meta.get('vocab_size')} but "
+                              f"the payload has {rows} embedding rows; convert again")
+    return meta
