@@ -401,11 +401,11 @@ def _run_link(ctx: Context, run_id: str) -> str:
 def _load_run(ctx: Context, run_id: str) -> Any:
     from bot import runs
 
-    try:
-        return runs.load_run(ctx.settings.home, run_id)
-    except (FileNotFoundError, KeyError) as exc:
+    # Checked here so the reply does not quote the server's folders (load_run's message does).
+    if not (runs.run_dir(ctx.settings.home, run_id) / "run.json").is_file():
         raise CommandError(f"no run `{run_id}`; `{ctx.settings.chatops.prefix} status` "
-                           "lists the recent ones") from exc
+                           "lists the recent ones")
+    return runs.load_run(ctx.settings.home, run_id)
 
 
 def _latest_evaluated(ctx: Context) -> Any:

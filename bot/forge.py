@@ -99,6 +99,8 @@ class GitHubForge:
     ``api_url`` is ``https://api.github.com``, ``https://<host>/api/v3`` for Enterprise, or a
     local test forge. Authenticate with a token, or as a GitHub App installation
     (``app_id`` + ``private_key`` + ``installation_id``; pygithub refreshes the token).
+    ``throttle`` spaces requests out (0.25 s, writes 1 s) as github.com asks; by default only
+    for github.com itself.
     """
 
     name = "github"
@@ -106,7 +108,7 @@ class GitHubForge:
     def __init__(self, api_url: str = "https://api.github.com", token: str | None = None, *,
                  app_id: int | str | None = None, private_key: str | None = None,
                  installation_id: int | None = None, timeout: float = 15.0,
-                 retries: int = 2) -> None:
+                 retries: int = 2, throttle: bool | None = None) -> None:
         import github
         from github import Auth
 
@@ -119,9 +121,15 @@ class GitHubForge:
                 "GitHub credentials are missing: set REPOTUNE_GITHUB_TOKEN (or _FILE), or "
                 "github.app_id, github.app_private_key_file and github.installation_id")
         self.api_url = api_url.rstrip("/")
+        # github.com's secondary rate limits want writes spaced out (pygithub's defaults);
+        # GitHub Enterprise Server has rate limiting off unless its admin turns it on.
+        if throttle is None:
+            throttle = self.api_url == "https://api.github.com"
+        spacing = {} if throttle else {"seconds_between_requests": None,
+                                       "seconds_between_writes": None}
         # lazy: objects are addressed by URL without a GET first, so one action is one request.
         self._gh = github.Github(base_url=self.api_url, auth=auth, timeout=int(timeout),
-                                 retry=retries, lazy=True, per_page=100)
+                                 retry=retries, lazy=True, per_page=100, **spacing)
 
     def _call(self, what: str, fn: Callable[[], T]) -> T:
         from github import GithubException
