@@ -28,6 +28,7 @@ recipe's 1 × 32 × 4 × 2048 = 262,144 tokens.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
@@ -38,7 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -281,15 +282,30 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _ensure_single_process_env() -> None:
-    """DeepSpeed wants a process group even for one rank; without these it looks for MPI."""
+_DIST_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+@contextlib.contextmanager
+def _single_process_env() -> Iterator[None]:
+    """DeepSpeed wants a process group even for one rank; without these it looks for MPI.
+
+    Set only when no launcher set them, and removed afterwards so they do not leak into
+    subprocesses this process starts later (a child would join our rendezvous).
+    """
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        yield
         return
-    os.environ.setdefault("RANK", "0")
-    os.environ.setdefault("WORLD_SIZE", "1")
-    os.environ.setdefault("LOCAL_RANK", "0")
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    saved = {k: os.environ.get(k) for k in _DIST_VARS}
+    os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=os.environ.get("MASTER_PORT") or str(_free_port()))
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def _peak_memory_bytes(on_gpu: bool) -> int:
@@ -341,9 +357,13 @@ def train(cfg: FinetuneConfig, progress: ProgressFn | None = None) -> TrainResul
     from trainer import deepspeed_configs
 
     ds_config = deepspeed_configs.load(cfg.deepspeed)
-    if ds_config is not None:
-        _ensure_single_process_env()
+    env = _single_process_env() if ds_config is not None else contextlib.nullcontext()
+    with env:
+        return _train(cfg, progress, started, use_cpu, ds_config)
 
+
+def _train(cfg: FinetuneConfig, progress: ProgressFn | None, started: float, use_cpu: bool,
+           ds_config: dict | None) -> TrainResult:
     from transformers import AutoConfig, AutoTokenizer
 
     try:
@@ -555,7 +575,7 @@ def launch(
     cmd = build_launch_command(config_path, gpus=gpus, include=include, hostfile=hostfile,
                                master_port=master_port or _free_port())
     child_env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+    for key in _DIST_VARS:
         child_env.pop(key, None)  # the launcher assigns these per rank
     log_path = Path(log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)
