@@ -38,6 +38,9 @@ class EvalConfig:
     """A ``line`` task cuts a line after at least this many non-indent characters."""
     kinds: tuple[str, ...] = TASK_KINDS
     """Task kinds to build; any subset of ``("line", "next_line", "block")``."""
+    token_healing: bool = True
+    """Back off the prompt's last token and make the first generated token start with its text
+    (prompts cut mid-token otherwise end in token sequences the model never saw)."""
     batch_size: int = 16
     """Prompts generated together (left-padded, one KV cache per batch)."""
     device: str = "auto"

@@ -100,28 +100,52 @@ def _eos_id(tokenizer: Any) -> int:
     return 0
 
 
-_TOKEN_TABLES: dict[int, tuple[Any, Any, Any]] = {}
+@dataclass
+class _Vocab:
+    """Per token id: its text, newlines in it, newlines after its first non-blank character,
+    and whether it has a non-blank character (tensors on the model's device)."""
+
+    texts: list[str]
+    nl_total: Any
+    nl_after: Any
+    has_content: Any
+    allowed: dict[str, Any]
+    """Token-healing cache: prefix text -> ids of the tokens whose text starts with it."""
+
+    def starting_with(self, prefix: str):
+        import torch
+
+        found = self.allowed.get(prefix)
+        if found is None:
+            ids = [i for i, text in enumerate(self.texts) if text.startswith(prefix)]
+            found = self.allowed[prefix] = torch.tensor(ids, dtype=torch.long, device=self.nl_total.device)
+        return found
 
 
-def _token_tables(tokenizer: Any, vocab: int):
-    """Per token id: newlines in it, newlines after its first non-blank char, has non-blank char."""
+_VOCABS: dict[tuple[int, int, str], _Vocab] = {}
+
+
+def _vocab(tokenizer: Any, vocab: int, device: Any) -> _Vocab:
     import torch
 
-    key = id(tokenizer)
-    cached = _TOKEN_TABLES.get(key)
-    if cached is not None and cached[0].shape[0] == vocab:
+    key = (id(tokenizer), vocab, str(device))
+    cached = _VOCABS.get(key)
+    if cached is not None:
         return cached
     texts = tokenizer.batch_decode([[i] for i in range(min(vocab, len(tokenizer)))])
     texts += [""] * (vocab - len(texts))
-    total = torch.tensor([t.count("\n") for t in texts], dtype=torch.long)
     after, content = [], []
     for t in texts:
         stripped = t.lstrip()
         content.append(bool(stripped))
         after.append(stripped.count("\n") if stripped else 0)
-    tables = (total, torch.tensor(after, dtype=torch.long), torch.tensor(content, dtype=torch.bool))
-    _TOKEN_TABLES[key] = tables
-    return tables
+    table = _Vocab(texts=texts,
+                   nl_total=torch.tensor([t.count("\n") for t in texts], dtype=torch.long, device=device),
+                   nl_after=torch.tensor(after, dtype=torch.long, device=device),
+                   has_content=torch.tensor(content, dtype=torch.bool, device=device), allowed={})
+    _VOCABS.clear()  # one model at a time; do not pin old tokenizers in memory
+    _VOCABS[key] = table
+    return table
 
 
 def _cap(task: Task, cfg: EvalConfig) -> int:
@@ -145,15 +169,21 @@ def generate_completions(lm: LoadedModel, tasks: Sequence[Task], cfg: EvalConfig
     Prompts are left-truncated to ``context - cap`` tokens and left-padded; one KV cache per
     batch; a sequence stops at EOS or once it has produced as many lines as its target
     (one for ``line``/``next_line``); the batch stops when all its sequences have.
+
+    Token healing (``cfg.token_healing``): a prompt cut at an arbitrary character usually ends
+    in a token the model rarely saw in that place (a lone ``"\\n"`` where training text had
+    ``"\\n    "``). The last prompt token is removed and the first generated token must start
+    with its text, which is then stripped from the completion.
     """
     import torch
 
     model, tokenizer = lm.model, lm.tokenizer
     eos = _eos_id(tokenizer)
     vocab = model.get_output_embeddings().weight.shape[0]
-    nl_total, nl_after, has_content = (t.to(lm.device) for t in _token_tables(tokenizer, vocab))
+    table = _vocab(tokenizer, vocab, lm.device)
     ctx = lm.context
     encoded: list[list[int]] = []
+    healed: list[str] = []
     for task in tasks:
         keep = ctx - _cap(task, cfg)
         if keep < 1:
@@ -161,7 +191,12 @@ def generate_completions(lm: LoadedModel, tasks: Sequence[Task], cfg: EvalConfig
                 f"model context {ctx} leaves no room for a prompt with {_cap(task, cfg)} new tokens; "
                 "lower EvalConfig.max_new_tokens / block_max_new_tokens")
         ids = tokenizer(task.prompt, add_special_tokens=False)["input_ids"][-keep:] or [eos]
+        prefix = ""
+        if cfg.token_healing and len(ids) >= 2:
+            prefix = table.texts[ids[-1]]
+            ids = ids[:-1]
         encoded.append(ids)
+        healed.append(prefix)
     order = sorted(range(len(tasks)), key=lambda i: (_cap(tasks[i], cfg), len(encoded[i]), i))
     results: list[Completion | None] = [None] * len(tasks)
     done_count = 0
@@ -177,9 +212,11 @@ def generate_completions(lm: LoadedModel, tasks: Sequence[Task], cfg: EvalConfig
     with torch.inference_mode():
         for batch in batches:
             outs = _generate_batch(model, [encoded[i] for i in batch], [tasks[i] for i in batch],
-                                   _cap(tasks[batch[0]], cfg), eos, lm.device, nl_total, nl_after, has_content)
+                                   [healed[i] for i in batch], _cap(tasks[batch[0]], cfg), eos, lm.device, table)
             for i, (ids, latency) in zip(batch, outs, strict=True):
                 raw = tokenizer.decode(ids, skip_special_tokens=True)
+                if healed[i] and raw.startswith(healed[i]):
+                    raw = raw[len(healed[i]):]
                 results[i] = Completion(text=postprocess(tasks[i], raw), latency_ms=latency * 1000.0,
                                         new_tokens=len(ids))
             done_count += len(batch)
@@ -188,9 +225,10 @@ def generate_completions(lm: LoadedModel, tasks: Sequence[Task], cfg: EvalConfig
     return [r for r in results if r is not None]
 
 
-def _generate_batch(model, prompts, tasks, cap, eos, device, nl_total, nl_after, has_content):
+def _generate_batch(model, prompts, tasks, healed, cap, eos, device, table: _Vocab):
     import torch
 
+    nl_total, nl_after, has_content = table.nl_total, table.nl_after, table.has_content
     bsz, width = len(prompts), max(len(p) for p in prompts)
     input_ids = torch.full((bsz, width), eos, dtype=torch.long)
     mask = torch.zeros((bsz, width), dtype=torch.long)
@@ -212,11 +250,30 @@ def _generate_batch(model, prompts, tasks, cap, eos, device, nl_total, nl_after,
     out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True)
     past, logits = getattr(out, cache_kw), out.logits[:, -1, :]
     next_pos = positions[:, -1:] + 1
+    if any(healed):
+        restricted = torch.full_like(logits, float("-inf"))
+        for row, prefix in enumerate(healed):
+            allowed = table.starting_with(prefix) if prefix else slice(None)
+            restricted[row, allowed] = logits[row, allowed]
+        logits = restricted
     for step in range(cap):
         token = logits.argmax(-1)
         active = ~done
-        lines += torch.where(started, nl_total[token], nl_after[token]) * active
-        started |= has_content[token]
+        if step == 0 and any(healed):
+            # The healed prefix belongs to the prompt: count only what the first token adds.
+            counted_list, content_list = [], []
+            for row, tok in enumerate(token.tolist()):
+                rest = table.texts[tok][len(healed[row]):]
+                body = rest if started[row] else rest.lstrip()
+                counted_list.append(body.count("\n") if body.strip() or started[row] else 0)
+                content_list.append(bool(rest.strip()))
+            counted = torch.tensor(counted_list, device=device)
+            content = torch.tensor(content_list, dtype=torch.bool, device=device)
+        else:
+            counted = torch.where(started, nl_total[token], nl_after[token])
+            content = has_content[token]
+        lines += counted * active
+        started |= content
         newly = active & ((token == eos) | (lines >= stop_after))
         for row, tok in enumerate(token.tolist()):
             if active[row] and tok != eos:
