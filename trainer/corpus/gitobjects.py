@@ -1,0 +1,122 @@
+"""Reading trees and blobs straight from a bare repository, in bulk.
+
+``ls-tree``/``diff-tree`` run once per update with ``-z`` output; blobs stream through one
+``git cat-file --batch`` process (ids written by a thread so the pipe never deadlocks).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from trainer.corpus.mirror import _git_env, git
+
+ZERO = "0" * 40
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One path in a tree."""
+
+    path: str
+    mode: str
+    blob: str
+
+
+@dataclass(frozen=True)
+class Change:
+    """One path changed between two trees; ``new`` is None for a deletion."""
+
+    path: str
+    new: Entry | None
+
+
+def ls_tree(repo: Path, commit: str) -> list[Entry]:
+    """Every path (recursively) in ``commit``'s tree."""
+    out = git(repo, "ls-tree", "-r", "-z", "--full-tree", commit)
+    entries = []
+    for rec in out.split(b"\0"):
+        if not rec:
+            continue
+        meta, _, path = rec.partition(b"\t")
+        mode, _type, sha = meta.decode().split(" ")
+        entries.append(Entry(path.decode("utf-8", "surrogateescape"), mode, sha))
+    return entries
+
+
+def diff_trees(repo: Path, old: str, new: str) -> list[Change]:
+    """Paths that differ between two commits (any two; ancestry is not needed).
+
+    Renames are reported as delete + add (``--no-renames``), and a type change (file <->
+    symlink) as a modification of mode; both are exactly what the manifest needs.
+    """
+    out = git(repo, "diff-tree", "-r", "-z", "--no-renames", "--no-commit-id", old, new)
+    parts = out.split(b"\0")
+    changes: list[Change] = []
+    i = 0
+    while i + 1 < len(parts):
+        meta = parts[i].decode()
+        if not meta.startswith(":"):
+            i += 1
+            continue
+        path = parts[i + 1].decode("utf-8", "surrogateescape")
+        _old_mode, new_mode, _old_sha, new_sha, status = meta[1:].split(" ")
+        if status == "D":
+            changes.append(Change(path, None))
+        else:
+            changes.append(Change(path, Entry(path, new_mode, new_sha)))
+        i += 2
+    return changes
+
+
+def blob_sizes(repo: Path, blobs: Iterable[str]) -> dict[str, int]:
+    """Sizes of blobs without reading them (``cat-file --batch-check``)."""
+    ids = list(dict.fromkeys(blobs))
+    if not ids:
+        return {}
+    out = git(repo, "cat-file", "--batch-check=%(objectname) %(objectsize)",
+              input=("\n".join(ids) + "\n").encode())
+    sizes = {}
+    for line in out.decode().splitlines():
+        parts = line.split()
+        if len(parts) == 2:
+            sizes[parts[0]] = int(parts[1])
+    return sizes
+
+
+def read_blobs(repo: Path, blobs: Iterable[str]) -> Iterator[tuple[str, bytes]]:
+    """Stream ``(blob id, content)`` for each id, in order, through one cat-file process."""
+    ids = list(blobs)
+    if not ids:
+        return
+    proc = subprocess.Popen(["git", f"--git-dir={repo}", "cat-file", "--batch"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, env=_git_env(None), bufsize=1 << 20)
+    assert proc.stdin is not None and proc.stdout is not None
+
+    def feed() -> None:
+        try:
+            proc.stdin.write(("\n".join(ids) + "\n").encode())
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass
+
+    writer = threading.Thread(target=feed, daemon=True)
+    writer.start()
+    out = proc.stdout
+    try:
+        for _ in ids:
+            header = out.readline().split()
+            if len(header) != 3:
+                raise OSError(f"git cat-file: unexpected reply {header!r}")
+            size = int(header[2])
+            data = out.read(size)
+            out.read(1)
+            yield header[0].decode(), data
+    finally:
+        writer.join()
+        proc.stdout.close()
+        proc.wait()

@@ -1,0 +1,119 @@
+"""Bare mirrors: clone or fetch a repository into ``mirrors/<name>.git`` (never checked out).
+
+A token travels only in the environment of the git child (``GIT_CONFIG_*`` -> an
+``http.extraHeader``), never on a command line, in the mirror's config, or in a message.
+``file://`` URLs and local paths work the same way as HTTPS.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import subprocess
+from pathlib import Path
+
+from trainer.errors import RepositoryError
+
+_CRED = re.compile(r"(https?://)[^/@\s]+@")
+
+
+def redact_url(text: str) -> str:
+    """Hide ``user:password@`` in URLs inside ``text``."""
+    return _CRED.sub(r"\1***@", text)
+
+
+def name_from_url(url: str) -> str:
+    """A corpus name from a clone URL or path: ``owner/repo`` for remote URLs, else ``repo``."""
+    trimmed = url.rstrip("/")
+    trimmed = trimmed[:-4] if trimmed.endswith(".git") else trimmed
+    is_remote = re.match(r"^[a-z+]+://", trimmed) and not trimmed.startswith("file://")
+    scp = re.match(r"^[\w.-]+@[\w.-]+:(.+)$", trimmed)
+    if scp:
+        trimmed, is_remote = scp.group(1), True
+    parts = [p for p in re.split(r"[/:]", trimmed) if p]
+    if is_remote and len(parts) >= 3:
+        return f"{parts[-2]}/{parts[-1]}"
+    return parts[-1] if parts else "repo"
+
+
+def _git_env(token: str | None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+    env.update(GIT_TERMINAL_PROMPT="0", GIT_ASKPASS="/bin/true", LC_ALL="C")
+    if token:
+        basic = base64.b64encode(f"x-access-token:{token}".encode()).decode()
+        env.update(GIT_CONFIG_COUNT="1", GIT_CONFIG_KEY_0="http.extraHeader",
+                   GIT_CONFIG_VALUE_0=f"Authorization: Basic {basic}")
+    return env
+
+
+def git(git_dir: Path, *args: str, token: str | None = None, check: bool = True,
+        input: bytes | None = None) -> bytes:
+    """Run ``git --git-dir=<git_dir> args`` and return stdout; RepositoryError on failure."""
+    cmd = ["git", f"--git-dir={git_dir}", *args]
+    done = subprocess.run(cmd, input=input, capture_output=True, env=_git_env(token))
+    if check and done.returncode != 0:
+        err = redact_url(done.stderr.decode("utf-8", "replace").strip())
+        raise RepositoryError(f"git {' '.join(args[:2])} failed in {git_dir}: {err}")
+    return done.stdout
+
+
+def _source(url: str) -> str:
+    if re.match(r"^[a-z+]+://", url) or re.match(r"^[\w.-]+@[\w.-]+:", url):
+        return url
+    path = Path(url).expanduser()
+    if not path.exists():
+        raise RepositoryError(f"{url!r} is neither a URL nor an existing path; "
+                              "give a clone URL (https://, file://, ssh) or a local repository path")
+    return str(path.resolve())
+
+
+def sync(url: str, mirror: Path, token: str | None = None) -> Path:
+    """Create the bare mirror if missing, then fetch every branch and tag (pruning deleted ones)."""
+    source = _source(url)
+    env = _git_env(token)
+    if not (mirror / "HEAD").exists():
+        mirror.parent.mkdir(parents=True, exist_ok=True)
+        tmp = mirror.with_name(mirror.name + ".cloning")
+        if tmp.exists():
+            subprocess.run(["rm", "-rf", "--", str(tmp)], check=False)
+        done = subprocess.run(["git", "clone", "--bare", "--quiet", "--", source, str(tmp)],
+                              capture_output=True, env=env)
+        if done.returncode != 0:
+            err = redact_url(done.stderr.decode("utf-8", "replace").strip())
+            raise RepositoryError(f"cannot clone {redact_url(url)}: {err}. Check the URL, that the "
+                                  "remote is reachable, and the token if the repository is private.")
+        git(tmp, "config", "remote.origin.fetch", "+refs/heads/*:refs/heads/*")
+        os.replace(tmp, mirror)
+        return mirror
+    git(mirror, "remote", "set-url", "origin", source)
+    done = subprocess.run(["git", f"--git-dir={mirror}", "fetch", "--quiet", "--prune", "--tags",
+                           "origin"], capture_output=True, env=env)
+    if done.returncode != 0:
+        err = redact_url(done.stderr.decode("utf-8", "replace").strip())
+        raise RepositoryError(f"cannot fetch {redact_url(url)} into {mirror}: {err}. The remote may be "
+                              "unreachable; the corpus was not changed.")
+    return mirror
+
+
+def resolve(mirror: Path, rev: str | None, branch: str | None) -> str:
+    """The commit id of ``rev`` (or the tracked branch's head; None = the remote's default)."""
+    if rev is None:
+        if branch is None:
+            rev = git(mirror, "symbolic-ref", "HEAD").decode().strip()
+        else:
+            rev = f"refs/heads/{branch}"
+    done = subprocess.run(["git", f"--git-dir={mirror}", "rev-parse", "--verify", "--quiet",
+                           f"{rev}^{{commit}}"], capture_output=True, env=_git_env(None))
+    if done.returncode != 0:
+        branches = git(mirror, "for-each-ref", "--format=%(refname:short)", "refs/heads").decode().split()
+        raise RepositoryError(f"unknown revision {rev!r} in {mirror.name}; branches: "
+                              f"{', '.join(branches) or '(none)'}. Pass an existing branch, tag or commit.")
+    return done.stdout.decode().strip()
+
+
+def has_commit(mirror: Path, sha: str) -> bool:
+    """Whether the commit object is still in the mirror (a force push + gc may drop it)."""
+    done = subprocess.run(["git", f"--git-dir={mirror}", "cat-file", "-e", f"{sha}^{{commit}}"],
+                          capture_output=True, env=_git_env(None))
+    return done.returncode == 0

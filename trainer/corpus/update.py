@@ -1,0 +1,550 @@
+"""Incremental corpus update: fetch, diff from the last ingested commit, filter, scrub,
+dedupe, split, rewrite only the touched shards, commit.
+
+Crash safety (SIGKILL at any point leaves a usable corpus; the next update completes it):
+
+1. every manifest change of an update happens inside one sqlite transaction;
+2. new shard contents are first written to hidden temp files (fsynced) next to the shards;
+3. the transaction records the planned renames in ``pending`` and COMMITs: the commit point;
+4. the temp files are renamed over the shards, ``corpus.json`` is rewritten, ``pending`` cleared.
+
+A crash before 3 leaves the old manifest and old shards (stray temp files are deleted by the
+next :func:`recover`); a crash after 3 is rolled forward by :func:`recover`, which every
+public entry point runs first under the corpus lock.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import sqlite3
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from trainer.corpus import dedupe, filters, gitobjects, manifest, mirror, shards, split
+from trainer.corpus.secrets import scrub
+from trainer.corpus.spec import CorpusResult, CorpusSpec
+from trainer.errors import CorpusError, ShardCorrupt
+
+Progress = Callable[[dict], None]
+_test_hook: Callable[[str], None] | None = None
+"""Called with a stage name at each crash-relevant point; tests use it to SIGKILL the process."""
+
+
+def _hook(stage: str) -> None:
+    if _test_hook is not None:
+        _test_hook(stage)
+
+
+def corpus_dir(home: Path, name: str) -> Path:
+    return Path(home) / "corpus" / name
+
+
+def mirror_dir(home: Path, name: str) -> Path:
+    return Path(home) / "mirrors" / f"{name}.git"
+
+
+@contextmanager
+def _locked(cdir: Path) -> Iterator[None]:
+    cdir.mkdir(parents=True, exist_ok=True)
+    with open(cdir / ".lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+# --------------------------------------------------------------------------- recovery
+
+def recover(cdir: Path, summary: bool = False) -> None:
+    """Roll a committed update forward and delete temp files of an uncommitted one."""
+    db = cdir / "manifest.sqlite"
+    sdir = cdir / "shards"
+    if not db.exists():
+        return
+    conn = manifest.connect(db)
+    try:
+        pending = conn.execute("SELECT tmp, final FROM pending").fetchall()
+        keep = set()
+        for tmp, final in pending:
+            if tmp is None:
+                (sdir / final).unlink(missing_ok=True)
+            elif (sdir / tmp).exists():
+                os.replace(sdir / tmp, sdir / final)
+            keep.add(tmp)
+        if sdir.exists():
+            for stray in sdir.glob(".*.tmp"):
+                if stray.name not in keep:
+                    stray.unlink(missing_ok=True)
+            shards.fsync_dir(sdir)
+        if summary or pending or not (cdir / "corpus.json").exists():
+            _write_summary(conn, cdir)
+            conn.execute("DELETE FROM pending")
+    finally:
+        conn.close()
+
+
+def _write_summary(conn, cdir: Path) -> dict:
+    if manifest.get_meta(conn, "commit") is None:
+        return {}
+    s = manifest.summary(conn)
+    data = {
+        "name": manifest.get_meta(conn, "name"),
+        "url": mirror.redact_url(manifest.get_meta(conn, "url") or ""),
+        "branch": json.loads(manifest.get_meta(conn, "spec") or "{}").get("branch"),
+        "commit": manifest.get_meta(conn, "commit"),
+        "previous_commit": manifest.get_meta(conn, "previous_commit"),
+        "version": int(manifest.get_meta(conn, "version", "0")),
+        **s,
+        "bytes": s["train_bytes"] + s["heldout_bytes"],
+        "shards": {n: {"sha256": h, "records": r, "bytes": b} for n, h, r, b in
+                   conn.execute("SELECT name, sha256, records, bytes FROM shards ORDER BY name")},
+        "created_at": manifest.get_meta(conn, "created_at"),
+        "updated_at": manifest.get_meta(conn, "updated_at"),
+    }
+    shards.atomic_write(cdir / "corpus.json", (json.dumps(data, indent=2) + "\n").encode())
+    return data
+
+
+# --------------------------------------------------------------------------- processing
+
+def _process(path: str, data: bytes, spec: CorpusSpec) -> dict:
+    """Content filters, secrets and signature for one blob: the row fields it decides."""
+    skip = filters.content_skip(data, spec.max_file_bytes)
+    if skip:
+        return {"skip": skip, "eligible": 0, "bytes": len(data)}
+    text, found = scrub(data.decode("utf-8"))
+    if found and spec.secrets == "drop":
+        return {"skip": "secret", "eligible": 0, "bytes": len(data), "secrets": found}
+    raw = text.encode("utf-8") if found else data
+    sig = dedupe.signature(raw)
+    return {"skip": None, "eligible": 1, "bytes": len(raw), "secrets": found, "text": text,
+            "sig": sig.tobytes() if sig is not None else None}
+
+
+def _attr_rules(repo: Path, entries: dict[str, str]) -> list[filters.AttrRule]:
+    """linguist rules from every .gitattributes (``entries``: path -> blob), shallow first."""
+    paths = sorted((p for p in entries if p == ".gitattributes" or p.endswith("/.gitattributes")),
+                   key=lambda p: (p.count("/"), p))
+    if not paths:
+        return []
+    texts = dict(gitobjects.read_blobs(repo, [entries[p] for p in paths]))
+    rules: list[filters.AttrRule] = []
+    for p in paths:
+        base = p.rpartition("/")[0]
+        rules += filters.parse_gitattributes(base, texts[entries[p]].decode("utf-8", "replace"))
+    return rules
+
+
+class _Rows:
+    """The new state's rows: changed rows in memory over the manifest (or memory only: full)."""
+
+    def __init__(self, conn, full: bool) -> None:
+        self.conn = conn
+        self.full = full
+        self.mem: dict[str, dict | None] = {}
+        self.by_blob: dict[str, set[str]] = defaultdict(set)
+        self.by_band: dict[int, set[str]] = defaultdict(set)
+
+    def put(self, row: dict) -> None:
+        self.mem[row["path"]] = row
+        if row["eligible"]:
+            self.by_blob[row["blob"]].add(row["path"])
+            if row.get("sig"):
+                for k in dedupe.band_keys(np.frombuffer(row["sig"], np.uint32)):
+                    self.by_band[k].add(row["path"])
+
+    def delete(self, path: str) -> None:
+        self.mem[path] = None
+
+    def get(self, path: str) -> dict | None:
+        if path in self.mem or self.full:
+            return self.mem.get(path)
+        r = self.conn.execute(f"SELECT {', '.join(manifest.FILE_COLUMNS)} FROM files WHERE path=?",
+                              (path,)).fetchone()
+        return dict(zip(manifest.FILE_COLUMNS, r, strict=True)) if r else None
+
+    def same_blob(self, blob: str) -> set[str]:
+        found = set(self.by_blob.get(blob, ()))
+        if not self.full:
+            found |= {p for (p,) in self.conn.execute(
+                "SELECT path FROM files WHERE blob=? AND eligible=1", (blob,))}
+        return {p for p in found if (r := self.get(p)) and r["eligible"] and r["blob"] == blob}
+
+    def band_neighbors(self, keys: list[int]) -> set[str]:
+        found: set[str] = set()
+        for k in keys:
+            found |= self.by_band.get(k, set())
+        if not self.full and keys:
+            q = f"SELECT path FROM bands WHERE key IN ({','.join('?' * len(keys))})"
+            found |= {p for (p,) in self.conn.execute(q, keys)}
+        return found
+
+
+def _dup_status(path: str, rows: _Rows, cross: dict[str, str]) -> tuple[str | None, str | None]:
+    """(skip reason, dup_of) for an eligible row under the order-independent rule."""
+    row = rows.get(path)
+    assert row is not None
+    key = dedupe.sort_key(row["split"], path)
+    better = [q for q in rows.same_blob(row["blob"]) if q != path
+              and dedupe.sort_key(rows.get(q)["split"], q) < key]
+    if better:
+        return "duplicate", min(better, key=lambda q: dedupe.sort_key(rows.get(q)["split"], q))
+    if path in cross:
+        return "duplicate", cross[path]
+    if row.get("sig"):
+        sig = np.frombuffer(row["sig"], np.uint32)
+        cands = []
+        for q in rows.band_neighbors(dedupe.band_keys(sig)):
+            other = rows.get(q)
+            if q == path or not other or not other["eligible"] or not other.get("sig"):
+                continue
+            okey = dedupe.sort_key(other["split"], q)
+            if okey < key and dedupe.similarity(sig, np.frombuffer(other["sig"], np.uint32)) >= dedupe.THRESHOLD:
+                cands.append((okey, q))
+        if cands:
+            return "near-duplicate", min(cands)[1]
+    return None, None
+
+
+def _cross_repo(conn, home: Path, spec: CorpusSpec) -> dict[str, str]:
+    """Eligible paths here whose exact content another corpus under ``home`` holds with a
+    smaller key ``(split != heldout, repo, path)``: path -> ``repo:path`` of that copy."""
+    found: dict[str, tuple] = {}
+    root = Path(home) / "corpus"
+    others = list(root.glob("*/manifest.sqlite")) + list(root.glob("*/*/manifest.sqlite"))
+    for i, db in enumerate(others):
+        other_name = db.parent.relative_to(root).as_posix()
+        if other_name == spec.name:
+            continue
+        alias = f"o{i}"
+        try:
+            conn.execute(f"ATTACH DATABASE ? AS {alias}", (f"{db.as_uri()}?mode=ro",))
+        except Exception:  # an unreadable neighbour must not block this corpus
+            continue
+        try:
+            pairs = conn.execute(
+                f"SELECT f.path, f.split, o.path, o.split FROM files f JOIN {alias}.files o "
+                "ON o.blob = f.blob WHERE f.eligible = 1 AND o.eligible = 1").fetchall()
+        except Exception:
+            pairs = []
+        finally:
+            conn.execute(f"DETACH DATABASE {alias}")
+        for path, sp, opath, osp in pairs:
+            okey = (osp != "heldout", other_name, opath)
+            if okey < (sp != "heldout", spec.name, path) and (path not in found or okey < found[path]):
+                found[path] = okey
+    return {p: f"{k[1]}:{k[2]}" for p, k in found.items()}
+
+
+# --------------------------------------------------------------------------- update
+
+def update(spec: CorpusSpec, home: str | os.PathLike[str], to_rev: str | None = None, *,
+           full: bool = False, progress: Progress | None = None) -> CorpusResult:
+    """Bring the corpus of ``spec`` to ``to_rev`` (default: the tracked branch's head).
+
+    Diffs from the last ingested commit recorded in the manifest; with no state, a changed
+    spec, a vanished old commit or ``full=True`` the whole tree is processed. Raises
+    :class:`RepositoryError` (remote/revision), :class:`ShardCorrupt`, :class:`CorpusError`
+    (e.g. disk full); in every case the last good corpus stays as it was.
+    """
+    home = Path(home)
+    cdir = corpus_dir(home, spec.name)
+    started = time.perf_counter()
+    report = progress or (lambda event: None)
+    with _locked(cdir):
+        recover(cdir)
+        report({"stage": "fetch", "done": 0, "total": 1})
+        repo = mirror.sync(spec.url, mirror_dir(home, spec.name), spec.token)
+        report({"stage": "fetch", "done": 1, "total": 1})
+        commit = mirror.resolve(repo, to_rev, spec.branch)
+        conn = manifest.connect(cdir / "manifest.sqlite")
+        try:
+            return _update_locked(spec, home, cdir, repo, conn, commit, full, report, started)
+        except (OSError, sqlite3.Error) as exc:
+            raise CorpusError(f"corpus {spec.name} update to {commit[:12]} failed: {exc}. The last "
+                              "good corpus is intact; free disk space and run the update again.") from exc
+        finally:
+            conn.close()
+
+
+def _update_locked(spec, home, cdir, repo, conn, commit, full, report, started) -> CorpusResult:
+    old_commit = manifest.get_meta(conn, "commit")
+    version = int(manifest.get_meta(conn, "version", "0"))
+    full = (full or old_commit is None or manifest.get_meta(conn, "fingerprint") != spec.fingerprint()
+            or not mirror.has_commit(repo, old_commit))
+    if not full and old_commit == commit:
+        s = manifest.summary(conn)
+        return CorpusResult(spec.name, commit, manifest.get_meta(conn, "previous_commit"), version,
+                            False, train_files=s["train_files"], heldout_files=s["heldout_files"],
+                            bytes=s["train_bytes"] + s["heldout_bytes"], skipped=s["skipped"],
+                            secrets_redacted=s["secrets_redacted"],
+                            duration_s=time.perf_counter() - started)
+    changes: list[gitobjects.Change] = []
+    if not full:
+        changes = gitobjects.diff_trees(repo, old_commit, commit)
+        if any(c.path.rsplit("/", 1)[-1] == ".gitattributes" for c in changes):
+            full = True  # attributes may change any file's status
+    tree_blobs: dict[str, str] = {}
+    if full:
+        entries = gitobjects.ls_tree(repo, commit)
+        changes = [gitobjects.Change(e.path, e) for e in entries]
+        tree_blobs = {e.path: e.blob for e in entries}
+    else:
+        tree_blobs = {p: b for p, b in conn.execute(
+            "SELECT path, blob FROM files WHERE path = '.gitattributes' OR path LIKE '%/.gitattributes'")}
+    rules = _attr_rules(repo, tree_blobs)
+
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        result = _apply(spec, home, cdir, repo, conn, commit, old_commit, version, full, changes,
+                        rules, report)
+    except BaseException:
+        conn.execute("ROLLBACK")
+        for stray in (cdir / "shards").glob(".*.tmp"):
+            stray.unlink(missing_ok=True)
+        raise
+    _hook("committed")
+    recover(cdir, summary=True)
+    result.duration_s = time.perf_counter() - started
+    report({"stage": "done", "done": 1, "total": 1})
+    return result
+
+
+def _old_locations(conn, full: bool) -> dict[str, tuple[str | None, str]]:
+    """path -> (shard name it sits in or None, blob), for every row (full) — else lazily."""
+    if not full:
+        return {}
+    return {p: (shards.shard_name(sp, sh) if skip is None else None, blob)
+            for p, sp, sh, skip, blob in conn.execute("SELECT path, split, shard, skip, blob FROM files")}
+
+
+def _apply(spec, home, cdir, repo, conn, commit, old_commit, version, full, changes, rules,
+           report) -> CorpusResult:
+    sdir = cdir / "shards"
+    sdir.mkdir(parents=True, exist_ok=True)
+    cols = ", ".join(manifest.FILE_COLUMNS)
+    old: dict[str, tuple[str | None, str]] = _old_locations(conn, full)
+    old_sigs: dict[str, bytes] = {}
+
+    def snapshot(path: str) -> None:
+        if full or path in old:
+            return
+        r = conn.execute("SELECT split, shard, skip, blob, sig FROM files WHERE path=?", (path,)).fetchone()
+        if r is None:
+            old[path] = (None, "")
+        else:
+            old[path] = (shards.shard_name(r[0], r[1]) if r[2] is None else None, r[3])
+            if r[4]:
+                old_sigs[path] = r[4]
+
+    if full:
+        old_sigs = {}
+        conn.execute("DELETE FROM files")
+        conn.execute("DELETE FROM bands")
+    rows = _Rows(conn, full)
+    pins = {p for (p,) in conn.execute("SELECT path FROM pins")}
+    texts: dict[str, str] = {}
+    added = modified = deleted = 0
+    new_rows: list[dict] = []
+    to_read: list[tuple[str, str]] = []
+    for ch in changes:
+        snapshot(ch.path)
+        existed = old.get(ch.path, (None, ""))[1] != "" if not full else False
+        if ch.new is None:
+            deleted += 1
+            rows.delete(ch.path)
+            continue
+        added, modified = (added, modified + 1) if existed else (added + 1, modified)
+        e = ch.new
+        heldout = split.is_heldout(spec.name, e.path, spec.heldout_fraction) or e.path in pins
+        row = {"path": e.path, "blob": e.blob, "mode": e.mode, "lang": None, "bytes": 0,
+               "split": "heldout" if heldout else "train",
+               "shard": split.shard_of(e.path, spec.num_shards), "skip": None, "eligible": 0,
+               "dup_of": None, "secrets": 0, "sig": None}
+        attrs = filters.attributes(e.path, rules) if rules else {}
+        row["skip"] = filters.path_skip(e.path, e.mode, spec.include, spec.exclude, attrs)
+        if row["skip"] is None:
+            row["lang"] = filters.language_of(e.path)
+            to_read.append((e.path, e.blob))
+        new_rows.append(row)
+    by_path = {r["path"]: r for r in new_rows}
+    sizes = gitobjects.blob_sizes(repo, (b for _, b in to_read))
+    readable = []
+    for p, b in to_read:
+        if sizes.get(b, 0) > spec.max_file_bytes:
+            by_path[p].update(skip="too-large", bytes=sizes[b])
+        else:
+            readable.append((p, b))
+    total = len(readable)
+    t0 = time.perf_counter()
+    blob_iter = gitobjects.read_blobs(repo, [b for _, b in readable])
+    nbytes = 0
+    for i, ((p, _b), (_, data)) in enumerate(zip(readable, blob_iter, strict=True)):
+        fields = _process(p, data, spec)
+        nbytes += len(data)
+        text = fields.pop("text", None)
+        if text is not None:
+            texts[p] = text
+        by_path[p].update(fields)
+        if i % 500 == 0 or i + 1 == total:
+            dt = max(time.perf_counter() - t0, 1e-9)
+            report({"stage": "scan", "done": i + 1, "total": total, "files_per_s": (i + 1) / dt,
+                    "mb_per_s": nbytes / dt / 1e6})
+    for r in new_rows:
+        rows.put(r)
+
+    # Write rows; deletions and band index first (the transaction is still open).
+    gone = [p for p, r in rows.mem.items() if r is None]
+    if not full:
+        conn.executemany("DELETE FROM files WHERE path=?", [(p,) for p in gone])
+        conn.executemany("DELETE FROM bands WHERE path=?", [(p,) for p in rows.mem])
+    conn.executemany(f"INSERT OR REPLACE INTO files({cols}) VALUES ({', '.join('?' * len(manifest.FILE_COLUMNS))})",
+                     [tuple(r[c] for c in manifest.FILE_COLUMNS) for r in new_rows])
+    conn.executemany("INSERT OR IGNORE INTO bands(key, path) VALUES (?, ?)",
+                     [(k, r["path"]) for r in new_rows if r["eligible"] and r["sig"]
+                      for k in dedupe.band_keys(np.frombuffer(r["sig"], np.uint32))])
+
+    # Pins: drop those of vanished/ineligible paths, add what the minimum needs.
+    conn.execute("DELETE FROM pins WHERE path NOT IN (SELECT path FROM files WHERE eligible=1)")
+    held = {p for (p,) in conn.execute("SELECT path FROM files WHERE eligible=1 AND split='heldout'")}
+    pinned_now: list[str] = []
+    if len(held) < spec.heldout_min:
+        cands = [p for (p,) in conn.execute("SELECT path FROM files WHERE eligible=1 AND split='train'")]
+        pinned_now = split.pins_needed(spec.name, held, cands, spec.heldout_min)
+        for p in pinned_now:
+            snapshot(p)
+            r = rows.get(p)
+            r = dict(r)
+            r["split"] = "heldout"
+            rows.put(r)
+        conn.executemany("INSERT OR IGNORE INTO pins(path) VALUES (?)", [(p,) for p in pinned_now])
+        conn.executemany("UPDATE files SET split='heldout' WHERE path=?", [(p,) for p in pinned_now])
+
+    # Dedupe: recompute every path whose status can have changed.
+    report({"stage": "dedupe", "done": 0, "total": 0})
+    cross = _cross_repo(conn, home, spec)
+    if full:
+        affected = {r["path"] for r in new_rows}
+    else:
+        affected = set(rows.mem) | set(pinned_now) | set(cross)
+        affected |= {p for (p,) in conn.execute("SELECT path FROM files WHERE dup_of LIKE '%:%'")}
+        for p in list(rows.mem) + pinned_now:
+            for b in {old.get(p, (None, ""))[1], (rows.get(p) or {}).get("blob", "")} - {""}:
+                affected |= rows.same_blob(b)
+            for sig in (old_sigs.get(p), (rows.get(p) or {}).get("sig")):
+                if sig:
+                    affected |= rows.band_neighbors(dedupe.band_keys(np.frombuffer(sig, np.uint32)))
+    status_updates = []
+    for p in sorted(affected):
+        r = rows.get(p)
+        if r is None or not r["eligible"]:
+            continue
+        snapshot(p)
+        skip, dup_of = _dup_status(p, rows, cross)
+        if (skip, dup_of) != (r["skip"], r["dup_of"]):
+            status_updates.append((skip, dup_of, p))
+            r = dict(r)
+            r.update(skip=skip, dup_of=dup_of)
+            rows.mem[p] = r
+    conn.executemany("UPDATE files SET skip=?, dup_of=? WHERE path=?", status_updates)
+
+    # Shards touched: where a record leaves, arrives, or changes content.
+    touched: set[str] = set()
+    reread: set[str] = set()
+    for p, (old_loc, old_blob) in old.items():
+        r = rows.get(p)
+        new_loc = shards.shard_name(r["split"], r["shard"]) if r and r["skip"] is None else None
+        if old_loc != new_loc or (new_loc and r["blob"] != old_blob):
+            touched |= {x for x in (old_loc, new_loc) if x}
+    for r in new_rows:
+        if r["skip"] is None:
+            touched.add(shards.shard_name(r["split"], r["shard"]))
+    old_shards = dict(conn.execute("SELECT name, sha256 FROM shards"))
+    if full:
+        touched |= set(old_shards)
+    reusable: dict[str, tuple[str, bytes]] = {}
+    if not full:
+        for name in sorted(touched & set(old_shards)):
+            data = (sdir / f"{name}{shards.SUFFIX}").read_bytes()
+            if shards.checksum(data) != old_shards[name]:
+                raise ShardCorrupt(f"shard {name} of corpus {spec.name} does not match its manifest "
+                                   f"checksum; run `repotune corpus update {spec.name} --full` to rebuild it")
+            for line in shards.decompress_lines(data, name):
+                i = line.rfind(b'"path": ')
+                meta = json.loads(b"{" + line[i:])
+                reusable[meta["path"]] = (meta["sha"], line)
+
+    plan: list[tuple[str, list[tuple[str, str, str]]]] = []
+    for name in sorted(touched):
+        sp, _, idx = name.rpartition("-")
+        members = conn.execute("SELECT path, blob, lang FROM files WHERE skip IS NULL AND split=? "
+                               "AND shard=? ORDER BY path", (sp, int(idx))).fetchall()
+        plan.append((name, members))
+        for p, b, _lang in members:
+            if p not in texts and reusable.get(p, ("",))[0] != b:
+                reread.add(p)
+    if reread:
+        want = sorted(reread)
+        blobs = [rows.get(p)["blob"] for p in want]
+        for p, (_, data) in zip(want, gitobjects.read_blobs(repo, blobs), strict=True):
+            texts[p] = _process(p, data, spec)["text"]
+
+    report({"stage": "write", "done": 0, "total": len(plan)})
+    tag = f"{commit[:12]}.{os.getpid()}"
+    pending: list[tuple[str | None, str]] = []
+    written: list[str] = []
+    for i, (name, members) in enumerate(plan):
+        final = f"{name}{shards.SUFFIX}"
+        if not members:
+            if name in old_shards:
+                pending.append((None, final))
+                conn.execute("DELETE FROM shards WHERE name=?", (name,))
+                written.append(name)
+            continue
+        lines = [shards.encode(texts[p], p, spec.name, lang, b) if p in texts else reusable[p][1]
+                 for p, b, lang in members]
+        data = shards.compress(lines)
+        digest = shards.checksum(data)
+        if old_shards.get(name) == digest:
+            continue
+        tmp = shards.write_temp(sdir, final, data, tag)
+        _hook("staged")
+        pending.append((tmp.name, final))
+        written.append(name)
+        conn.execute("INSERT OR REPLACE INTO shards(name, sha256, records, bytes) VALUES (?,?,?,?)",
+                     (name, digest, len(members), len(data)))
+        report({"stage": "write", "done": i + 1, "total": len(plan)})
+    shards.fsync_dir(sdir)
+
+    changed = bool(written or status_updates or changes and (added or modified or deleted)
+                   or pinned_now or old_commit is None)
+    new_version = version + 1 if changed else version
+    now = _now()
+    conn.executemany("INSERT INTO pending(tmp, final) VALUES (?, ?)", pending)
+    manifest.set_meta(conn, commit=commit, previous_commit=old_commit, version=str(new_version),
+                      fingerprint=spec.fingerprint(), spec=json.dumps(spec.public()),
+                      name=spec.name, url=spec.url, updated_at=now,
+                      created_at=manifest.get_meta(conn, "created_at") or now)
+    _hook("before-commit")
+    conn.execute("COMMIT")
+    s = manifest.summary(conn)
+    return CorpusResult(
+        name=spec.name, commit=commit, previous_commit=old_commit, version=new_version, full=full,
+        added=added, modified=modified, deleted=deleted,
+        changed_paths=sorted(c.path for c in changes) if not full else [],
+        train_files=s["train_files"], heldout_files=s["heldout_files"],
+        bytes=s["train_bytes"] + s["heldout_bytes"], skipped=s["skipped"],
+        secrets_redacted=s["secrets_redacted"], shards_touched=sorted(written))
