@@ -276,6 +276,8 @@ class Context:
     author: str
     where: str
     """``owner/name#7`` or ``group/name!3``: for reasons and log lines."""
+    reply_to: dict = field(default_factory=dict)
+    """``forge``, ``repo``, ``number``, ``project_id``: where a run started here reports back."""
 
 
 def execute(ctx: Context, command: Command) -> str:
@@ -323,7 +325,7 @@ def _retrain(ctx: Context, cmd: Command) -> str:
     run_id = scheduler.request_training(
         ctx.settings, ctx.redis, ctx.repo.name, full=full,
         reason=f"chat-ops retrain{' --full' if full else ''} by @{ctx.author} on {ctx.where}",
-        requested_by=ctx.author)
+        requested_by=ctx.author, trigger=ctx.reply_to)
     if run_id is None:
         return (f":hourglass: A training of `{ctx.repo.name}` is already queued or running; "
                 "this request joins it.")
@@ -600,7 +602,10 @@ def handle_comment_job(event_dict: Mapping[str, Any], settings: Any = None) -> d
 
     assert command is not None
     repo = settings.repo_for(forge_name, event["repo"], event.get("project_id"))
-    ctx = Context(settings, _redis(settings), forge_name, repo, str(event["author"]), where)
+    reply_to = {"forge": forge_name, "repo": event["repo"], "number": int(event["number"]),
+                "project_id": event.get("project_id")}
+    ctx = Context(settings, _redis(settings), forge_name, repo, str(event["author"]), where,
+                  reply_to)
     log.info("chat-ops %s by %s on %s", command.name, event["author"], where)
     try:
         reply = execute(ctx, command)

@@ -195,7 +195,10 @@ def _report(settings: Any, run: Any) -> None:
                             run.id, st.context, repo, sha[:12], exc)
     number = trigger.get("number")
     if kind == "chatops" and number and _value(run.status) in _TERMINAL:
-        forge.comment((repo, int(number)), run_summary(settings, run))
+        from bot.forge import Target
+
+        forge.comment(Target(repo, int(number), trigger.get("project_id")),
+                      run_summary(settings, run))
 
 
 def run_summary(settings: Any, run: Any) -> str:
