@@ -1,0 +1,145 @@
+"""Redis and RQ plumbing: connections, the four queues, key names, and the all-or-nothing
+"remember this delivery and enqueue its jobs" transaction the webhook relies on.
+
+Queues: ``ingest`` (CPU: corpus updates), ``gpu`` (training, evaluation, conversion), ``deploy``
+(publish, activate, roll back), ``control`` (chat-ops commands and scheduler/reconcile ticks).
+"""
+
+from __future__ import annotations
+
+import typing as t
+from dataclasses import dataclass, field
+
+import redis
+from rq import Queue, Retry
+from rq.job import Job
+
+from bot import defaults
+from bot.errors import QueueUnavailable
+
+QUEUES = defaults.QUEUES
+
+PREFIX = "repotune:"
+
+
+def key(*parts: str) -> str:
+    """A RepoTune Redis key: ``repotune:<part>:<part>…``."""
+    return PREFIX + ":".join(parts)
+
+
+def delivery_key(forge: str, delivery_id: str) -> str:
+    return key("delivery", forge, delivery_id)
+
+
+def connect(url: str, *, timeout: float = 2.0) -> redis.Redis:
+    """A Redis client for ``url`` with short timeouts, so an outage is an error, not a hang."""
+    return redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout,
+                                health_check_interval=30)
+
+
+def get_queue(name: str, connection: redis.Redis) -> Queue:
+    """The RQ queue ``name`` (one of :data:`QUEUES`)."""
+    if name not in QUEUES:
+        raise ValueError(f"unknown queue {name!r}; queues are {', '.join(QUEUES)}")
+    return Queue(name, connection=connection)
+
+
+def ingest_retry() -> Retry:
+    """Retry policy of ingest jobs: back-off intervals from :mod:`bot.defaults`."""
+    intervals = list(defaults.INGEST_RETRY_INTERVALS_SECONDS)
+    return Retry(max=len(intervals), interval=intervals)
+
+
+@dataclass
+class JobSpec:
+    """One job to enqueue: which queue, which function, its arguments and RQ options."""
+
+    queue: str
+    func: str | t.Callable[..., t.Any]
+    args: tuple[t.Any, ...] = ()
+    kwargs: dict[str, t.Any] = field(default_factory=dict)
+    options: dict[str, t.Any] = field(default_factory=dict)
+    """Passed to :meth:`rq.Queue.enqueue_call` (timeout, retry, meta, job_id, description …)."""
+
+
+def enqueue_once(connection: redis.Redis, marker: str, ttl_seconds: int,
+                 jobs: t.Sequence[JobSpec]) -> list[str] | None:
+    """Set ``marker`` and enqueue ``jobs`` in one MULTI/EXEC; None if ``marker`` already exists.
+
+    Either the marker is set *and* every job is queued, or nothing is: a connection lost before
+    EXEC leaves no marker behind, so the forge's redelivery is processed normally. Raises
+    :class:`QueueUnavailable` when Redis cannot be reached.
+    """
+    try:
+        with connection.pipeline(transaction=True) as pipe:
+            try:
+                pipe.watch(marker)
+                if pipe.exists(marker):
+                    return None
+                pipe.multi()
+                pipe.set(marker, "1", ex=ttl_seconds)
+                ids = []
+                for spec in jobs:
+                    queue = get_queue(spec.queue, connection)
+                    job = queue.enqueue_call(spec.func, args=spec.args, kwargs=spec.kwargs,
+                                             pipeline=pipe, **spec.options)
+                    ids.append(job.id)
+                pipe.execute()
+                return ids
+            except redis.WatchError:
+                return None  # a concurrent redelivery got there first
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        raise QueueUnavailable(f"Redis is unreachable ({exc}); nothing was queued") from exc
+
+
+def enqueue(connection: redis.Redis, spec: JobSpec) -> Job:
+    """Enqueue one job now; QueueUnavailable if Redis cannot be reached."""
+    try:
+        return get_queue(spec.queue, connection).enqueue_call(
+            spec.func, args=spec.args, kwargs=spec.kwargs, **spec.options)
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        raise QueueUnavailable(f"Redis is unreachable ({exc}); {spec.func} was not queued") from exc
+
+
+def queue_lengths(connection: redis.Redis) -> dict[str, dict[str, int]]:
+    """Per queue: jobs waiting, running, failed, scheduled (for retries)."""
+    out = {}
+    for name in QUEUES:
+        q = get_queue(name, connection)
+        out[name] = {"queued": q.count, "started": q.started_job_registry.count,
+                     "failed": q.failed_job_registry.count,
+                     "scheduled": q.scheduled_job_registry.count}
+    return out
+
+
+def clean_registries(connection: redis.Redis, now: float | None = None) -> None:
+    """Let RQ retry or fail jobs whose worker died (heartbeat expired before ``now``)."""
+    for name in QUEUES:
+        q = get_queue(name, connection)
+        q.started_job_registry.cleanup(timestamp=now)
+
+
+def enqueue_due(connection: redis.Redis, now: float | None = None) -> int:
+    """Move scheduled jobs (retries with back-off) whose time has come into their queues.
+
+    Workers started with a scheduler do this too; the scheduler tick does it as well so retries
+    proceed with any worker and tests can pass their own clock.
+    """
+    moved = 0
+    for name in QUEUES:
+        queue = get_queue(name, connection)
+        registry = queue.scheduled_job_registry
+        ids = registry.get_jobs_to_schedule(int(now) if now is not None else None)
+        for job_id in ids:
+            with connection.pipeline() as pipe:
+                try:
+                    job = Job.fetch(job_id, connection=connection)
+                except Exception:
+                    registry.remove(job_id, pipeline=pipe)
+                    pipe.execute()
+                    continue
+                registry.remove(job, pipeline=pipe)
+                queue.enqueue_job(job, pipeline=pipe)
+                pipe.execute()
+                moved += 1
+    return moved

@@ -1,0 +1,292 @@
+"""The policy that turns ingested pushes into training runs, and the locks that keep it honest.
+
+State in Redis, per model (``settings.serving.model_name``):
+
+``repotune:pending:<model>``          hash: files, bytes changed since the last run; first/last push time
+``repotune:pending:<model>:pushes``   list of JSON push summaries waiting for a run
+``repotune:lock:train:<model>``       run id holding the model (a lease: expires if its worker dies)
+``repotune:last_train:<model>``       when the last automatic run started (cooldown)
+``repotune:paused``                   automatic retraining paused by chat-ops
+``repotune:reconcile:last``           when the last reconciliation was queued
+
+:func:`tick` is the whole policy, a function of (settings, Redis, ``now``) so tests call it with an
+injected clock; ``repotune up`` calls it every ``policy.tick_seconds``. Pushes that arrive while a run
+holds the model simply accumulate in ``pending``; the first tick after the run ends turns them into
+one follow-up run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import typing as t
+
+import redis
+from rq.job import Job, JobStatus
+
+from bot import queue as q
+from bot.config import Settings
+from bot.runs import RunRecord, RunStatus, active_runs, new_run, save_run, transition
+
+log = logging.getLogger(__name__)
+
+PAUSED_KEY = q.key("paused")
+RECONCILE_KEY = q.key("reconcile", "last")
+
+
+def pending_key(model: str) -> str:
+    return q.key("pending", model)
+
+
+def pushes_key(model: str) -> str:
+    return q.key("pending", model, "pushes")
+
+
+def lock_key(model: str) -> str:
+    return q.key("lock", "train", model)
+
+
+def last_train_key(model: str) -> str:
+    return q.key("last_train", model)
+
+
+# --- pause ---------------------------------------------------------------------------------
+
+
+def pause(connection: redis.Redis) -> None:
+    """Stop starting automatic runs (pushes are still ingested)."""
+    connection.set(PAUSED_KEY, "1")
+
+
+def resume(connection: redis.Redis) -> None:
+    """Start automatic runs again."""
+    connection.delete(PAUSED_KEY)
+
+
+def is_paused(connection: redis.Redis) -> bool:
+    return bool(connection.exists(PAUSED_KEY))
+
+
+# --- the training lock (a lease) -----------------------------------------------------------
+
+_RENEW = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end
+return 0
+"""
+_RELEASE = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
+return 0
+"""
+
+
+def acquire_lock(connection: redis.Redis, model: str, run_id: str, lease_seconds: float) -> bool:
+    """Take the model for ``run_id`` unless another run holds it."""
+    return bool(connection.set(lock_key(model), run_id, nx=True, px=int(lease_seconds * 1000)))
+
+
+def renew_lock(connection: redis.Redis, model: str, run_id: str, lease_seconds: float) -> bool:
+    """Extend the lease if ``run_id`` still holds it (False: it was lost)."""
+    return bool(connection.eval(_RENEW, 1, lock_key(model), run_id, int(lease_seconds * 1000)))
+
+
+def release_lock(connection: redis.Redis, model: str, run_id: str) -> bool:
+    """Free the model if ``run_id`` holds it."""
+    return bool(connection.eval(_RELEASE, 1, lock_key(model), run_id))
+
+
+def lock_holder(connection: redis.Redis, model: str) -> str | None:
+    value = connection.get(lock_key(model))
+    return value.decode() if value else None
+
+
+# --- recording changes ---------------------------------------------------------------------
+
+
+def note_change(settings: Settings, connection: redis.Redis, *, repo: str, files: int, nbytes: int,
+                push: dict[str, t.Any] | None, now: float | None = None) -> None:
+    """Add an ingest's changes to what the next run will cover (called by the ingest job)."""
+    if files <= 0 and push is None:
+        return
+    now = time.time() if now is None else now
+    model = settings.serving.model_name
+    summary = dict(push or {"kind": "reconcile"})
+    summary.update(repo_name=repo, files=files, bytes=nbytes, at=now)
+    with connection.pipeline(transaction=True) as pipe:
+        pipe.hincrby(pending_key(model), "files", files)
+        pipe.hincrby(pending_key(model), "bytes", nbytes)
+        pipe.hsetnx(pending_key(model), "first", now)
+        pipe.hset(pending_key(model), "last", now)
+        pipe.rpush(pushes_key(model), json.dumps(summary))
+        pipe.execute()
+
+
+def pending(settings: Settings, connection: redis.Redis) -> dict[str, t.Any]:
+    """What has changed since the last run: files, bytes, first/last push time, pushes."""
+    model = settings.serving.model_name
+    raw = {k.decode(): v.decode() for k, v in connection.hgetall(pending_key(model)).items()}
+    pushes = [json.loads(p) for p in connection.lrange(pushes_key(model), 0, -1)]
+    return {"files": int(raw.get("files", 0)), "bytes": int(raw.get("bytes", 0)),
+            "first": float(raw["first"]) if "first" in raw else None,
+            "last": float(raw["last"]) if "last" in raw else None, "pushes": pushes}
+
+
+def _take_pending(settings: Settings, connection: redis.Redis) -> dict[str, t.Any]:
+    model = settings.serving.model_name
+    with connection.pipeline(transaction=True) as pipe:
+        pipe.hgetall(pending_key(model))
+        pipe.lrange(pushes_key(model), 0, -1)
+        pipe.delete(pending_key(model), pushes_key(model))
+        raw, pushes, _ = pipe.execute()
+    raw = {k.decode(): v.decode() for k, v in raw.items()}
+    return {"files": int(raw.get("files", 0)), "bytes": int(raw.get("bytes", 0)),
+            "pushes": [json.loads(p) for p in pushes]}
+
+
+# --- starting runs -------------------------------------------------------------------------
+
+
+def _trigger_from_pushes(settings: Settings, pushes: list[dict[str, t.Any]]) -> tuple[dict, str | None]:
+    real = [p for p in pushes if p.get("kind") != "reconcile"]
+    last = real[-1] if real else (pushes[-1] if pushes else {})
+    trigger = {"kind": "push" if real else "reconcile", "forge": last.get("forge"),
+               "repo": last.get("repo"), "commit": last.get("after"), "pushes": pushes}
+    return trigger, last.get("repo_name")
+
+
+def start_run(settings: Settings, connection: redis.Redis, *, trigger: dict[str, t.Any],
+              repo: str | None, full: bool = False, now: float | None = None) -> RunRecord | None:
+    """Create a run, take the model's lock and queue its first step; None if the model is busy."""
+    from bot import jobs  # jobs imports this module
+
+    now = time.time() if now is None else now
+    model = settings.serving.model_name
+    run = new_run(repo=repo, trigger=trigger, model=model, now=now)
+    if not acquire_lock(connection, model, run.id, settings.policy.lock_lease_seconds):
+        return None
+    taken = _take_pending(settings, connection)
+    if taken["pushes"]:
+        run.trigger.setdefault("pushes", [])
+        known = {json.dumps(p, sort_keys=True) for p in run.trigger["pushes"]}
+        run.trigger["pushes"] += [p for p in taken["pushes"] if json.dumps(p, sort_keys=True) not in known]
+    run.trigger["full"] = full
+    run.metrics["changed_files"] = taken["files"]
+    run.metrics["changed_bytes"] = taken["bytes"]
+    connection.set(last_train_key(model), now)
+    save_run(settings.home, run)
+    try:
+        job = jobs.enqueue_step(settings, connection, "ingest", run.id, full=full)
+    except Exception:
+        release_lock(connection, model, run.id)
+        transition(run, RunStatus.FAILED, "could not queue the first step")
+        run.error = "could not queue the first step (Redis unreachable?)"
+        save_run(settings.home, run)
+        raise
+    run.job_id = job.id
+    save_run(settings.home, run)
+    jobs.report(settings, run)
+    log.info("run %s started (%s, %d files / %d bytes changed)", run.id, trigger.get("kind"),
+             taken["files"], taken["bytes"])
+    return run
+
+
+def request_training(settings: Settings, connection: redis.Redis, repo_name: str | None, *,
+                     full: bool = False, reason: str = "requested", requested_by: str | None = None,
+                     trigger: dict[str, t.Any] | None = None) -> str | None:
+    """Start a run now, skipping debounce, threshold and cooldown (chat-ops ``retrain``).
+
+    ``trigger`` adds fields to the run's trigger (``forge``, ``repo``, ``number`` for the reply).
+    Returns the run id, or None when the model is already being trained (the pending changes
+    then go into the follow-up run).
+    """
+    if repo_name is not None:
+        settings.repo(repo_name)  # ConfigError naming the configured repositories
+    full_trigger = {"kind": "chatops", "reason": reason, "requested_by": requested_by}
+    full_trigger.update(trigger or {})
+    run = start_run(settings, connection, trigger=full_trigger, repo=repo_name, full=full)
+    return run.id if run else None
+
+
+# --- the tick ------------------------------------------------------------------------------
+
+
+def _check_abandoned(settings: Settings, connection: redis.Redis, now: float) -> list[str]:
+    """Fail runs whose lock lapsed because their worker died; re-take the lock of runs whose
+    next job is merely waiting in a queue."""
+    from bot import jobs
+
+    failed = []
+    model = settings.serving.model_name
+    for run in active_runs(settings.home):
+        if lock_holder(connection, run.model or model) == run.id:
+            continue
+        status = None
+        if run.job_id:
+            try:
+                status = Job.fetch(run.job_id, connection=connection).get_status()
+            except Exception:  # NoSuchJobError and friends: the job is gone
+                status = None
+        if status in (JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED):
+            acquire_lock(connection, run.model or model, run.id, settings.policy.lock_lease_seconds)
+            continue
+        jobs.fail_run(settings, connection, run, "abandoned: its worker stopped renewing the "
+                      f"training lock (job {run.job_id} is {status.value if status else 'gone'})",
+                      now=now)
+        failed.append(run.id)
+    return failed
+
+
+def tick(settings: Settings, connection: redis.Redis, now: float | None = None) -> dict[str, t.Any]:
+    """One pass of the scheduler; returns what it did (for logs and tests).
+
+    1. let RQ retry or fail jobs whose worker died, and queue retries that are due;
+    2. fail runs whose worker died (lease expired);
+    3. queue a reconciliation of every repository when ``policy.reconcile_seconds`` passed;
+    4. start a run when: not paused, no run holds the model, the last push is older than the
+       debounce, the change since the last run meets a threshold, and the cooldown passed.
+    """
+    from bot import jobs
+
+    now = time.time() if now is None else now
+    policy = settings.policy
+    model = settings.serving.model_name
+    did: dict[str, t.Any] = {"now": now, "run": None, "reason": None, "reconcile": [],
+                             "abandoned": []}
+    q.clean_registries(connection, now)
+    q.enqueue_due(connection, now)
+    did["abandoned"] = _check_abandoned(settings, connection, now)
+
+    if policy.reconcile_seconds > 0 and settings.repos:
+        last = connection.get(RECONCILE_KEY)
+        if last is None or now - float(last) >= policy.reconcile_seconds:
+            connection.set(RECONCILE_KEY, now)
+            did["reconcile"] = [jobs.enqueue_reconcile(settings, connection, r.name).id
+                                for r in settings.repos]
+
+    state = pending(settings, connection)
+    if not state["pushes"] and state["files"] <= 0:
+        did["reason"] = "nothing changed"
+        return did
+    if is_paused(connection):
+        did["reason"] = "paused"
+        return did
+    holder = lock_holder(connection, model)
+    if holder:
+        did["reason"] = f"run {holder} holds {model}; changes wait for the follow-up run"
+        return did
+    if state["last"] is not None and now - state["last"] < policy.debounce_seconds:
+        did["reason"] = f"debounce: last push {now - state['last']:.0f}s ago"
+        return did
+    if state["files"] < policy.min_changed_files and state["bytes"] < policy.min_changed_bytes:
+        did["reason"] = (f"below threshold: {state['files']} files / {state['bytes']} bytes changed "
+                         f"(need {policy.min_changed_files} files or {policy.min_changed_bytes} bytes)")
+        return did
+    last_train = connection.get(last_train_key(model))
+    if last_train is not None and now - float(last_train) < policy.cooldown_seconds:
+        did["reason"] = f"cooldown: last run started {now - float(last_train):.0f}s ago"
+        return did
+    trigger, repo = _trigger_from_pushes(settings, state["pushes"])
+    run = start_run(settings, connection, trigger=trigger, repo=repo, now=now)
+    did["run"] = run.id if run else None
+    did["reason"] = "started" if run else "model busy"
+    return did
