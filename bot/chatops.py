@@ -349,6 +349,8 @@ def _eval(ctx: Context, cmd: Command) -> str:
         return f"{header}{_run_link(ctx, run.id)}\n\n{report}"
     if _value(run.status) in ("queued", "ingesting", "training", "evaluating"):
         return f":hourglass: Run `{run.id}` is {_value(run.status)}; its evaluation is not ready."
+    if not getattr(run, "checkpoint", None):
+        return f"Run `{run.id}` ({_value(run.status)}) has no trained model to evaluate."
     job_id = jobs.enqueue_eval(ctx.settings, ctx.redis, run.id)
     return f":mag: Evaluating run `{run.id}` (job `{job_id}`); the table follows when it ends."
 
@@ -357,6 +359,11 @@ def _promote(ctx: Context, cmd: Command) -> str:
     from bot import jobs
 
     run = _load_run(ctx, cmd.args["run_id"])
+    # The same precondition bot.jobs.promote enforces, answered now rather than in a failed job.
+    if getattr(run, "version", None) is None and (
+            _value(run.status) != "rejected" or not getattr(run, "checkpoint", None)):
+        raise CommandError(f"run `{run.id}` is {_value(run.status)}; only a rejected or an "
+                           "already published run can be promoted")
     job_id = jobs.enqueue_promote(ctx.settings, ctx.redis, run.id)
     return f":package: Promoting run `{run.id}` (job `{job_id}`).{_run_link(ctx, run.id)}"
 
@@ -461,35 +468,58 @@ def _get(d: Any, *keys: str, default: Any = None) -> Any:
     return default
 
 
+def _when(ts: Any) -> Any:
+    import time
+
+    if isinstance(ts, (int, float)):
+        return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(ts))
+    return ts
+
+
 def render_status(data: Mapping[str, Any], settings: Any = None) -> str:
-    """The ``status`` reply: serving, recent runs, corpora and queues as markdown tables."""
-    parts = ["**RepoTune status**"]
-    serving = _get(data, "serving", default={})
-    version = _get(serving, "version", "current") if isinstance(serving, Mapping) else serving
-    paused = bool(_get(data, "paused", default=False))
-    parts.append(f"\nServing model version: **{version if version is not None else 'none'}**"
-                 f" · automatic retraining: **{'paused' if paused else 'on'}**")
+    """The ``status`` reply: serving, recent runs, corpora and queues as markdown tables
+    (reads :func:`bot.status.collect`'s dict; missing parts are left out)."""
+    parts = ["**RepoTune status**", ""]
+    serving = _get(data, "serving", default={}) or {}
+    version = _get(serving, "version")
+    versions = _get(serving, "versions", default=[]) or []
+    line = f"Serving model version: **{version if version is not None else 'none'}**"
+    if versions:
+        line += f" (kept: {', '.join(str(v) for v in versions)})"
+    if "paused" in data:
+        line += f" · automatic retraining: **{'paused' if data['paused'] else 'on'}**"
+    parts.append(line)
+    if _get(data, "training_lock"):
+        parts.append(f"Training now: run `{data['training_lock']}`")
+    redis_state = _get(data, "redis", default={}) or {}
+    if redis_state and not redis_state.get("ok", True):
+        parts.append(f":warning: {redis_state.get('error', 'Redis is unreachable')}")
     repos = _get(data, "repositories", "repos", default=[]) or []
     if repos:
         rows = []
         for r in repos:
             corpus = _get(r, "corpus", default={}) or {}
-            rows.append([_get(r, "name"), _get(corpus, "commit", default="")[:12] or None,
-                         _get(corpus, "version"),
-                         _get(corpus, "train_files", "files"), _get(corpus, "bytes")])
+            rows.append([_get(r, "name"), (str(_get(corpus, "commit", default="")) or "")[:12]
+                         or "not built", _get(corpus, "version"),
+                         _get(corpus, "train_files", "files"), _get(corpus, "heldout_files"),
+                         _get(corpus, "bytes")])
         parts += ["", "**Corpus**", table(["repository", "commit", "version", "train files",
-                                           "bytes"], rows)]
-    recent = _get(data, "recent_runs", "runs", default=[]) or []
+                                           "held-out files", "bytes"], rows)]
+    recent = _get(data, "runs", "recent_runs", default=[]) or []
     if recent:
         rows = [[f"`{_get(r, 'id')}`", _get(r, "status"), _get(r, "repo"),
-                 _get(r, "created"), _get(r, "version")] for r in recent[:10]]
+                 _when(_get(r, "created")), _get(r, "version")] for r in recent[:10]]
         parts += ["", "**Recent runs**", table(["run", "status", "repository", "created",
                                                 "version"], rows)]
     queues = _get(data, "queues", default={}) or {}
     if queues:
-        rows = [[name, _get(q, "queued", "count", "length") if isinstance(q, Mapping) else q]
-                for name, q in queues.items()]
-        parts += ["", "**Queues**", table(["queue", "jobs"], rows)]
+        rows = []
+        for name, q in queues.items():
+            if isinstance(q, Mapping):
+                rows.append([name, q.get("queued"), q.get("started"), q.get("failed")])
+            else:
+                rows.append([name, q, None, None])
+        parts += ["", "**Queues**", table(["queue", "waiting", "running", "failed"], rows)]
     base = getattr(settings, "status_page_url", None) if settings is not None else None
     if base:
         parts += ["", f"[Status page]({base})"]

@@ -7,7 +7,6 @@ Users on both forges: ``alice`` may write (GitHub write / GitLab Developer), ``m
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import hmac
 import itertools
@@ -93,16 +92,9 @@ class Chat:
             headers["X-Gitlab-Token"] = GL_SECRET
             url = "/webhooks/gitlab"
         control = Queue("control", connection=self.conn)
-        if self.app is not None:
-            response = self.app.test_client().post(url, data=raw, headers=headers,
-                                                   content_type="application/json")
-            assert response.status_code in (200, 202), response.get_data(as_text=True)
-        else:  # until bot.webhook lands: the job it would enqueue, from the same payload
-            from bot.events import parse_github, parse_gitlab
-
-            parse = parse_github if self.forge_name == "github" else parse_gitlab
-            event = parse(headers.get("X-GitHub-Event") or headers["X-Gitlab-Event"], "d", data)
-            control.enqueue("bot.chatops.handle_comment_job", event.as_dict())
+        response = self.app.test_client().post(url, data=raw, headers=headers,
+                                               content_type="application/json")
+        assert response.status_code in (200, 202), response.get_data(as_text=True)
         jobs = [control.fetch_job(j) for j in control.job_ids]
         SimpleWorker([control], connection=self.conn).work(burst=True)
         for job in jobs:
@@ -114,10 +106,8 @@ class Chat:
 
 @pytest.fixture(params=["github", "gitlab"])
 def chat(request, local_forge: LocalForge, redis_url: str, tmp_path: Path):
-    try:
-        from bot.webhook import create_app
-    except ImportError:
-        create_app = None
+    from bot.webhook import create_app
+
     local_forge.add_github_repo("acme/web", {"alice": "write", "mia": "maintain", "bob": "read"},
                                 pulls=(PR,))
     local_forge.add_gitlab_project("acme/web", PROJECT_ID,
@@ -135,8 +125,7 @@ def chat(request, local_forge: LocalForge, redis_url: str, tmp_path: Path):
     )
     config.set_current(settings)
     conn = redis.Redis.from_url(redis_url)
-    yield Chat(request.param, local_forge, settings, conn,
-               create_app(settings) if create_app else None)
+    yield Chat(request.param, local_forge, settings, conn, create_app(settings))
     config.set_current(None)
 
 
@@ -202,6 +191,135 @@ def test_ignored_comments_get_no_reply(chat: Chat):
     # Its own comments (the local forge counts this one as the bot's): no loops.
     assert chat.say("repotune-bot", "/repotune help") == ["/repotune help"]
     assert chat.acks() == []
-    handled = [r for r in chat.results if r is not None]
-    assert all(not r["handled"] for r in handled)
-    assert any("bot" in r["reason"] for r in handled)
+    # The webhook already drops these; the job checks again (it may be enqueued by other means).
+    assert all(not r["handled"] for r in chat.results)
+    assert Queue("control", connection=chat.conn).count == 0
+
+
+@pytest.mark.parametrize("change, reason", [
+    ({"action": "edited"}, "edits and deletions are ignored"),
+    ({"action": "deleted"}, "edits and deletions are ignored"),
+    ({"action": "update"}, "edits and deletions are ignored"),
+    ({"on_review": False}, "not on a pull/merge request"),
+    ({"author": "repotune-bot"}, "comment by a bot"),
+    ({"author": "REPOTUNE-BOT[bot]"}, "comment by a bot"),
+    ({"author": "dependabot[bot]"}, "comment by a bot"),
+    ({"repo": "acme/other"}, "is not configured"),
+    ({"body": "nice work\n/repotune status"}, "not a command"),
+])
+def test_the_job_itself_ignores(chat: Chat, change: dict, reason: str):
+    from bot.chatops import handle_comment_job
+
+    event = {"forge": chat.forge_name, "repo": "acme/web", "project_id": PROJECT_ID,
+             "number": PR, "comment_id": 1, "author": "mia", "author_id": None,
+             "body": "/repotune pause", "action": "created", "on_review": True,
+             "head_sha": None, "delivery_id": "x", **change}
+    result = handle_comment_job(event, chat.settings)
+    assert result["handled"] is False and reason in result["reason"]
+    assert chat.forge.calls == []
+
+
+def _denied(chat: Chat, user: str, command: str) -> str:
+    github = {"alice": "write", "mia": "maintain", "bob": "read"}
+    gitlab = {"alice": "Developer (30)", "mia": "Maintainer (40)", "bob": "Reporter (20)"}
+    need = {"status": ("write", "Developer (30)"), "retrain": ("write", "Developer (30)"),
+            "eval": ("write", "Developer (30)"), "promote": ("maintain", "Maintainer (40)"),
+            "rollback": ("maintain", "Maintainer (40)")}[command]
+    i = 0 if chat.forge_name == "github" else 1
+    have = (github if i == 0 else gitlab)[user]
+    return f"@{user} :no_entry: `{command}` needs {need[i]} access to acme/web; you have {have}."
+
+
+def test_status(chat: Chat):
+    run = _run(chat.settings, "ingesting", "training", "evaluating", "rejected")
+    assert chat.say("bob", "/repotune status") == [_denied(chat, "bob", "status")]
+    (reply,) = chat.say("alice", "/repotune status")
+    assert reply.startswith("@alice **RepoTune status**")
+    assert "Serving model version: **none**" in reply
+    assert "automatic retraining: **on**" in reply
+    assert f"| `{run.id}` | rejected | web |" in reply
+    assert "| web | not built |" in reply
+    assert "| control | 0 | 1 | 0 |" in reply  # this very job is running on `control`
+    assert "[Status page](http://status.test)" in reply
+
+
+def test_retrain(chat: Chat):
+    from bot.runs import list_runs
+
+    assert chat.say("bob", "/repotune retrain") == [_denied(chat, "bob", "retrain")]
+    assert list_runs(chat.settings.home) == []
+    (reply,) = chat.say("alice", "/repotune retrain --full")
+    (run,) = list_runs(chat.settings.home)
+    assert reply == (f"@alice :rocket: Queued a full rebuild and training of `web`: run "
+                     f"`{run.id}`. [Details](http://status.test/runs/{run.id})")
+    assert run.status == RunStatus.QUEUED
+    number = PR if chat.forge_name == "github" else MR
+    assert run.trigger["kind"] == "chatops" and run.trigger["requested_by"] == "alice"
+    assert (run.trigger["forge"], run.trigger["repo"], run.trigger["number"], run.trigger["full"]) \
+        == (chat.forge_name, "acme/web", number, True)
+    assert Queue("ingest", connection=chat.conn).count == 1
+    # A second request while the model is busy joins the running one.
+    (reply,) = chat.say("alice", "/repotune retrain")
+    assert "already queued or running" in reply
+    assert len(list_runs(chat.settings.home)) == 1
+
+
+def test_eval(chat: Chat):
+    report = "| metric | candidate | serving |\n|---|---|---|\n| edit_similarity | 0.61 | 0.58 |"
+    assert chat.say("alice", "/repotune eval") == [
+        "@alice No run of this repository has an evaluation yet. Try `retrain` first."]
+    run = _run(chat.settings, "ingesting", "training", "evaluating", "rejected", report=report,
+               checkpoint="/x")
+    (latest,) = chat.say("alice", "/repotune eval")
+    (named,) = chat.say("alice", f"/repotune eval --run {run.id}")
+    assert latest == named
+    assert named.startswith(f"@alice **Evaluation of run `{run.id}`** (rejected)")
+    assert named.endswith(report)
+    assert chat.say("bob", f"/repotune eval --run {run.id}") == [_denied(chat, "bob", "eval")]
+
+    bare = _run(chat.settings, "ingesting", "training", "evaluating", "rejected", checkpoint="/x")
+    (reply,) = chat.say("alice", f"/repotune eval --run={bare.id}")
+    gpu = Queue("gpu", connection=chat.conn)
+    (job,) = [gpu.fetch_job(j) for j in gpu.job_ids]
+    assert job.func_name == "bot.jobs.eval" and job.args == (bare.id,)
+    assert reply == f"@alice :mag: Evaluating run `{bare.id}` (job `{job.id}`); the table follows when it ends."
+    (reply,) = chat.say("alice", "/repotune eval --run 20990101-000000-ffff")
+    assert "no run `20990101-000000-ffff`" in reply and str(chat.settings.home) not in reply
+
+
+def test_promote(chat: Chat):
+    rejected = _run(chat.settings, "ingesting", "training", "evaluating", "rejected",
+                    checkpoint="/x")
+    failed = _run(chat.settings, "ingesting", "failed")
+    deploy = Queue("deploy", connection=chat.conn)
+    assert chat.say("alice", f"/repotune promote {rejected.id}") == [
+        _denied(chat, "alice", "promote")]
+    assert deploy.count == 0
+    (reply,) = chat.say("mia", f"/repotune promote {failed.id}")
+    assert f"run `{failed.id}` is failed; only a rejected or an already published run" in reply
+    (reply,) = chat.say("mia", f"/repotune promote {rejected.id}")
+    (job,) = [deploy.fetch_job(j) for j in deploy.job_ids]
+    assert (job.func_name, job.args) == ("bot.jobs.promote", (rejected.id,))
+    assert reply.startswith(f"@mia :package: Promoting run `{rejected.id}` (job `{job.id}`).")
+
+
+def test_rollback(chat: Chat):
+    deploy = Queue("deploy", connection=chat.conn)
+    assert chat.say("bob", "/repotune rollback") == [_denied(chat, "bob", "rollback")]
+    assert chat.say("alice", "/repotune rollback 2") == [_denied(chat, "alice", "rollback")]
+    (prev,) = chat.say("mia", "/repotune rollback")
+    (to_two,) = chat.say("mia", "/repotune rollback v2")
+    jobs = [deploy.fetch_job(j) for j in deploy.job_ids]
+    assert [(j.func_name, j.args) for j in jobs] == [("bot.jobs.rollback", (None,)),
+                                                      ("bot.jobs.rollback", (2,))]
+    assert prev == f"@mia :leftwards_arrow_with_hook: Rolling back to the previous version (job `{jobs[0].id}`)."
+    assert to_two == f"@mia :leftwards_arrow_with_hook: Rolling back to version 2 (job `{jobs[1].id}`)."
+
+
+def test_long_replies_are_cut_politely(chat: Chat):
+    report = "\n".join(f"| task {i} | {'x' * 80} |" for i in range(2000))
+    run = _run(chat.settings, "ingesting", "training", "evaluating", "rejected", report=report)
+    (reply,) = chat.say("alice", f"/repotune eval --run {run.id}")
+    assert len(reply) <= 60_000
+    assert "more lines were cut to fit in a comment" in reply
+    assert "[status page](http://status.test)" in reply
