@@ -35,7 +35,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from serving._files import checkpoint_dir, copytree_fsync, fsync_dir, write_atomic, write_json_atomic
+from serving._files import (
+    checkpoint_dir,
+    copytree_fsync,
+    fsync_dir,
+    write_atomic,
+    write_json_atomic,
+)
 from serving.client import TritonClient
 from serving.errors import (
     ModelLoadFailed,

@@ -96,6 +96,7 @@ class TritonServer:
         *,
         startup_timeout_s: float = 60.0,
         stop_timeout_s: float = 15.0,
+        exit_timeout_s: int = 3,
         log_verbose: int = 0,
     ) -> None:
         self.model_repository = Path(model_repository).resolve()
@@ -106,6 +107,8 @@ class TritonServer:
         """Seconds to wait for the server to report live before giving up."""
         self.stop_timeout_s = stop_timeout_s
         """Seconds between SIGTERM and SIGKILL on stop."""
+        self.exit_timeout_s = exit_timeout_s
+        """Seconds tritonserver itself waits for in-flight requests after SIGTERM."""
         self.log_verbose = log_verbose
         self._log_path = Path(log_path) if log_path else None
         self._workdir: Path | None = None
@@ -146,7 +149,7 @@ class TritonServer:
             f"--metrics-port={self.metrics_port}",
             "--allow-gpu-metrics=false",
             "--strict-readiness=true",
-            "--exit-timeout-secs=10",
+            f"--exit-timeout-secs={self.exit_timeout_s}",
             f"--log-verbose={self.log_verbose}",
         ]
 
