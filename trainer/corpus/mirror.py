@@ -30,7 +30,8 @@ def name_from_url(url: str) -> str:
     is_remote = re.match(r"^[a-z+]+://", trimmed) and not trimmed.startswith("file://")
     scp = re.match(r"^[\w.-]+@[\w.-]+:(.+)$", trimmed)
     if scp:
-        trimmed, is_remote = scp.group(1), True
+        trimmed = "host:" + scp.group(1)
+        is_remote = True
     parts = [p for p in re.split(r"[/:]", trimmed) if p]
     if is_remote and len(parts) >= 3:
         return f"{parts[-2]}/{parts[-1]}"

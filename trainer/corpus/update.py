@@ -222,30 +222,30 @@ def _dup_status(path: str, rows: _Rows, cross: dict[str, str]) -> tuple[str | No
 def _cross_repo(conn, home: Path, spec: CorpusSpec) -> dict[str, str]:
     """Eligible paths here whose exact content another corpus under ``home`` holds with a
     smaller key ``(split != heldout, repo, path)``: path -> ``repo:path`` of that copy."""
-    found: dict[str, tuple] = {}
     root = Path(home) / "corpus"
     others = list(root.glob("*/manifest.sqlite")) + list(root.glob("*/*/manifest.sqlite"))
-    for i, db in enumerate(others):
+    others = [db for db in others if db.parent.relative_to(root).as_posix() != spec.name]
+    if not others:
+        return {}
+    mine: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    for path, blob, sp in conn.execute("SELECT path, blob, split FROM files WHERE eligible=1"):
+        mine[blob].append((path, sp))
+    found: dict[str, tuple] = {}
+    for db in others:
         other_name = db.parent.relative_to(root).as_posix()
-        if other_name == spec.name:
-            continue
-        alias = f"o{i}"
         try:
-            conn.execute(f"ATTACH DATABASE ? AS {alias}", (f"{db.as_uri()}?mode=ro",))
-        except Exception:  # an unreadable neighbour must not block this corpus
+            other = manifest.connect(db, readonly=True)
+            try:
+                theirs = other.execute("SELECT blob, path, split FROM files WHERE eligible=1").fetchall()
+            finally:
+                other.close()
+        except sqlite3.Error:  # an unreadable neighbour must not block this corpus
             continue
-        try:
-            pairs = conn.execute(
-                f"SELECT f.path, f.split, o.path, o.split FROM files f JOIN {alias}.files o "
-                "ON o.blob = f.blob WHERE f.eligible = 1 AND o.eligible = 1").fetchall()
-        except Exception:
-            pairs = []
-        finally:
-            conn.execute(f"DETACH DATABASE {alias}")
-        for path, sp, opath, osp in pairs:
-            okey = (osp != "heldout", other_name, opath)
-            if okey < (sp != "heldout", spec.name, path) and (path not in found or okey < found[path]):
-                found[path] = okey
+        for blob, opath, osp in theirs:
+            for path, sp in mine.get(blob, ()):
+                okey = (osp != "heldout", other_name, opath)
+                if okey < (sp != "heldout", spec.name, path) and (path not in found or okey < found[path]):
+                    found[path] = okey
     return {p: f"{k[1]}:{k[2]}" for p, k in found.items()}
 
 
@@ -265,19 +265,21 @@ def update(spec: CorpusSpec, home: str | os.PathLike[str], to_rev: str | None = 
     started = time.perf_counter()
     report = progress or (lambda event: None)
     with _locked(cdir):
-        recover(cdir)
         report({"stage": "fetch", "done": 0, "total": 1})
         repo = mirror.sync(spec.url, mirror_dir(home, spec.name), spec.token)
         report({"stage": "fetch", "done": 1, "total": 1})
         commit = mirror.resolve(repo, to_rev, spec.branch)
-        conn = manifest.connect(cdir / "manifest.sqlite")
+        conn = None
         try:
+            recover(cdir)
+            conn = manifest.connect(cdir / "manifest.sqlite")
             return _update_locked(spec, home, cdir, repo, conn, commit, full, report, started)
         except (OSError, sqlite3.Error) as exc:
             raise CorpusError(f"corpus {spec.name} update to {commit[:12]} failed: {exc}. The last "
                               "good corpus is intact; free disk space and run the update again.") from exc
         finally:
-            conn.close()
+            if conn is not None:
+                conn.close()
 
 
 def _update_locked(spec, home, cdir, repo, conn, commit, full, report, started) -> CorpusResult:
