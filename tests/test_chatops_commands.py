@@ -204,7 +204,7 @@ def test_ignored_comments_get_no_reply(chat: Chat):
     ({"author": "repotune-bot"}, "comment by a bot"),
     ({"author": "REPOTUNE-BOT[bot]"}, "comment by a bot"),
     ({"author": "dependabot[bot]"}, "comment by a bot"),
-    ({"repo": "acme/other"}, "is not configured"),
+    ({"repo": "acme/other", "project_id": 99}, "is not configured"),
     ({"body": "nice work\n/repotune status"}, "not a command"),
 ])
 def test_the_job_itself_ignores(chat: Chat, change: dict, reason: str):
@@ -323,3 +323,13 @@ def test_long_replies_are_cut_politely(chat: Chat):
     assert len(reply) <= 60_000
     assert "more lines were cut to fit in a comment" in reply
     assert "[status page](http://status.test)" in reply
+
+
+def test_a_failed_acknowledgement_does_not_lose_the_reply(chat: Chat, caplog):
+    chat.forge.fail_next(1, 502)  # the reaction / award-emoji call
+    (reply,) = chat.say("alice", "/repotune help status")
+    assert reply == "@alice `/repotune status` — Serving version, last runs, corpus size and " \
+        f"queues. (needs {'write' if chat.forge_name == 'github' else 'Developer (30)'})"
+    assert chat.acks() == []
+    assert "could not acknowledge comment" in caplog.text
+    assert GITHUB_TOKEN not in caplog.text and GITLAB_TOKEN not in caplog.text
