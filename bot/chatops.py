@@ -614,8 +614,7 @@ def handle_comment_job(event_dict: Mapping[str, Any], settings: Any = None) -> d
     user: str | int = event["author"]
     if forge_name == "gitlab" and event.get("author_id"):
         user = int(event["author_id"])
-    have = forge.permission(event["repo"], user) if forge_name == "github" else \
-        forge.permission(event["repo"], user, project_id=event.get("project_id"))
+    have = forge.permission(event["repo"], user, project_id=event.get("project_id"))
     mention = f"@{event['author']}"
     if not allowed(forge_name, have, need):
         log.warning("chat-ops %s denied: %s on %s has %s, needs %s", name, event["author"],

@@ -78,8 +78,9 @@ class Forge(Protocol):
                    description: str, target_url: str | None = None) -> None:
         """Set commit status ``context`` on ``sha`` to a neutral ``state``."""
 
-    def permission(self, repo: str, user: str | int) -> Any:
-        """The user's access to ``repo``: a GitHub role name or a GitLab access level."""
+    def permission(self, repo: str, user: str | int, project_id: int | None = None) -> Any:
+        """The user's access to ``repo``: a GitHub role name or a GitLab access level
+        (``project_id`` spares GitLab a path lookup; GitHub ignores it)."""
 
 
 def _secret(value: Any) -> str | None:
@@ -170,7 +171,7 @@ class GitHubForge:
                    .get_commit(sha).create_status(state, target_url or NotSet,
                                                   description[:140], context))
 
-    def permission(self, repo: str, user: str | int) -> str:
+    def permission(self, repo: str, user: str | int, project_id: int | None = None) -> str:
         """The role name (``admin``, ``maintain``, ``write``, ``triage``, ``read``, ``none``).
 
         ``role_name`` is used rather than ``permission`` because the latter folds maintain
