@@ -24,6 +24,7 @@ from converter.triton_config import config_parameters as config_parameters
 from converter.triton_config import fastertransformer_config as fastertransformer_config
 from converter.triton_config import parse_model_config as parse_model_config
 from converter.triton_config import python_backend_config as python_backend_config
+from converter.triton_config import with_checkpoint_version as with_checkpoint_version
 from converter.verify import VerifyReport as VerifyReport
 from converter.verify import verify as verify
 from converter.weight_maps import CODEGEN_DROP as CODEGEN_DROP
@@ -56,4 +57,5 @@ __all__ = [
     "python_backend_config",
     "read_artifact",
     "verify",
+    "with_checkpoint_version",
 ]

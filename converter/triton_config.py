@@ -188,6 +188,27 @@ def parse_model_config(text: str):
         raise ConversionError(f"config.pbtxt does not parse as Triton ModelConfig: {exc}") from exc
 
 
+def with_checkpoint_version(text: str, version: int | str, model_mount: str | None = None) -> str:
+    """Point a FasterTransformer ``config.pbtxt``'s ``model_checkpoint_path`` at ``version``.
+
+    Used when publishing an artifact (written for version 1) as version ``version``: the path
+    becomes ``<mount>/<name>/<version>/<N>-gpu`` (``model_mount`` defaults to the current one).
+    """
+    from google.protobuf import text_format
+
+    cfg = parse_model_config(text)
+    params = cfg.parameters
+    if "model_checkpoint_path" not in params:
+        raise ValueError("not a FasterTransformer config: no model_checkpoint_path parameter")
+    old = params["model_checkpoint_path"].string_value
+    parts = old.rstrip("/").split("/")
+    if len(parts) < 4 or not parts[-1].endswith("-gpu"):
+        raise ValueError(f"unexpected model_checkpoint_path {old!r}")
+    mount = model_mount.rstrip("/") if model_mount is not None else "/".join(parts[:-3])
+    params["model_checkpoint_path"].string_value = f"{mount}/{cfg.name}/{version}/{parts[-1]}"
+    return text_format.MessageToString(cfg)
+
+
 def config_parameters(text: str) -> dict[str, str]:
     """The ``parameters`` of a ``config.pbtxt`` as a plain dict of strings."""
     cfg = parse_model_config(text)

@@ -53,6 +53,9 @@ def test_python_and_ft_configs_share_the_interface() -> None:
         assert params["model_checkpoint_path"] == "/model/m/3/2-gpu"
         assert params["model_type"] == "GPT-J"
         assert ("data_type" in params) == (schema == "v1.2")
+        moved = converter.with_checkpoint_version(text, 7)
+        assert config_parameters(moved)["model_checkpoint_path"] == "/model/m/7/2-gpu"
+        assert parse_model_config(moved).input[0].name == "input_ids"
         if schema == "v1.1":
             py_inputs = {(t.name, t.data_type, tuple(t.dims)) for t in py.input}
             assert py_inputs == ft_inputs
