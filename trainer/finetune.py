@@ -286,26 +286,26 @@ _DIST_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 
 @contextlib.contextmanager
-def _single_process_env() -> Iterator[None]:
-    """DeepSpeed wants a process group even for one rank; without these it looks for MPI.
+def _scoped_env(single_rank: bool) -> Iterator[None]:
+    """Environment for one in-process run, restored afterwards.
 
-    Set only when no launcher set them, and removed afterwards so they do not leak into
-    subprocesses this process starts later (a child would join our rendezvous).
+    DeepSpeed wants a process group even for one rank; without RANK/WORLD_SIZE/… it looks for
+    MPI. We set them only when no launcher did. accelerate leaves ``ACCELERATE_USE_DEEPSPEED``
+    set after a DeepSpeed run, which would turn a later ``deepspeed="none"`` run in the same
+    process into a DeepSpeed one; and a leaked RANK would make a child process join our
+    rendezvous. So every ACCELERATE_* and rendezvous variable is put back as it was.
     """
-    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
-        yield
-        return
-    saved = {k: os.environ.get(k) for k in _DIST_VARS}
-    os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=os.environ.get("MASTER_PORT") or str(_free_port()))
+    saved = {k: v for k, v in os.environ.items() if k.startswith("ACCELERATE_") or k in _DIST_VARS}
+    if single_rank and not ("RANK" in os.environ and "WORLD_SIZE" in os.environ):
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
+                          MASTER_PORT=os.environ.get("MASTER_PORT") or str(_free_port()))
     try:
         yield
     finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        for key in [k for k in os.environ if k.startswith("ACCELERATE_") or k in _DIST_VARS]:
+            if key not in saved:
+                del os.environ[key]
+        os.environ.update(saved)
 
 
 def _peak_memory_bytes(on_gpu: bool) -> int:
@@ -357,8 +357,7 @@ def train(cfg: FinetuneConfig, progress: ProgressFn | None = None) -> TrainResul
     from trainer import deepspeed_configs
 
     ds_config = deepspeed_configs.load(cfg.deepspeed)
-    env = _single_process_env() if ds_config is not None else contextlib.nullcontext()
-    with env:
+    with _scoped_env(single_rank=ds_config is not None):
         return _train(cfg, progress, started, use_cpu, ds_config)
 
 
