@@ -1,0 +1,122 @@
+"""``repotune train`` (fine-tune on a corpus) and ``repotune model init-tiny`` (offline base model)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from bot.commands._common import home_option, progress_bar, resolve_home
+
+DEEPSPEED_CHOICES = ["zero2-offload", "zero2", "zero3", "zero3-offload", "none"]
+
+
+def _corpus_files(home: Path, name: str) -> tuple[list[Path], list[Path]]:
+    from trainer.corpus import shard_files
+    from trainer.errors import TrainerError
+
+    try:
+        train_files = shard_files(home, name, "train")
+        heldout_files = shard_files(home, name, "heldout")
+    except (TrainerError, OSError) as exc:
+        raise click.ClickException(f"cannot read corpus {name!r} under {home}: {exc}. "
+                                   f"Build it first: repotune corpus build <url> --name {name}") from exc
+    if not train_files:
+        raise click.ClickException(f"corpus {name!r} has no train shards; run `repotune corpus update {name}`")
+    return train_files, heldout_files
+
+
+@click.command("train")
+@click.option("--corpus", "corpus_name", required=True, help="Corpus name (see `repotune corpus list`).")
+@click.option("--base", required=True, help="Base model: local HF folder or hub id (Salesforce/codegen-350M-multi).")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Output folder: final checkpoint, train.json, checkpoints/ (rerun to resume).")
+@click.option("--deepspeed", "deepspeed", default="zero2-offload", show_default=True,
+              help=f"DeepSpeed config: {', '.join(DEEPSPEED_CHOICES)} or a JSON file path.")
+@click.option("--max-steps", type=int, default=-1, show_default=True, help="Optimizer steps (-1: --epochs decides).")
+@click.option("--epochs", type=float, default=1.0, show_default=True, help="Passes over the corpus.")
+@click.option("--block-size", type=int, default=2048, show_default=True, help="Tokens per block (capped at the model's context).")
+@click.option("--lr", "learning_rate", type=float, default=2e-5, show_default=True, help="Peak learning rate.")
+@click.option("--batch", "per_device_batch", type=int, default=1, show_default=True, help="Blocks per rank per step.")
+@click.option("--grad-accum", type=int, default=1, show_default=True, help="Gradient accumulation steps.")
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True)
+@click.option("--eval-every", type=int, default=50, show_default=True, help="Held-out loss every N steps.")
+@click.option("--save-every", type=int, default=200, show_default=True, help="Resumable checkpoint every N steps.")
+@click.option("--gpus", type=int, default=None, help="Spawn the deepspeed launcher with N ranks per host.")
+@click.option("--include", default=None, help="deepspeed --include, e.g. localhost:1,2 (launcher mode).")
+@click.option("--hostfile", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="deepspeed --hostfile for multi-node runs (launcher mode).")
+@click.option("--env", "env_pairs", multiple=True, metavar="KEY=VALUE",
+              help="Extra environment for the ranks (NCCL_DEBUG=INFO, NCCL_SHM_DISABLE=1 …).")
+@home_option
+def train_cmd(corpus_name: str, base: str, out_dir: Path, deepspeed: str, max_steps: int, epochs: float,
+              block_size: int, learning_rate: float, per_device_batch: int, grad_accum: int, precision: str,
+              eval_every: int, save_every: int, gpus: int | None, include: str | None, hostfile: Path | None,
+              env_pairs: tuple[str, ...], home: Path | None) -> None:
+    """Fine-tune BASE on a corpus; in-process on CPU, or through the deepspeed launcher with
+    --gpus/--include/--hostfile. Rerunning with the same --out resumes from the last checkpoint."""
+    from trainer.errors import TrainerError
+    from trainer.finetune import FinetuneConfig, launch, train
+
+    home_dir = resolve_home(home)
+    train_files, heldout_files = _corpus_files(home_dir, corpus_name)
+    env = {}
+    for pair in env_pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="--env")
+        env[key] = value
+    cfg = FinetuneConfig(
+        base=base, train_files=[str(p) for p in train_files], heldout_files=[str(p) for p in heldout_files],
+        output_dir=str(out_dir.resolve()), block_size=block_size, learning_rate=learning_rate,
+        num_epochs=epochs, max_steps=max_steps, per_device_batch=per_device_batch, grad_accum=grad_accum,
+        precision=precision, deepspeed=deepspeed, eval_every=eval_every, save_every=save_every,
+        cache_dir=str(home_dir / "corpus" / corpus_name / "tokenized"),
+    )
+    launcher = gpus is not None or include is not None or hostfile is not None
+    with progress_bar(f"train {corpus_name}") as bar:
+        try:
+            if launcher:
+                result = launch(cfg, gpus=gpus, include=include, hostfile=hostfile, env=env,
+                                log_path=out_dir / "logs" / "train.log", progress=bar)
+            else:
+                result = train(cfg, progress=bar)
+        except TrainerError as exc:
+            raise click.ClickException(str(exc)) from exc
+    heldout = f"{result.heldout_loss:.4f}" if result.heldout_loss is not None else "n/a"
+    first = f"{result.heldout_curve[0][1]:.4f} → " if len(result.heldout_curve) > 1 else ""
+    resumed = f", resumed from {result.resumed_from}" if result.resumed_from else ""
+    click.echo(f"trained {result.steps} steps ({result.tokens:,} tokens) in {result.wall_time_s:.1f}s, "
+               f"{result.tokens_per_s:,.0f} tokens/s; held-out loss {first}{heldout}; "
+               f"peak memory {result.peak_memory_bytes / 2**20:,.0f} MiB{resumed}")
+    click.echo(f"checkpoint: {result.checkpoint}")
+
+
+@click.group("model")
+def model() -> None:
+    """Base models: bootstrap the offline tiny CodeGen."""
+
+
+@model.command("init-tiny")
+@click.option("--corpus", "corpus_name", required=True, help="Corpus whose train shards train the tokenizer.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--vocab-size", type=int, default=1024, show_default=True)
+@click.option("--context", "n_positions", type=int, default=256, show_default=True, help="Context window in tokens.")
+@home_option
+def init_tiny_cmd(corpus_name: str, out_dir: Path, vocab_size: int, n_positions: int, home: Path | None) -> None:
+    """Write a tiny CodeGen (BPE tokenizer trained on the corpus) usable as --base offline."""
+    from trainer.corpus import read_records
+    from trainer.errors import TrainerError
+    from trainer.tiny import TinyModelConfig, init_tiny
+
+    home_dir = resolve_home(home)
+    train_files, _ = _corpus_files(home_dir, corpus_name)
+    try:
+        path = init_tiny((r["text"] for r in read_records(train_files)), out_dir,
+                         TinyModelConfig(vocab_size=vocab_size, n_positions=n_positions))
+    except TrainerError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"tiny CodeGen written to {path} (use it as --base)")
+
+
+COMMANDS = [train_cmd, model]
