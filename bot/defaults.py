@@ -40,6 +40,10 @@ DEPLOY_JOB_TIMEOUT_SECONDS = 1800
 CONTROL_JOB_TIMEOUT_SECONDS = 300
 """Wall-clock limit of a chat-ops or scheduler job, in seconds."""
 
+WORKER_DEAD_AFTER_SECONDS = 420
+"""A worker silent this long (no heartbeat) is dead and its job is retried or failed, in seconds
+(RQ's own worker TTL; forking workers beat every 30 s even during long jobs)."""
+
 RESULT_TTL_SECONDS = 7 * 24 * 3600
 """How long RQ keeps a finished job's result, in seconds (the run record is kept forever)."""
 

@@ -247,18 +247,11 @@ def _count(value: t.Any) -> int:
 
 def _update_corpus(settings: Settings, connection: redis.Redis, repo: RepoConfig, branch: str | None,
                    *, full: bool = False, progress: Callable[[dict], None] | None = None) -> t.Any:
-    """``trainer.corpus.update`` under a per-corpus Redis lock (two ingest workers never race)."""
+    """``trainer.corpus.update`` to the branch head. Two ingest workers never race: the corpus
+    holds a file lock (flock) for the update, which a killed worker releases by dying."""
     corpus = _import("trainer.corpus", "ingest")
     spec = repo.corpus_spec(settings.token_for(repo.forge), branch)
-    lock = connection.lock(q.key("lock", "corpus", spec.name), timeout=defaults.INGEST_JOB_TIMEOUT_SECONDS,
-                           blocking_timeout=defaults.INGEST_JOB_TIMEOUT_SECONDS)
-    if not lock.acquire():
-        raise BotError(f"corpus {spec.name} stayed locked by another ingest; retrying later")
-    try:
-        return corpus, spec, corpus.update(spec, settings.home, None, full=full, progress=progress)
-    finally:
-        with contextlib.suppress(Exception):
-            lock.release()
+    return corpus, spec, corpus.update(spec, settings.home, None, full=full, progress=progress)
 
 
 def ingest(repo_name: str, branch: str | None = None, push: dict[str, t.Any] | None = None,
@@ -274,11 +267,17 @@ def ingest(repo_name: str, branch: str | None = None, push: dict[str, t.Any] | N
     repo = settings.repo(repo_name)
     job = get_current_job()
 
+    last = {"at": 0.0, "stage": None}
+
     def progress(event: dict[str, t.Any]) -> None:
-        if job is not None:
-            job.meta["progress"] = {k: v for k, v in event.items() if isinstance(v, (str, int, float))}
-            with contextlib.suppress(Exception):
-                job.save_meta()
+        # job.meta shows where the ingest is; saved on each new stage and at most 10 times a second.
+        now = time.monotonic()
+        if job is None or (event.get("stage") == last["stage"] and now - last["at"] < 0.1):
+            return
+        last.update(at=now, stage=event.get("stage"))
+        job.meta["progress"] = {k: v for k, v in event.items() if isinstance(v, (str, int, float))}
+        with contextlib.suppress(Exception):
+            job.save_meta()
 
     corpus, spec, result = _update_corpus(settings, connection, repo, branch, progress=progress)
     files = _count(getattr(result, "added", 0)) + _count(getattr(result, "modified", 0)) + \

@@ -7,6 +7,7 @@ Queues: ``ingest`` (CPU: corpus updates), ``gpu`` (training, evaluation, convers
 
 from __future__ import annotations
 
+import time
 import typing as t
 from dataclasses import dataclass, field
 
@@ -112,11 +113,34 @@ def queue_lengths(connection: redis.Redis) -> dict[str, dict[str, int]]:
     return out
 
 
-def clean_registries(connection: redis.Redis, now: float | None = None) -> None:
-    """Let RQ retry or fail jobs whose worker died (heartbeat expired before ``now``)."""
+def clean_registries(connection: redis.Redis, now: float | None = None,
+                     dead_after: float = defaults.WORKER_DEAD_AFTER_SECONDS) -> list[str]:
+    """Hand jobs whose worker died back to RQ, which retries them (retries left) or fails them.
+
+    RQ itself notices only when the job's timeout has passed; here a job also counts as abandoned
+    when its worker stopped heart-beating ``dead_after`` seconds before ``now`` (or is gone).
+    Returns the ids of the abandoned jobs.
+    """
+    from rq import Worker
+
+    now = time.time() if now is None else now
+    abandoned = []
     for name in QUEUES:
-        q = get_queue(name, connection)
-        q.started_job_registry.cleanup(timestamp=now)
+        registry = get_queue(name, connection).started_job_registry
+        for entry in connection.zrange(registry.key, 0, -1):
+            job_id = entry.decode().split(":", 1)[0]
+            try:
+                job = Job.fetch(job_id, connection=connection)
+            except Exception:
+                continue
+            worker = Worker.find_by_key(Worker.redis_worker_namespace_prefix + (job.worker_name or ""),
+                                        connection=connection) if job.worker_name else None
+            beat = worker.last_heartbeat.timestamp() if worker and worker.last_heartbeat else None
+            if beat is None or now - beat > dead_after:
+                connection.zadd(registry.key, {entry: 0})  # expired: RQ's cleanup takes it from here
+                abandoned.append(job_id)
+        registry.cleanup(timestamp=now)
+    return abandoned
 
 
 def enqueue_due(connection: redis.Redis, now: float | None = None) -> int:
@@ -138,6 +162,7 @@ def enqueue_due(connection: redis.Redis, now: float | None = None) -> int:
                     registry.remove(job_id, pipeline=pipe)
                     pipe.execute()
                     continue
+                pipe.multi()
                 registry.remove(job, pipeline=pipe)
                 queue.enqueue_job(job, pipeline=pipe)
                 pipe.execute()

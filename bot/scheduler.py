@@ -251,8 +251,8 @@ def tick(settings: Settings, connection: redis.Redis, now: float | None = None) 
     policy = settings.policy
     model = settings.serving.model_name
     did: dict[str, t.Any] = {"now": now, "run": None, "reason": None, "reconcile": [],
-                             "abandoned": []}
-    q.clean_registries(connection, now)
+                             "abandoned": [], "orphaned": []}
+    did["orphaned"] = q.clean_registries(connection, now)
     q.enqueue_due(connection, now)
     did["abandoned"] = _check_abandoned(settings, connection, now)
 
