@@ -30,15 +30,13 @@ _TOKENS = re.compile(
     r"|sk-[A-Za-z0-9]{32,}"                                         # OpenAI-style
     r"|eyJ[A-Za-z0-9_\-]{10,}\.eyJ[A-Za-z0-9_\-]{10,}\.[A-Za-z0-9_\-]{10,}"  # JWT
     r")")
-# Prefilter for detect-secrets: credential-ish keyword followed by an assignment, a long
-# quoted literal (entropy checked below), or an AWS secret-key shaped assignment.
-_KEYWORD = re.compile(
-    r"(?i)(pass(?:word|wd)?|secret|token|api[_-]?key|access[_-]?key|auth|credential|private[_-]?key)"
-    r"[\w\"']*\s*[:=]")
-_LITERAL = re.compile(r"[\"'`]([A-Za-z0-9+/=_\-]{20,})[\"'`]")
+# Prefilter for detect-secrets, run over the whole text at C speed: a credential-ish keyword
+# assigned a quoted literal, or any long quoted literal (its entropy is checked below).
+_CANDIDATE = re.compile(
+    r"(?i)(?:pass(?:word|wd)?|secret|token|api[_-]?key|access[_-]?key|auth|credential|private[_-]?key)"
+    r"[\w\"'\]]*\s*(?::=|=>|[:=])\s*[\"'`][^\"'`\s]{6,}"
+    r"|[\"'`]([A-Za-z0-9+/=_\-]{20,})[\"'`]")
 _VALUE = re.compile(r"[:=]\s*[\"'`]?([^\s\"'`,;]{6,})")
-_KEYWORD_HINTS = ("pass", "secret", "token", "key", "auth", "credential", "PASS", "SECRET",
-                  "TOKEN", "KEY", "AUTH", "Secret", "Token", "Key", "Auth", "Pass")
 
 
 def _entropy(s: str) -> float:
@@ -59,12 +57,6 @@ def _detect_secrets():
     configure_settings_from_baseline({"plugins_used": [
         {"name": cls.__name__} for cls in get_mapping_from_secret_type_to_class().values()]})
     return scan.scan_line
-
-
-def _candidate(line: str) -> bool:
-    if any(h in line for h in _KEYWORD_HINTS) and _KEYWORD.search(line):
-        return True
-    return any(_entropy(m.group(1)) > 4.0 for m in _LITERAL.finditer(line))
 
 
 def _redact_line(line: str) -> tuple[str, int]:
@@ -97,16 +89,23 @@ def scrub(text: str) -> tuple[str, int]:
         count += n
     text, n = _TOKENS.subn(PLACEHOLDER, text)
     count += n
-    if not any(h in text for h in _KEYWORD_HINTS) and not _LITERAL.search(text):
-        return text, count
-    lines = text.split("\n")
-    changed = False
-    for i, line in enumerate(lines):
-        if len(line) > 2000 or not _candidate(line):
+    starts = set()
+    for m in _CANDIDATE.finditer(text):
+        literal = m.group(1)
+        if literal is not None and _entropy(literal) <= 4.0:
             continue
-        new, n = _redact_line(line)
-        if n:
-            lines[i] = new
-            count += n
-            changed = True
-    return ("\n".join(lines) if changed else text), count
+        starts.add(text.rfind("\n", 0, m.start()) + 1)
+    if not starts:
+        return text, count
+    pieces = []
+    last = 0
+    for start in sorted(starts):
+        end = text.find("\n", start)
+        end = len(text) if end < 0 else end
+        line = text[start:end]
+        new, n = _redact_line(line) if len(line) <= 2000 else (line, 0)
+        pieces += [text[last:start], new]
+        last = end
+        count += n
+    pieces.append(text[last:])
+    return "".join(pieces), count

@@ -54,8 +54,9 @@ def checksum(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def write_temp(folder: Path, final_name: str, data: bytes, tag: str) -> Path:
-    """Write ``data`` to a hidden temp file next to ``final_name`` and fsync it."""
+def write_temp(folder: Path, final_name: str, data: bytes, tag: str, sync: bool = True) -> Path:
+    """Write ``data`` to a hidden temp file next to ``final_name`` and fsync it (unless the
+    caller makes many files durable at once with :func:`os.sync`)."""
     tmp = folder / f".{final_name}.{tag}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
@@ -63,7 +64,8 @@ def write_temp(folder: Path, final_name: str, data: bytes, tag: str) -> Path:
         while view:
             n = os.write(fd, view)
             view = view[n:]
-        os.fsync(fd)
+        if sync:
+            os.fsync(fd)
     except BaseException:
         os.close(fd)
         tmp.unlink(missing_ok=True)

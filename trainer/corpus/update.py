@@ -522,13 +522,16 @@ def _apply(spec, home, cdir, repo, conn, commit, old_commit, version, full, chan
         digest = shards.checksum(data)
         if old_shards.get(name) == digest:
             continue
-        tmp = shards.write_temp(sdir, final, data, tag)
+        # Many files: one os.sync() below is far cheaper than an fsync per file.
+        tmp = shards.write_temp(sdir, final, data, tag, sync=len(plan) <= 16)
         _hook("staged")
         pending.append((tmp.name, final))
         written.append(name)
         conn.execute("INSERT OR REPLACE INTO shards(name, sha256, records, bytes) VALUES (?,?,?,?)",
                      (name, digest, len(members), len(data)))
         report({"stage": "write", "done": i + 1, "total": len(plan)})
+    if len(plan) > 16:
+        os.sync()
     shards.fsync_dir(sdir)
 
     changed = bool(written or status_updates or changes and (added or modified or deleted)
