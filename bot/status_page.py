@@ -1,0 +1,371 @@
+"""The status page: a server-rendered view of RepoTune for people, served by the webhook app.
+
+Routes (``bot.webhook.create_app`` registers :data:`blueprint`):
+
+``/`` and ``/status``
+    Repositories with corpus stats, model versions with the serving one, recent runs with their
+    status and reports, the metric-history chart, queue state. Data: :func:`bot.status.collect`.
+``/runs/<run_id>``
+    One run: HTML for a browser (the links in commit statuses and MR comments land here), the
+    ``run.json`` record as JSON for anything else (``?format=json`` forces JSON).
+``/runs/<run_id>/report``
+    The evaluation's ``report.md`` rendered as HTML (a small, escaping Markdown subset).
+``/charts/history.png``
+    :func:`trainer.evaluate.plot_history` over the listed runs' ``eval.json`` files. Without
+    evaluations (or without the evaluator) the page says so in words; it never draws a fake chart.
+
+The page reads; it never changes state, so it needs no authentication beyond what the network
+allows. Nothing secret reaches it: :func:`bot.status.collect` strips credentials from clone URLs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import tempfile
+import threading
+import time
+import typing as t
+from pathlib import Path
+
+from flask import Blueprint, Response, abort, current_app, jsonify, render_template, request
+from markupsafe import Markup, escape
+
+from bot.runs import RunRecord, RunStatus, list_runs, load_run, run_dir
+
+blueprint = Blueprint("status_page", __name__, template_folder="templates")
+"""Register on the webhook app; routes: ``/``, ``/status``, ``/runs/<id>``, ``/runs/<id>/report``,
+``/charts/history.png``."""
+
+HISTORY_RUNS = 50
+"""Most evaluated runs drawn in the metric-history chart (runs, oldest on the left)."""
+
+STATUS_CLASS = {
+    RunStatus.SERVING: "good", RunStatus.REJECTED: "warn", RunStatus.FAILED: "bad",
+    RunStatus.CANCELED: "muted", RunStatus.QUEUED: "muted",
+}
+"""CSS class of each run status badge (anything else is in progress: ``busy``)."""
+
+_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+# --- data ----------------------------------------------------------------------------------
+
+
+def _context() -> tuple[t.Any, t.Any]:
+    """(settings, redis) the webhook app was created with."""
+    ext = current_app.extensions.get("repotune")
+    if not ext:
+        raise RuntimeError("bot.status_page needs the webhook app (bot.webhook.create_app), which "
+                           "stores settings and Redis in app.extensions['repotune']")
+    return ext["settings"], ext.get("redis")
+
+
+def _model_versions(settings: t.Any, status: dict[str, t.Any]) -> list[dict[str, t.Any]]:
+    """Published versions, newest first, with serving/failed/source; from the model repository
+    when ``serving`` is importable, else the bare numbers ``collect`` found."""
+    serving = status.get("serving") or {}
+    current = serving.get("version")
+    try:
+        from serving.repository import ModelRepository
+
+        repo = ModelRepository(Path(settings.home) / "triton", settings.serving.model_name, None,
+                               keep=max(1, int(settings.serving.keep_versions)))
+        versions = repo.versions()
+    except Exception:  # serving missing or a half-written version folder: show what collect saw
+        versions = [{"version": v, "serving": v == current, "failed": None} for v in serving.get("versions", [])]
+    return sorted(versions, key=lambda v: v["version"], reverse=True)
+
+
+def _run_view(run: dict[str, t.Any], home: Path) -> dict[str, t.Any]:
+    """What a runs-table row shows, derived from a ``run.json`` dict."""
+    status = RunStatus(run["status"])
+    rdir = run_dir(home, run["id"])
+    report = run.get("eval_report") or str(rdir / "report.md")
+    history = run.get("history") or []
+    updated = history[-1][1] if history else run.get("created")
+    trigger = run.get("trigger") or {}
+    metrics = run.get("metrics") or {}
+    return {
+        "id": run["id"],
+        "status": status.value,
+        "status_class": STATUS_CLASS.get(status, "busy"),
+        "repo": run.get("repo") or trigger.get("repo") or "all",
+        "trigger": trigger.get("kind", ""),
+        "commit": (trigger.get("commit") or "")[:10],
+        "requested_by": trigger.get("requested_by"),
+        "created": run.get("created"),
+        "updated": updated,
+        "version": run.get("version"),
+        "error": run.get("error"),
+        "has_report": Path(report).is_file(),
+        "metrics": _headline_metrics(metrics),
+        "progress": run.get("progress") or {},
+    }
+
+
+def _headline_metrics(metrics: dict[str, t.Any]) -> list[tuple[str, str]]:
+    """A few (label, value) pairs for the runs table: numbers only, short."""
+    out = []
+    for key, value in metrics.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        out.append((key, f"{value:.4g}" if isinstance(value, float) else str(value)))
+        if len(out) == 4:
+            break
+    return out
+
+
+def _eval_jsons(home: Path, runs: list[RunRecord]) -> list[Path]:
+    """``eval.json`` of the runs that have one, oldest first (the chart's x axis)."""
+    return [p for r in sorted(runs, key=lambda r: r.id) if (p := run_dir(home, r.id) / "eval.json").is_file()]
+
+
+def _plotter() -> t.Callable[..., Path] | None:
+    try:
+        from trainer.evaluate import plot_history
+    except ImportError:
+        return None
+    return plot_history
+
+
+def _chart_state(home: Path) -> dict[str, t.Any]:
+    """Whether the history chart can be drawn, and if not, why (shown instead of the chart)."""
+    evals = _eval_jsons(home, list_runs(home, HISTORY_RUNS))
+    if _plotter() is None:
+        return {"available": False, "reason": "The metric-history chart needs trainer.evaluate.plot_history, "
+                                              "which this installation does not have."}
+    if not evals:
+        return {"available": False, "reason": "No run has been evaluated yet: the metric-history chart "
+                                              "appears once a run has an eval.json."}
+    return {"available": True, "runs": len(evals), "key": _chart_key(evals)}
+
+
+def _chart_key(paths: list[Path]) -> str:
+    digest = hashlib.sha256()
+    for path in paths:
+        stat = path.stat()
+        digest.update(f"{path}:{stat.st_mtime_ns}:{stat.st_size};".encode())
+    return digest.hexdigest()[:16]
+
+
+_chart_cache: dict[str, bytes] = {}
+_chart_lock = threading.Lock()
+
+
+def _render_chart(home: Path) -> bytes | None:
+    """The chart PNG (cached per set of eval.json files and their mtimes), or None."""
+    plot = _plotter()
+    evals = _eval_jsons(home, list_runs(home, HISTORY_RUNS))
+    if plot is None or not evals:
+        return None
+    key = _chart_key(evals)
+    with _chart_lock:
+        if key in _chart_cache:
+            return _chart_cache[key]
+        with tempfile.TemporaryDirectory(prefix="repotune-chart-") as tmp:
+            png = Path(plot(evals, Path(tmp) / "history.png")).read_bytes()
+        _chart_cache.clear()  # only the newest chart is worth keeping
+        _chart_cache[key] = png
+        return png
+
+
+# --- Markdown (the subset report.md uses), escaped ------------------------------------------
+
+_INLINE_CODE = re.compile(r"`([^`]+)`")
+_BOLD = re.compile(r"\*\*(.+?)\*\*")
+_BULLET = re.compile(r"^\s*[-*]\s+")
+_LINK = re.compile(r"\[([^\]]+)\]\((https?://[^)\s]+)\)")
+
+
+def _inline(text: str) -> str:
+    """Escape, then turn `code`, **bold** and [text](http…) links into tags."""
+    html = str(escape(text))
+    parts = re.split(r"(<code>.*?</code>)", _INLINE_CODE.sub(lambda m: f"<code>{m.group(1)}</code>", html))
+    out = []
+    for part in parts:
+        if not part.startswith("<code>"):
+            part = _BOLD.sub(r"<strong>\1</strong>", part)
+            part = _LINK.sub(r'<a href="\2" rel="nofollow noopener">\1</a>', part)
+        out.append(part)
+    return "".join(out)
+
+
+def _cells(line: str) -> list[str]:
+    return [c.strip() for c in line.strip().strip("|").split("|")]
+
+
+def markdown_to_html(text: str) -> Markup:
+    """Render the Markdown subset of ``report.md`` (headings, paragraphs, lists, pipe tables,
+    fenced code, inline code/bold/links). Every piece of text is HTML-escaped first, so a report
+    can never inject markup; anything unrecognised is shown as a plain paragraph."""
+    lines = text.splitlines()
+    out: list[str] = []
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        stripped = line.strip()
+        if not stripped:
+            i += 1
+        elif stripped.startswith("```"):
+            j = i + 1
+            while j < len(lines) and not lines[j].strip().startswith("```"):
+                j += 1
+            out.append("<pre><code>" + str(escape("\n".join(lines[i + 1:j]))) + "</code></pre>")
+            i = j + 1
+        elif m := re.match(r"^(#{1,6})\s+(.*)$", stripped):
+            level = len(m.group(1))
+            out.append(f"<h{level}>{_inline(m.group(2))}</h{level}>")
+            i += 1
+        elif (stripped.startswith("|") and i + 1 < len(lines)
+              and re.match(r"^\|?\s*:?-{2,}:?\s*(\|\s*:?-{2,}:?\s*)*\|?$", lines[i + 1].strip())):
+            aligns = ["right" if c.endswith(":") else "left" for c in _cells(lines[i + 1])]
+            head = "".join(f"<th>{_inline(c)}</th>" for c in _cells(line))
+            rows = []
+            j = i + 2
+            while j < len(lines) and lines[j].strip().startswith("|"):
+                cells = _cells(lines[j])
+                rows.append("<tr>" + "".join(
+                    f'<td class="{aligns[k] if k < len(aligns) else "left"}">{_inline(c)}</td>'
+                    for k, c in enumerate(cells)) + "</tr>")
+                j += 1
+            out.append(f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>")
+            i = j
+        elif re.match(r"^[-*]\s+", stripped):
+            items = []
+            while i < len(lines) and _BULLET.match(lines[i]):
+                items.append("<li>" + _inline(_BULLET.sub("", lines[i])) + "</li>")
+                i += 1
+            out.append("<ul>" + "".join(items) + "</ul>")
+        else:
+            para = []
+            while i < len(lines) and lines[i].strip() and not re.match(r"^(#{1,6}\s|```|\||[-*]\s)", lines[i].strip()):
+                para.append(lines[i].strip())
+                i += 1
+            if not para:  # a line the loop above refused to take: show it as text
+                para.append(stripped)
+                i += 1
+            out.append("<p>" + _inline(" ".join(para)) + "</p>")
+    return Markup("\n".join(out))
+
+
+# --- template helpers ----------------------------------------------------------------------
+
+
+@blueprint.app_template_filter("rt_time")
+def _fmt_time(value: t.Any) -> str:
+    """Unix time → ``2026-11-29 12:16 UTC``; empty for None."""
+    if not isinstance(value, (int, float)):
+        return ""
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(value))
+
+
+@blueprint.app_template_filter("rt_bytes")
+def _fmt_bytes(value: t.Any) -> str:
+    if not isinstance(value, (int, float)):
+        return "–"
+    size = float(value)
+    for unit in ("B", "kB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{size:.1f} TB"  # pragma: no cover - loop returns
+
+
+@blueprint.app_template_filter("rt_ago")
+def _fmt_ago(value: t.Any) -> str:
+    """Unix time → ``5 min ago``."""
+    if not isinstance(value, (int, float)):
+        return ""
+    delta = max(0, int(time.time() - value))
+    if delta < 60:
+        return f"{delta} s ago"
+    if delta < 3600:
+        return f"{delta // 60} min ago"
+    if delta < 86400:
+        return f"{delta // 3600} h ago"
+    return f"{delta // 86400} d ago"
+
+
+# --- routes --------------------------------------------------------------------------------
+
+
+@blueprint.get("/")
+@blueprint.get("/status")
+def index() -> str:
+    from bot.status import collect
+
+    settings, connection = _context()
+    home = Path(settings.home)
+    status = collect(settings, connection)
+    serving = status.get("serving") or {}
+    return render_template(
+        "status_page/index.html",
+        status=status,
+        serving=serving,
+        versions=_model_versions(settings, status),
+        repositories=status.get("repositories", []),
+        runs=[_run_view(r, home) for r in status.get("runs", [])],
+        queues=status.get("queues") or {},
+        redis=status.get("redis") or {},
+        paused=status.get("paused"),
+        pending=status.get("pending") or {},
+        training_lock=status.get("training_lock"),
+        chart=_chart_state(home),
+    )
+
+
+def _wants_json() -> bool:
+    if request.args.get("format") == "json":
+        return True
+    if request.args.get("format") == "html":
+        return False
+    best = request.accept_mimetypes.best_match(["application/json", "text/html"])
+    return best != "text/html" or request.accept_mimetypes["application/json"] > request.accept_mimetypes["text/html"]
+
+
+def _load(run_id: str) -> RunRecord:
+    settings, _ = _context()
+    if not _RUN_ID.match(run_id):
+        abort(404)
+    try:
+        return load_run(Path(settings.home), run_id)
+    except Exception:
+        abort(404)
+
+
+@blueprint.get("/runs/<run_id>")
+def run(run_id: str) -> t.Any:
+    settings, _ = _context()
+    if not _RUN_ID.match(run_id) or not (run_dir(Path(settings.home), run_id) / "run.json").is_file():
+        if _wants_json():
+            return jsonify({"error": f"no run {run_id!r}; /api/status lists the recent ones"}), 404
+        abort(404)
+    record = _load(run_id)
+    if _wants_json():
+        return jsonify(record.as_dict())
+    home = Path(settings.home)
+    return render_template("status_page/run.html", run=record.as_dict(), view=_run_view(record.as_dict(), home),
+                           history=record.history)
+
+
+@blueprint.get("/runs/<run_id>/report")
+def report(run_id: str) -> t.Any:
+    settings, _ = _context()
+    record = _load(run_id)
+    path = Path(record.eval_report) if record.eval_report else run_dir(Path(settings.home), run_id) / "report.md"
+    if not path.is_file():
+        return render_template("status_page/report.html", run=record.as_dict(), body=None,
+                               missing=f"Run {run_id} has no evaluation report (yet)."), 404
+    body = markdown_to_html(path.read_text(encoding="utf-8", errors="replace"))
+    return render_template("status_page/report.html", run=record.as_dict(), body=body, missing=None)
+
+
+@blueprint.get("/charts/history.png")
+def history_chart() -> Response:
+    settings, _ = _context()
+    png = _render_chart(Path(settings.home))
+    if png is None:
+        state = _chart_state(Path(settings.home))
+        return Response(state.get("reason", "no chart"), status=404, mimetype="text/plain")
+    return Response(png, mimetype="image/png", headers={"Cache-Control": "no-cache"})
