@@ -7,12 +7,13 @@ metric, overall and per language, applies the gate and (optionally) writes the r
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import math
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -102,6 +103,22 @@ class Comparison:
         }
 
 
+@contextlib.contextmanager
+def cpu_threads(n: int | None) -> Iterator[None]:
+    """Run the block with ``n`` torch intra-op threads, restoring the previous count."""
+    if n is None:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def _record_key(seed: int, version: str, record: Mapping[str, Any]) -> str:
     return hashlib.sha256(f"{seed}\x1f{version}\x1f{record.get('repo', '')}\x1f{record['path']}".encode()).hexdigest()
 
@@ -140,8 +157,12 @@ def score_model(model: ModelRef, records: Iterable[Mapping[str, Any]], cfg: Eval
     ``model=label`` so a caller running two models can tell them apart.
     """
     cfg = cfg or EvalConfig()
-    records = list(records)
-    version = str(corpus_version)
+    with cpu_threads(cfg.num_threads):
+        return _score_model(model, list(records), cfg, str(corpus_version), tasks, progress, label)
+
+
+def _score_model(model: ModelRef, records: list[Mapping[str, Any]], cfg: EvalConfig, version: str,
+                 tasks: Sequence[Task] | None, progress: Progress, label: str) -> ModelScores:
     lm = load_model(model, cfg.device)
     if tasks is None:
         tasks = _tasks_for(lm, records, cfg, version)
@@ -211,8 +232,12 @@ def compare(candidate: ModelRef, baseline: ModelRef | None, records: Iterable[Ma
     there atomically.
     """
     cfg = cfg or EvalConfig()
-    version = str(corpus_version)
-    records = list(records)
+    with cpu_threads(cfg.num_threads):
+        return _compare(candidate, baseline, list(records), cfg, str(corpus_version), out_dir, progress)
+
+
+def _compare(candidate: ModelRef, baseline: ModelRef | None, records: list[Mapping[str, Any]], cfg: EvalConfig,
+             version: str, out_dir: str | Path | None, progress: Progress) -> Comparison:
     if not records:
         raise EvaluationError("no held-out records to evaluate on; run a corpus update first "
                               "(the held-out split is empty)")

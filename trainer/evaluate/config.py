@@ -45,6 +45,9 @@ class EvalConfig:
     """Prompts generated together (left-padded, one KV cache per batch)."""
     device: str = "auto"
     """``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"`` (CUDA when available, else CPU)."""
+    num_threads: int | None = None
+    """torch CPU threads while evaluating (restored afterwards); None keeps torch's setting.
+    Small models on a busy machine run several times faster with 1."""
     loss_max_tokens: int = 100_000
     """Held-out tokens scored for per-token loss and perplexity (whole records, in hash order)."""
     primary_metric: str = "edit_similarity"
