@@ -1,0 +1,95 @@
+"""The settings table: TOML + environment, secrets only from the environment, docs in sync."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from bot import config
+from bot.cli import cli
+from bot.errors import ConfigError
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "repotune.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_toml_then_environment_with_types(tmp_path):
+    path = write(tmp_path, f"""
+home = "{tmp_path}/h"
+[policy]
+debounce_seconds = 30
+[[repos]]
+name = "acme/web"
+url = "file:///srv/web.git"
+forge = "gitlab"
+project_id = 15
+branches = ["main", "release/*"]
+""")
+    env = {"REPOTUNE_POLICY_DEBOUNCE_SECONDS": "45", "REDIS_URL": "redis://r:6379/0",
+           "REPOTUNE_TRAINING_GPUS": "2", "REPOTUNE_INSECURE_NO_WEBHOOK_SECRET": "true"}
+    s = config.load(path, env=env)
+    assert s.policy.debounce_seconds == 45 and s.redis_url == "redis://r:6379/0"
+    assert s.training.gpus == 2 and s.insecure_no_webhook_secret is True
+    assert s.home == (tmp_path / "h").resolve() and s.source == path.resolve()
+    repo = s.repo_for("gitlab", "ACME/Web")
+    assert repo is not None and repo.name == "acme/web"
+    assert s.repo_for("gitlab", "other/name", project_id=15) is repo  # GitLab id wins
+    assert repo.tracks("release/1.2") and repo.tracks("main") and not repo.tracks("feature/x")
+    assert repo.corpus_name("release/1.2") == "acme/web@release/1.2"
+    spec = repo.corpus_spec(token="t")
+    assert spec.name == "acme/web" and spec.branch == "main" and spec.token == "t"
+
+
+def test_secrets_come_only_from_the_environment(tmp_path):
+    path = write(tmp_path, '[github]\nwebhook_secret = "oops"\n')
+    with pytest.raises(ConfigError, match="REPOTUNE_GITHUB_WEBHOOK_SECRET"):
+        config.load(path, env={})
+    secret_file = tmp_path / "secret"
+    secret_file.write_text("from-file\n")
+    s = config.load(None, env={"REPOTUNE_GITHUB_WEBHOOK_SECRET_FILE": str(secret_file),
+                               "REPOTUNE_GITLAB_TOKEN": "glpat-x"})
+    assert s.github.webhook_secret == "from-file" and s.gitlab.token == "glpat-x"
+    assert s.as_dict()["gitlab.token"] == "***"
+
+
+@pytest.mark.parametrize("text, words", [
+    ("[policy]\ndebounce_seconds = \"soon\"\n", "policy.debounce_seconds"),
+    ("[policy]\ndebounce_secs = 1\n", "unknown setting 'policy.debounce_secs'"),
+    ("[[repos]]\nname = \"x\"\n", "needs `name` and `url`"),
+    ("[[repos]]\nname = \"x\"\nurl = \"u\"\nforge = \"bitbucket\"\n", "github, gitlab or local"),
+    ("this is = not toml", "not valid TOML"),
+])
+def test_bad_configuration_names_the_key(tmp_path, text, words):
+    with pytest.raises(ConfigError, match=words.replace("(", r"\(")):
+        config.load(write(tmp_path, text), env={})
+
+
+def test_example_file_loads_back_to_the_defaults(tmp_path):
+    result = CliRunner().invoke(cli, ["init", "--path", str(tmp_path / "repotune.toml")])
+    assert result.exit_code == 0, result.output
+    loaded = config.load(tmp_path / "repotune.toml", env={"REPOTUNE_HOME": str(tmp_path)})
+    defaults = config.load(None, env={"REPOTUNE_HOME": str(tmp_path)})
+    assert loaded.as_dict() == defaults.as_dict()
+    again = CliRunner().invoke(cli, ["init", "--path", str(tmp_path / "repotune.toml")])
+    assert again.exit_code == 1 and "--force" in again.output
+
+
+def test_every_setting_is_documented():
+    text = DOCS.read_text(encoding="utf-8")
+    missing = [row.key for row in config.SETTINGS if f"`{row.key}`" not in text]
+    assert not missing, f"add these keys to docs/configuration.md (bot.config.settings_markdown()): {missing}"
+    assert config.settings_markdown() in text, "regenerate the table in docs/configuration.md"
+
+
+def test_config_command_masks_secrets(tmp_path):
+    result = CliRunner(env={"REPOTUNE_GITHUB_TOKEN": "ghp_secret", "REPOTUNE_CONFIG": None}).invoke(
+        cli, ["config", "--home", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "ghp_secret" not in result.output and '"github.token": "***"' in result.output
