@@ -58,6 +58,12 @@ class Up:
             env[config.CONFIG_ENV] = str(self.settings.source)
         if self.settings.insecure_no_webhook_secret:
             env["REPOTUNE_INSECURE_NO_WEBHOOK_SECRET"] = "1"
+        for row in config.SETTINGS:  # secrets reach the children the way they reached us
+            if row.secret and row.env:
+                parent, _, name = row.key.rpartition(".")
+                value = getattr(getattr(self.settings, parent), name)
+                if value:
+                    env[row.env] = value
         if self.settings.training.base_model:
             env["REPOTUNE_TRAINING_BASE_MODEL"] = self.settings.training.base_model
         return env
