@@ -16,6 +16,7 @@ from tests.fixtures.deploy import (
     ROOT,
     THIRD_PARTY_ENV,
     check_repotune_command,
+    check_rq_cron,
     command_argv,
     dockerfile_env,
     dockerfile_from_images,
@@ -28,7 +29,7 @@ from tests.fixtures.deploy import (
 )
 
 COMPOSE = DEPLOY / "docker-compose.yml"
-REPOTUNE_SERVICES = ("webhook", "worker-cpu", "worker-gpu", "proxy")
+REPOTUNE_SERVICES = ("webhook", "worker-cpu", "worker-gpu", "proxy", "scheduler")
 
 
 @pytest.fixture(scope="module")
@@ -149,8 +150,12 @@ def test_shared_home_and_model_repository(compose: dict) -> None:
 def test_ports_match_binds(compose: dict, dotenv: dict[str, str]) -> None:
     services = compose["services"]
     expected_external = {"webhook": dotenv["WEBHOOK_EXTERNAL_PORT"], "proxy": dotenv["API_EXTERNAL_PORT"]}
+    bound = {"webhook": gunicorn_bind_and_app(command_argv(services["webhook"]["command"]))[0],
+             # `repotune serve` binds serving.proxy_host/port, set through the environment.
+             "proxy": int(_env(services["proxy"]).get("REPOTUNE_SERVING_PROXY_PORT", defaults.PROXY_PORT))}
+    assert _env(services["proxy"])["REPOTUNE_SERVING_PROXY_HOST"] == "0.0.0.0", "reachable from other containers"
     for name in ("webhook", "proxy"):
-        port, _app = gunicorn_bind_and_app(command_argv(services[name]["command"]))
+        port = bound[name]
         (mapping,) = services[name]["ports"]
         host, container = mapping.rsplit(":", 1)
         assert int(container) == port, f"{name}: publishes {container}, gunicorn binds {port}"
@@ -174,7 +179,7 @@ def test_gpu_reservations(compose: dict) -> None:
     for name in ("triton", "worker-gpu"):
         devices = compose["services"][name]["deploy"]["resources"]["reservations"]["devices"]
         assert any(d["driver"] == "nvidia" and "gpu" in d["capabilities"] for d in devices), name
-    for name in ("webhook", "worker-cpu", "proxy", "redis"):
+    for name in ("webhook", "worker-cpu", "proxy", "redis", "scheduler"):
         assert "deploy" not in compose["services"][name], f"{name} should not hold GPUs"
 
 
@@ -207,9 +212,12 @@ def test_commands_are_real(compose: dict) -> None:
         queues_served |= set(queues)
     assert queues_served == set(defaults.QUEUES), "every queue needs a worker"
     assert command_argv(services["worker-gpu"]["command"])[-1] == "gpu"
-    for name in ("webhook", "proxy"):
-        _port, app = gunicorn_bind_and_app(command_argv(services[name]["command"]))
-        wsgi_target_exists(app)
+    _port, app = gunicorn_bind_and_app(command_argv(services["webhook"]["command"]))
+    wsgi_target_exists(app)
+    check_repotune_command(command_argv(services["proxy"]["command"]))
+    (tick,) = check_rq_cron(command_argv(services["scheduler"]["command"]), _env(services["scheduler"])["REDIS_URL"])
+    assert tick.func_name == "bot.jobs.tick" and tick.queue_name == "control"
+    assert "ports" not in services["scheduler"] and "ports" not in services["worker-cpu"]
 
 
 def test_settings_load_from_the_compose_environment(compose: dict, tmp_path: Path) -> None:

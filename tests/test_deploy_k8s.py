@@ -15,6 +15,7 @@ from tests.fixtures.deploy import (
     DEPLOY,
     THIRD_PARTY_ENV,
     check_repotune_command,
+    check_rq_cron,
     gunicorn_bind_and_app,
     image_source,
     load_k8s,
@@ -22,7 +23,7 @@ from tests.fixtures.deploy import (
 )
 
 K8S = DEPLOY / "k8s"
-REPOTUNE_DEPLOYMENTS = ("webhook", "worker-cpu", "worker-gpu", "proxy")
+REPOTUNE_DEPLOYMENTS = ("webhook", "worker-cpu", "worker-gpu", "proxy", "scheduler")
 NAMESPACED = {"ConfigMap", "Secret", "PersistentVolumeClaim", "Deployment", "StatefulSet",
               "Service", "Ingress"}
 
@@ -138,11 +139,14 @@ def test_services_and_ingress_reach_ports(objects: dict) -> None:
 def test_ports_match_binds_and_urls(objects: dict) -> None:
     deployments = _of(objects, "Deployment")
     services = _of(objects, "Service")
-    for name, default_port in (("webhook", defaults.WEBHOOK_PORT), ("proxy", defaults.PROXY_PORT)):
-        container = _container(deployments[name])
-        port, app = gunicorn_bind_and_app(_argv(container))
-        assert {p["containerPort"] for p in container["ports"]} == {port}, name
-        assert port == default_port, f"{name} binds {port}; RepoTune's default is {default_port}"
+    webhook = _container(deployments["webhook"])
+    port, _app = gunicorn_bind_and_app(_argv(webhook))
+    assert {p["containerPort"] for p in webhook["ports"]} == {port} == {defaults.WEBHOOK_PORT}
+    proxy = _container(deployments["proxy"])
+    proxy_env = _env(proxy, objects)
+    port = int(proxy_env.get("REPOTUNE_SERVING_PROXY_PORT", defaults.PROXY_PORT))  # `repotune serve` binds it
+    assert {p["containerPort"] for p in proxy["ports"]} == {port} == {defaults.PROXY_PORT}
+    assert proxy_env["REPOTUNE_SERVING_PROXY_HOST"] == "0.0.0.0"
     triton = _container(deployments["triton"])
     bound = {flag.split("=")[0][2:-5]: int(flag.split("=")[1]) for flag in _argv(triton)
              if flag.startswith(("--http-port=", "--grpc-port=", "--metrics-port="))}
@@ -194,7 +198,7 @@ def test_shared_home_secrets_and_gpus(objects: dict) -> None:
     gpu_worker = _container(deployments["worker-gpu"])
     assert _env(gpu_worker, objects)["REPOTUNE_TRAINING_GPUS"] == str(
         gpu_worker["resources"]["limits"]["nvidia.com/gpu"]), "DeepSpeed ranks = GPUs the pod gets"
-    for name in ("webhook", "worker-cpu", "proxy", "redis"):
+    for name in ("webhook", "worker-cpu", "proxy", "redis", "scheduler"):
         limits = _container(deployments[name]).get("resources", {}).get("limits", {})
         assert "nvidia.com/gpu" not in limits, f"{name} should not hold GPUs"
 
@@ -224,9 +228,13 @@ def test_commands_are_real(objects: dict) -> None:
             queues[queue].append(name)
     assert set(queues) == set(defaults.QUEUES), "every queue needs a worker and no unknown queues"
     assert queues["gpu"] == ["worker-gpu"]
-    for name in ("webhook", "proxy"):
-        _port, app = gunicorn_bind_and_app(_argv(_container(deployments[name])))
-        wsgi_target_exists(app)
+    _port, app = gunicorn_bind_and_app(_argv(_container(deployments["webhook"])))
+    wsgi_target_exists(app)
+    check_repotune_command(_argv(_container(deployments["proxy"])))
+    scheduler = _container(deployments["scheduler"])
+    (tick,) = check_rq_cron(_argv(scheduler), _env(scheduler, objects)["REDIS_URL"])
+    assert tick.func_name == "bot.jobs.tick" and tick.queue_name == "control"
+    assert deployments["scheduler"]["spec"]["replicas"] == 1, "one scheduler: ticks need not be doubled"
 
 
 def test_config_map_is_the_example_and_loads(objects: dict, tmp_path: Path) -> None:
