@@ -1,0 +1,190 @@
+"""Training throughput: RepoTune's pipeline versus the original recipe, same model and data.
+
+The original recipe (run_clm.py): load a JSONL file with ``datasets``, tokenise with ``map``,
+``group_texts`` per 1000-document batch, plain ``Trainer``. RepoTune: read the zstd shards,
+tokenise through the checksum-keyed cache, pack once, ``trainer.finetune.train``.
+
+Both train the tiny CodeGen for the same number of steps with the same batch, block size and
+learning rate, on CPU, in this process, one after the other. Reported:
+
+* end-to-end tokens/s = training tokens / (data preparation + training wall time), for
+  RepoTune with a cold cache (first run) and a warm cache (a retrain after a push);
+* training-loop tokens/s; the ratio RepoTune / recipe (target ≥ 1.0);
+* tokenisation throughput (tokens/s: reading the file, tokenising, and for RepoTune hashing
+  the shard and writing the cache) of both, and of RepoTune with 2 processes.
+
+The recipe runs twice (before and after RepoTune) and its faster run counts.
+
+Run: ``.venv/bin/python benchmarks/train_bench.py`` (``--quick`` for a small run,
+``--deepspeed zero2`` to put RepoTune's side on a ZeRO-2 engine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(__file__).resolve().parents[1] / ".torch_extensions"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def write_data(root: Path, files: int, shards: int) -> tuple[list[Path], list[Path], Path]:
+    """Sample code as zstd shards (RepoTune's input) and one plain JSONL (the recipe's input)."""
+    import zstandard
+
+    from trainer import sample_code
+
+    paths = sorted(sample_code.generate(root / "src", files=files, seed=11))
+    records = [{"text": p.read_text(), "path": p.relative_to(root / "src").as_posix(), "repo": "acme/internal",
+                "lang": p.suffix.lstrip("."), "sha": hashlib.sha1(p.read_bytes()).hexdigest()} for p in paths]
+    heldout = records[::20]
+    train = [r for i, r in enumerate(records) if i % 20]
+    out = root / "shards"
+    out.mkdir(parents=True)
+
+    def shard(path: Path, recs: list[dict]) -> Path:
+        path.write_bytes(zstandard.ZstdCompressor().compress(
+            "".join(json.dumps(r) + "\n" for r in recs).encode()))
+        return path
+
+    train_paths = [shard(out / f"train-{k:02d}.jsonl.zst", train[k::shards]) for k in range(shards)]
+    heldout_paths = [shard(out / "heldout-00.jsonl.zst", heldout)]
+    jsonl = root / "train.json"  # the recipe's {"text", ...} JSON Lines file
+    jsonl.write_text("".join(json.dumps({"text": r["text"], "url": r["path"]}) + "\n" for r in train))
+    return train_paths, heldout_paths, jsonl
+
+
+def recipe(model: Path, jsonl: Path, out: Path, block: int, steps: int, batch: int, lr: float) -> dict:
+    """The original recipe's data path and a plain Trainer (run_clm.py, condensed)."""
+    from itertools import chain
+
+    import datasets
+    from transformers import (AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments,
+                              default_data_collator)
+
+    started = time.perf_counter()
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    tok_start = time.perf_counter()
+    raw = datasets.load_dataset("json", data_files={"train": str(jsonl)}, cache_dir=str(out / "hf"))
+    tokenized = raw.map(lambda ex: tokenizer(ex["text"]), batched=True, remove_columns=["text", "url"])
+    tok_seconds = time.perf_counter() - tok_start
+
+    def group_texts(examples):
+        concatenated = {k: list(chain(*examples[k])) for k in examples}
+        total = (len(concatenated["input_ids"]) // block) * block
+        result = {k: [t[i: i + block] for i in range(0, total, block)] for k, t in concatenated.items()}
+        result["labels"] = result["input_ids"].copy()
+        return result
+
+    lm = tokenized.map(group_texts, batched=True)
+    prep_seconds = time.perf_counter() - started
+    args = TrainingArguments(output_dir=str(out / "ckpt"), per_device_train_batch_size=batch, learning_rate=lr,
+                             max_steps=steps, use_cpu=True, report_to="none", disable_tqdm=True,
+                             save_strategy="no", logging_steps=max(1, steps // 4), seed=42)
+    trainer = Trainer(model=AutoModelForCausalLM.from_pretrained(model), args=args, train_dataset=lm["train"],
+                      data_collator=default_data_collator)
+    train_start = time.perf_counter()
+    trainer.train()
+    train_seconds = time.perf_counter() - train_start
+    trainer.save_model(str(out / "final"))
+    tokens = steps * batch * block
+    n_tok = sum(len(x) for x in tokenized["train"]["input_ids"])
+    return {"prep_s": prep_seconds, "train_s": train_seconds, "total_s": time.perf_counter() - started,
+            "tokens": tokens, "tokenize_tokens_per_s": n_tok / tok_seconds, "blocks": len(lm["train"])}
+
+
+def repotune(model: Path, train_files, heldout_files, out: Path, cache: Path, block: int, steps: int,
+             batch: int, lr: float, deepspeed: str) -> dict:
+    from trainer.finetune import FinetuneConfig, train
+
+    cfg = FinetuneConfig(base=str(model), train_files=[str(p) for p in train_files],
+                         heldout_files=[str(p) for p in heldout_files], output_dir=str(out), block_size=block,
+                         max_steps=steps, per_device_batch=batch, learning_rate=lr, deepspeed=deepspeed,
+                         eval_every=10_000, save_every=10_000, log_every=max(1, steps // 4),
+                         cache_dir=str(cache))
+    result = train(cfg)
+    extras = result.extras
+    return {"prep_s": extras["data"]["seconds"], "train_s": extras["train_seconds"],
+            "total_s": result.wall_time_s, "tokens": result.tokens, "blocks": extras["data"]["train_blocks"],
+            "retokenized": len(extras["data"]["retokenized"])}
+
+
+def tokenize_throughput(model: Path, files, cache: Path, num_proc: int) -> float:
+    from transformers import AutoTokenizer
+
+    from trainer.data import tokenize_shards
+
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    start = time.perf_counter()
+    shards = tokenize_shards(files, tokenizer, cache, num_proc=num_proc)
+    return sum(s.tokens for s in shards) / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small corpus and few steps")
+    parser.add_argument("--deepspeed", default="none", help="RepoTune side: none, zero2, zero2-offload …")
+    args = parser.parse_args()
+    files, steps = (200, 15) if args.quick else (1500, 60)
+    block, batch, lr = 256, 4, 3e-3
+
+    from trainer import sample_code
+    from trainer.tiny import init_tiny
+
+    with tempfile.TemporaryDirectory(prefix="train-bench-") as tmp:
+        root = Path(tmp)
+        train_files, heldout_files, jsonl = write_data(root / "data", files, shards=8)
+        src = sample_code.generate(root / "tok-src", files=80, seed=1)
+        model = init_tiny((p.read_text() for p in src), root / "model")
+
+        # The recipe runs before and after RepoTune and keeps its faster run, so warm-up and
+        # machine load cannot flatter RepoTune.
+        rec_a = recipe(model, jsonl, root / "recipe-a", block, steps, batch, lr)
+        cold = repotune(model, train_files, heldout_files, root / "rt-cold", root / "cache", block, steps, batch,
+                        lr, args.deepspeed)
+        warm = repotune(model, train_files, heldout_files, root / "rt-warm", root / "cache", block, steps, batch,
+                        lr, args.deepspeed)
+        rec_b = recipe(model, jsonl, root / "recipe-b", block, steps, batch, lr)
+        rec = min(rec_a, rec_b, key=lambda r: r["total_s"])
+        tok1 = tokenize_throughput(model, train_files, root / "tok1", 1)
+        tok2 = tokenize_throughput(model, train_files, root / "tok2", 2)
+
+    def rate(r: dict, key: str) -> float:
+        return r["tokens"] / r[key]
+
+    figures = {
+        "setup": {"files": files, "steps": steps, "block_size": block, "batch": batch,
+                  "repotune_deepspeed": args.deepspeed, "cpus": os.cpu_count()},
+        "recipe": {k: round(v, 3) for k, v in rec.items()},
+        "repotune_cold": {k: round(v, 3) for k, v in cold.items()},
+        "repotune_warm": {k: round(v, 3) for k, v in warm.items()},
+        "end_to_end_tokens_per_s": {"recipe": round(rate(rec, "total_s")),
+                                    "repotune_cold": round(rate(cold, "total_s")),
+                                    "repotune_warm": round(rate(warm, "total_s"))},
+        "train_loop_tokens_per_s": {"recipe": round(rate(rec, "train_s")),
+                                    "repotune": round(rate(warm, "train_s"))},
+        "ratio_end_to_end_cold": round(rate(cold, "total_s") / rate(rec, "total_s"), 3),
+        "ratio_end_to_end_warm": round(rate(warm, "total_s") / rate(rec, "total_s"), 3),
+        "ratio_train_loop": round(rate(warm, "train_s") / rate(rec, "train_s"), 3),
+        "tokenize_tokens_per_s": {"recipe_map": round(rec["tokenize_tokens_per_s"]),
+                                  "repotune_1proc": round(tok1), "repotune_2proc": round(tok2)},
+    }
+    print(json.dumps(figures, indent=2))
+    print(f"\nratio (RepoTune / recipe, end-to-end, cold cache): {figures['ratio_end_to_end_cold']:.3f}  "
+          f"warm cache: {figures['ratio_end_to_end_warm']:.3f}  training loop: {figures['ratio_train_loop']:.3f}"
+          "  (target >= 1.0)")
+
+
+if __name__ == "__main__":
+    main()
