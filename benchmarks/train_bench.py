@@ -70,8 +70,13 @@ def recipe(model: Path, jsonl: Path, out: Path, block: int, steps: int, batch: i
     from itertools import chain
 
     import datasets
-    from transformers import (AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments,
-                              default_data_collator)
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoTokenizer,
+        Trainer,
+        TrainingArguments,
+        default_data_collator,
+    )
 
     started = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(model)
