@@ -212,7 +212,9 @@ class ModelRepository:
                 client.load(self._config_override(vdir, both))
                 self._wait_ready(client, version)
             except ModelLoadFailed as exc:
-                self._fail(version, old, f"load failed: {exc}")
+                # Triton keeps the old version serving when a new one fails initialize():
+                # no reload needed, only the record.
+                self._fail(version, old, f"load failed: {exc}", reload_old=False)
                 raise ModelLoadFailed(
                     f"version {version} of {self.model_name!r} failed to load; version {old} keeps "
                     f"serving. Triton said: {exc}") from exc
@@ -323,11 +325,13 @@ class ModelRepository:
             raise SmokeTestFailed(f"version {version} of {self.model_name!r} failed its smoke completion "
                                   f"of {self.smoke.prompt!r}: " + "; ".join(problems))
 
-    def _fail(self, version: int, old: int | None, reason: str) -> None:
+    def _fail(self, version: int, old: int | None, reason: str, *, reload_old: bool = True) -> None:
         """Unload the rejected version (keeping ``old`` serving) and record why."""
         client = self._triton()
         try:
-            if old is not None and old != version:
+            if not reload_old:
+                pass
+            elif old is not None and old != version:
                 client.load(self._config_override(self.version_dir(old), [old]))
             elif old is None:
                 client.unload()
