@@ -21,10 +21,8 @@ from pathlib import Path
 from trainer.corpus import CorpusSpec, update
 from trainer.corpus.mirror import sync
 
-WORDS = ("invoice customer ledger payment refund order account report shipment coupon quota tenant "
-         "session audit ticket cache queue batch record window filter buffer parser token stream "
-         "handler client server worker config metric event route policy schema index").split()
-VERBS = "load save validate render sync archive reconcile export notify resolve compute publish".split()
+WORDS = ["invoice", "customer", "ledger", "payment", "refund", "order", "account", "report", "shipment", "coupon", "quota", "tenant", "session", "audit", "ticket", "cache", "queue", "batch", "record", "window", "filter", "buffer", "parser", "token", "stream", "handler", "client", "server", "worker", "config", "metric", "event", "route", "policy", "schema", "index"]
+VERBS = ["load", "save", "validate", "render", "sync", "archive", "reconcile", "export", "notify", "resolve", "compute", "publish"]
 
 
 def _ident(rng: random.Random) -> str:

@@ -44,10 +44,10 @@ def _apply(repo: WorkRepo, ops) -> None:
         if kind == "write":
             repo.write(path, _content(arg, n))
         elif kind == "delete" and exists:
-            repo.remove(path)
+            (repo.work / path).unlink()  # commit() stages with `git add -A`
         elif kind == "rename" and exists and arg != path and not (repo.work / arg).exists():
             (repo.work / arg).parent.mkdir(parents=True, exist_ok=True)
-            repo.git("mv", path, arg)
+            (repo.work / path).rename(repo.work / arg)
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
