@@ -1,0 +1,179 @@
+"""``repotune serve | deploy | rollback | models``: the completion service and its model versions."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import click
+
+from bot.commands._common import home_option, progress_bar, resolve_home
+
+URL_FILE = "triton.url"
+"""Written under ``<home>/triton/`` by ``repotune serve`` so deploy/rollback find the embedded Triton."""
+
+triton_url_option = click.option(
+    "--triton-url", default=None,
+    help="host:port of a running Triton's HTTP endpoint. Default: the one `repotune serve` started.")
+model_option = click.option("--model", "model_name", default="codegen", show_default=True,
+                            help="Triton model name (and the engine name editors send).")
+
+
+def _repo_root(home: Path | None) -> Path:
+    return resolve_home(home) / "triton"
+
+
+def _find_triton(root: Path, triton_url: str | None) -> str:
+    if triton_url:
+        return triton_url
+    url_file = root / URL_FILE
+    if url_file.is_file():
+        return url_file.read_text().strip()
+    raise click.ClickException(
+        f"no Triton to talk to: pass --triton-url HOST:PORT, or start one with `repotune serve` "
+        f"(it records its address in {url_file})")
+
+
+def _fail(exc: Exception) -> click.ClickException:
+    return click.ClickException(str(exc))
+
+
+@click.command("serve")
+@home_option
+@triton_url_option
+@model_option
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address the proxy listens on.")
+@click.option("--port", default=5000, show_default=True, help="Port the proxy listens on.")
+@click.option("--timeout", "timeout_s", default=30.0, show_default=True, help="Per-request deadline (s).")
+@click.option("--api-key", "api_keys", multiple=True, envvar="REPOTUNE_API_KEYS",
+              help="Accepted Bearer key (repeatable; env REPOTUNE_API_KEYS, comma-separated). "
+                   "None: no authentication.")
+@click.option("--get", "get_path", default=None,
+              help="Run one GET request in-process (e.g. /v1/models), print the body and exit "
+                   "(non-zero unless 200). For scripts and health checks.")
+def serve_command(home, triton_url, model_name, host, port, timeout_s, api_keys, get_path) -> None:
+    """Serve OpenAI/FauxPilot-compatible completions (embedded Triton unless --triton-url)."""
+    from serving import (
+        ModelRepository,
+        ProxyConfig,
+        ServingError,
+        TritonServer,
+        create_proxy_app,
+        tritonserver_binary,
+    )
+
+    root = _repo_root(home)
+    root.mkdir(parents=True, exist_ok=True)
+    keys = tuple(k.strip() for key in api_keys for k in key.split(",") if k.strip())
+    server = None
+    try:
+        if not triton_url:
+            tritonserver_binary()  # names the fix when the binary is missing
+            log = resolve_home(home) / "logs" / "tritonserver.log"
+            server = TritonServer(root, log_path=log).start()
+            triton_url = server.url
+            (root / URL_FILE).write_text(triton_url + "\n")
+            click.echo(f"embedded Triton on {triton_url} (log: {log})", err=True)
+        repo = ModelRepository(root, model_name, triton_url)
+        version = repo.ensure_loaded()
+        if version is None:
+            click.echo(f"no version of {model_name!r} deployed yet: run `repotune deploy <checkpoint>`",
+                       err=True)
+        app = create_proxy_app(ProxyConfig(triton_url=triton_url, model_repository=root,
+                                           model_name=model_name, timeout_s=timeout_s, api_keys=keys))
+        if get_path:
+            resp = app.test_client().get(get_path, headers=(
+                {"Authorization": f"Bearer {keys[0]}"} if keys else {}))
+            click.echo(resp.get_data(as_text=True))
+            if resp.status_code != 200:
+                raise click.ClickException(f"GET {get_path} answered {resp.status_code}")
+            return
+        from werkzeug.serving import make_server
+
+        http = make_server(host, port, app, threaded=True)
+        click.echo(f"completions on http://{host}:{port}/v1 (model {model_name!r}, version {version})",
+                   err=True)
+        http.serve_forever()
+    except ServingError as exc:
+        raise _fail(exc) from exc
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if server is not None:
+            (root / URL_FILE).unlink(missing_ok=True)
+            server.stop()
+
+
+@click.command("deploy")
+@click.argument("checkpoint", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@home_option
+@triton_url_option
+@model_option
+@click.option("--backend", type=click.Choice(["python", "fastertransformer"]), default="python",
+              show_default=True, help="python: HF checkpoint on CPU/GPU; fastertransformer: FT GPT-J on GPUs.")
+@click.option("--gpus", default=1, show_default=True, help="Tensor-parallel ranks (FasterTransformer).")
+@click.option("--publish-only", is_flag=True, help="Publish the version without activating it.")
+def deploy_command(checkpoint, home, triton_url, model_name, backend, gpus, publish_only) -> None:
+    """Convert CHECKPOINT, publish it as the next version and hot-swap it in."""
+    import converter
+    from serving import ModelRepository, ServingError
+
+    root = _repo_root(home)
+    out = resolve_home(home) / "artifacts" / f"{model_name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    url = None if publish_only else _find_triton(root, triton_url)
+    try:
+        with progress_bar("deploy") as progress:
+            result = converter.convert(checkpoint, out, to=backend, gpus=gpus, model_name=model_name,
+                                       progress=progress)
+            repo = ModelRepository(root, model_name, url)
+            version = repo.publish(result.artifact, progress=progress)
+            if not publish_only:
+                repo.activate(version, progress=progress)
+    except (converter.ConversionError, ServingError) as exc:
+        raise _fail(exc) from exc
+    state = "published" if publish_only else "serving"
+    click.echo(f"{model_name} version {version} {state}")
+
+
+@click.command("rollback")
+@home_option
+@triton_url_option
+@model_option
+@click.option("--to", "to_version", type=int, default=None,
+              help="Version to serve. Default: the newest healthy version older than the current one.")
+def rollback_command(home, triton_url, model_name, to_version) -> None:
+    """Serve an earlier version again (loaded and smoke-tested before the switch)."""
+    from serving import ModelRepository, ServingError
+
+    root = _repo_root(home)
+    try:
+        version = ModelRepository(root, model_name, _find_triton(root, triton_url)).rollback(to=to_version)
+    except ServingError as exc:
+        raise _fail(exc) from exc
+    click.echo(f"{model_name} version {version} serving")
+
+
+@click.command("models")
+@home_option
+@model_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def models_command(home, model_name, as_json) -> None:
+    """List the published versions of the model and which one serves."""
+    from serving import ModelRepository
+
+    versions = ModelRepository(_repo_root(home), model_name, None).versions()
+    if as_json:
+        click.echo(json.dumps(versions, indent=2))
+        return
+    if not versions:
+        click.echo(f"no versions of {model_name!r} published; run `repotune deploy <checkpoint>`")
+        return
+    for v in versions:
+        mark = "*" if v["serving"] else " "
+        state = f"FAILED: {v['failed']}" if v["failed"] else (v["backend"] or "")
+        click.echo(f"{mark} {v['version']:>4}  {v['published'] or '':20}  {state}  {v['source'] or ''}")
+
+
+COMMANDS = [serve_command, deploy_command, rollback_command, models_command]
