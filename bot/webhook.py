@@ -16,7 +16,6 @@ redelivery will be processed).
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import time
 import typing as t
@@ -231,8 +230,7 @@ def create_app(settings: config.Settings | None = None, redis: redis_lib.Redis |
 
         return jsonify(collect(settings, connection))
 
-    if importlib.util.find_spec("bot.status_page") is not None:
-        from bot import status_page
+    from bot import status_page  # the server-rendered status page (GET /)
 
-        app.register_blueprint(status_page.blueprint)
+    app.register_blueprint(status_page.blueprint)
     return app

@@ -93,3 +93,11 @@ def test_config_command_masks_secrets(tmp_path):
         cli, ["config", "--home", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert "ghp_secret" not in result.output and '"github.token": "***"' in result.output
+
+
+def test_every_run_status_is_documented():
+    from bot.runs import RunStatus
+
+    text = (DOCS.parent / "runs.md").read_text(encoding="utf-8")
+    missing = [s.value for s in RunStatus if f"| `{s.value}` |" not in text]
+    assert not missing, f"document these run states in docs/runs.md: {missing}"
