@@ -1,0 +1,43 @@
+"""``repotune demo``: the scripted loop against a running ``repotune up`` on embedded defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from bot.commands._common import home_option, resolve_home
+from bot.errors import BotError
+
+
+@click.command("demo")
+@home_option
+@click.option("--webhook-url", default=None, help="Default: the GitHub webhook of `repotune up` on this machine.")
+@click.option("--completions-url", default=None, help="Default: the proxy of `repotune up` on this machine.")
+@click.option("--files", default=30, show_default=True, help="New source files the demo push adds.")
+@click.option("--timeout", default=900.0, show_default=True, help="Seconds to wait for the run.")
+def demo_command(home: Path | None, webhook_url: str | None, completions_url: str | None,
+                 files: int, timeout: float) -> None:
+    """Push new code to the demo repository and follow it until it serves.
+
+    Prints push → ingest → train → evaluate → convert → publish with the time of each stage,
+    then a completion from the proxy. Start `repotune up` (without a config file) first.
+    """
+    from bot import config, demo
+
+    settings = config.load(demo.DemoPaths(resolve_home(home)).config
+                           if demo.DemoPaths(resolve_home(home)).config.exists() else None)
+    home_path = resolve_home(home)
+    webhook_url = webhook_url or f"http://{settings.webhook.host}:{settings.webhook.port}/webhooks/github"
+    completions_url = completions_url or (
+        f"http://{settings.serving.proxy_host}:{settings.serving.proxy_port}/v1/completions")
+    try:
+        run = demo.run_demo(home_path, webhook_url, completions_url, files=files, timeout=timeout,
+                            echo=click.echo)
+    except (BotError, OSError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    if run.status.value not in ("serving", "rejected"):
+        raise click.ClickException(f"run {run.id} ended {run.status.value}: {run.error}")
+
+
+COMMANDS = [demo_command]

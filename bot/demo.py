@@ -1,0 +1,378 @@
+"""The embedded demo: what ``repotune up`` sets up when nothing is configured, and the scripted
+loop ``repotune demo`` drives against it.
+
+``bootstrap(settings)`` runs inside ``repotune up`` once Redis and Triton are up:
+
+1. no repositories configured → a local bare repository made from the sample codebase
+   (``<home>/demo/forge/acme/acme-internal.git``) stands in for the forge, with a
+   configuration file ``<home>/demo/repotune.toml`` tuned for a CPU (short debounce, a few
+   dozen training steps) and a random webhook secret in ``<home>/demo/webhook-secret`` — the
+   demo's webhooks are verified like production ones;
+2. no base model → a tiny CodeGen is bootstrapped from the corpus (``trainer.tiny``);
+3. nothing serving → the base model is published and activated as version 1, so the
+   completion endpoint answers from the first second.
+
+``run_demo(...)`` is the scripted loop: commit new code to the demo repository, deliver a
+signed GitHub push webhook, follow the run it starts through ingest → train → evaluate →
+convert → publish, and ask the proxy for a completion.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import json
+import logging
+import os
+import secrets
+import subprocess
+import time
+import typing as t
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from bot import config
+from bot.errors import BotError
+
+log = logging.getLogger(__name__)
+
+DEMO_REPO = "acme-internal"
+DEMO_FULL_NAME = "acme/acme-internal"
+SECRET_ENV = "REPOTUNE_GITHUB_WEBHOOK_SECRET_FILE"
+
+# Tuned so one run (ingest → train → evaluate → convert → publish) takes about a minute on
+# two CPU cores with the tiny model. The tiny model starts from random weights, hence the
+# high learning rate; production keeps the original recipe's 2e-5 on a real CodeGen.
+DEMO_TOML = """\
+# Written by `repotune up` for the embedded demo; edit freely, it is re-read by new jobs.
+[policy]
+debounce_seconds = 2
+min_changed_files = 1
+cooldown_seconds = 0
+reconcile_seconds = 0
+tick_seconds = 1.0
+
+[training]
+deepspeed = "zero2"
+block_size = 256
+per_device_batch = 8
+learning_rate = 0.002
+warmup_steps = 5
+max_steps = {max_steps}
+
+[evaluation]
+num_tasks = 120
+max_new_tokens = 24
+margin = 0.005
+
+[serving]
+keep_versions = 3
+
+[[repos]]
+name = "{name}"
+url = "{url}"
+forge = "github"
+full_name = "{full_name}"
+branch = "main"
+heldout_fraction = 0.1
+heldout_min = 3
+num_shards = 4
+"""
+
+
+@dataclass(frozen=True)
+class DemoPaths:
+    """Where the demo keeps its stand-in forge and settings inside ``home``."""
+
+    home: Path
+
+    @property
+    def root(self) -> Path:
+        return self.home / "demo"
+
+    @property
+    def bare(self) -> Path:
+        return self.root / "forge" / "acme" / f"{DEMO_REPO}.git"
+
+    @property
+    def work(self) -> Path:
+        return self.root / "work"
+
+    @property
+    def config(self) -> Path:
+        return self.root / "repotune.toml"
+
+    @property
+    def secret(self) -> Path:
+        return self.root / "webhook-secret"
+
+
+# --- git -----------------------------------------------------------------------------------
+
+
+def _git(cwd: Path, *args: str) -> str:
+    env = {**os.environ, "GIT_AUTHOR_NAME": "RepoTune demo", "GIT_AUTHOR_EMAIL": "demo@repotune.invalid",
+           "GIT_COMMITTER_NAME": "RepoTune demo", "GIT_COMMITTER_EMAIL": "demo@repotune.invalid"}
+    done = subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise BotError(f"git {' '.join(args)} failed in {cwd}: {done.stderr.strip()}")
+    return done.stdout.strip()
+
+
+def create_demo_repository(paths: DemoPaths, files: int = 120) -> str:
+    """Create the bare repository and a working clone holding the sample codebase; returns HEAD."""
+    from trainer import sample_code
+
+    if paths.bare.exists():
+        return _git(paths.bare, "rev-parse", "HEAD")
+    paths.bare.parent.mkdir(parents=True, exist_ok=True)
+    _git(paths.bare.parent, "init", "-q", "--bare", "-b", "main", paths.bare.name)
+    paths.work.mkdir(parents=True, exist_ok=True)
+    _git(paths.work, "init", "-q", "-b", "main")
+    _git(paths.work, "remote", "add", "origin", paths.bare.as_uri())
+    sample_code.generate(paths.work, files=files, seed=0)
+    return commit_and_push(paths, "Initial import of the acme internal codebase")
+
+
+def commit_and_push(paths: DemoPaths, message: str) -> str:
+    """Commit everything in the working clone and push it to the bare repository."""
+    _git(paths.work, "add", "-A")
+    _git(paths.work, "commit", "-q", "--allow-empty", "-m", message)
+    _git(paths.work, "push", "-q", "origin", "HEAD:main")
+    return _git(paths.work, "rev-parse", "HEAD")
+
+
+def add_code(paths: DemoPaths, files: int, seed: int) -> list[str]:
+    """Write ``files`` new sample source files (a new package) into the working clone."""
+    import tempfile
+
+    from trainer import sample_code
+
+    with tempfile.TemporaryDirectory() as tmp:
+        written = sample_code.generate(Path(tmp), files=files, seed=seed)
+        added = []
+        for path in written:
+            rel = path.relative_to(tmp)
+            if rel.name == "README.md":
+                continue
+            target = paths.work / f"batch{seed}" / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(path.read_bytes())
+            added.append(str(target.relative_to(paths.work)))
+    return added
+
+
+# --- bootstrap -----------------------------------------------------------------------------
+
+
+def _ensure_secret(paths: DemoPaths) -> str:
+    if not paths.secret.exists():
+        paths.secret.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(paths.secret, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_hex(32))
+    return paths.secret.read_text().strip()
+
+
+def _adopt(settings: config.Settings, loaded: config.Settings) -> None:
+    """Copy the demo file's settings into the running ``settings`` (keeping URLs ``up`` chose)."""
+    for section in ("policy", "training", "evaluation", "chatops"):
+        setattr(settings, section, getattr(loaded, section))
+    keep_triton = settings.serving.triton_url
+    settings.serving = loaded.serving
+    settings.serving.triton_url = keep_triton
+    settings.repos = loaded.repos
+    settings.source = loaded.source
+
+
+def setup_demo(settings: config.Settings, *, max_steps: int = 60) -> DemoPaths:
+    """Create the demo repository, secret and configuration, and point ``settings`` at them."""
+    paths = DemoPaths(settings.home)
+    create_demo_repository(paths)
+    secret = _ensure_secret(paths)
+    if not paths.config.exists():
+        paths.config.write_text(DEMO_TOML.format(max_steps=max_steps, name=DEMO_REPO,
+                                                 url=paths.bare.as_uri(), full_name=DEMO_FULL_NAME),
+                                encoding="utf-8")
+    # Children (workers, webhook) read the secret through the environment, never the TOML.
+    os.environ[SECRET_ENV] = str(paths.secret)
+    _adopt(settings, config.load(paths.config, env={**os.environ, SECRET_ENV: str(paths.secret)}))
+    settings.github.webhook_secret = secret
+    settings.insecure_no_webhook_secret = False
+    return paths
+
+
+def ensure_base_model(settings: config.Settings, progress: Callable[[str], None] = log.info) -> Path:
+    """The base checkpoint; bootstraps a tiny CodeGen from the configured corpora when the
+    default ``<home>/models/base`` does not exist yet."""
+    base = Path(settings.base_model_path())
+    if settings.training.base_model or (base / "config.json").exists():
+        return base
+    from trainer import corpus
+    from trainer.tiny import init_tiny
+
+    texts: list[str] = []
+    for repo in settings.repos:
+        progress(f"building the corpus of {repo.name} for the tiny base model")
+        corpus.update(repo.corpus_spec(settings.token_for(repo.forge)), settings.home)
+        files = corpus.shard_files(settings.home, repo.corpus_name(), "train")
+        texts += [r["text"] for r in corpus.read_records(files)]
+    if not texts:
+        raise BotError("no source text to bootstrap the tiny base model from: configure a repository "
+                       "or set training.base_model")
+    progress(f"training a tokenizer and initialising a tiny CodeGen at {base}")
+    tmp = base.with_name(base.name + ".tmp")
+    with contextlib.suppress(FileNotFoundError):
+        import shutil
+
+        shutil.rmtree(tmp)
+    init_tiny(texts, tmp)
+    tmp.rename(base)
+    return base
+
+
+def ensure_serving(settings: config.Settings, base: Path,
+                   progress: Callable[[str], None] = log.info) -> int | None:
+    """Publish and activate ``base`` when no version serves yet; returns the serving version."""
+    if not settings.serving.triton_url:
+        return None
+    import converter
+    import serving
+
+    repository = serving.ModelRepository(settings.home / "triton", settings.serving.model_name,
+                                         settings.serving.triton_url, keep=settings.serving.keep_versions)
+    current = repository.current()
+    if current is not None:
+        repository.activate(current)  # after a restart Triton has nothing loaded
+        return current
+    progress("publishing the base model as the first serving version")
+    artifact = settings.home / "models" / "base-artifact"
+    if not (artifact / "artifact.json").exists():
+        import shutil
+
+        shutil.rmtree(artifact, ignore_errors=True)
+        converter.convert(base, artifact, to="python", model_name=settings.serving.model_name)
+    version = repository.publish(artifact)
+    repository.activate(version)
+    return int(version)
+
+
+def bootstrap(settings: config.Settings) -> None:
+    """``repotune up``'s bootstrap: demo forge if nothing is configured, base model, first version."""
+    if not settings.repos:
+        paths = setup_demo(settings)
+        log.info("no repositories configured: serving the demo repository %s", paths.bare)
+    base = ensure_base_model(settings, progress=print)
+    ensure_serving(settings, base, progress=print)
+
+
+# --- the scripted loop ---------------------------------------------------------------------
+
+
+def github_push_payload(full_name: str, clone_url: str, before: str, after: str,
+                        pusher: str = "demo", branch: str = "main") -> dict[str, t.Any]:
+    """A GitHub ``push`` delivery body with the fields GitHub sends (trimmed to what matters)."""
+    owner, _, name = full_name.partition("/")
+    return {
+        "ref": f"refs/heads/{branch}", "before": before, "after": after,
+        "created": False, "deleted": False, "forced": False,
+        "repository": {"name": name, "full_name": full_name, "owner": {"login": owner, "name": owner},
+                       "clone_url": clone_url, "default_branch": branch, "private": True},
+        "pusher": {"name": pusher, "email": f"{pusher}@example.invalid"},
+        "sender": {"login": pusher},
+        "commits": [{"id": after, "message": "demo change", "distinct": True}],
+        "head_commit": {"id": after, "message": "demo change"},
+    }
+
+
+def deliver_github(url: str, secret: str, event: str, payload: dict[str, t.Any]) -> dict[str, t.Any]:
+    """POST one signed GitHub delivery; returns the JSON answer (raises BotError on non-2xx)."""
+    body = json.dumps(payload).encode()
+    signature = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    request = urllib.request.Request(url, data=body, method="POST", headers={
+        "Content-Type": "application/json", "X-GitHub-Event": event,
+        "X-GitHub-Delivery": str(uuid.uuid4()), "X-Hub-Signature-256": signature,
+        "User-Agent": "GitHub-Hookshot/repotune-demo"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.loads(response.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        raise BotError(f"webhook answered {exc.code}: {exc.read().decode(errors='replace')}") from exc
+
+
+FINAL = {"serving", "rejected", "failed", "canceled"}
+
+
+def wait_for_run(home: Path, commit: str, *, timeout: float = 900.0,
+                 on_status: Callable[[str, str, float], None] | None = None,
+                 poll: float = 0.5) -> t.Any:
+    """Follow the run a push of ``commit`` triggered until it ends; returns its RunRecord."""
+    from bot.runs import list_runs
+
+    started = time.monotonic()
+    seen: str | None = None
+    run_id: str | None = None
+    while time.monotonic() - started < timeout:
+        for run in list_runs(home, limit=20):
+            pushes = (run.trigger or {}).get("pushes") or []
+            commits = {(run.trigger or {}).get("commit")} | {p.get("after") for p in pushes if isinstance(p, dict)}
+            if run_id == run.id or commit in commits:
+                run_id = run.id
+                status = run.status.value
+                if status != seen:
+                    seen = status
+                    if on_status:
+                        on_status(run.id, status, time.monotonic() - started)
+                if status in FINAL:
+                    return run
+                break
+        time.sleep(poll)  # polling a file-backed record; there is no event to wait on
+    raise BotError(f"no run for {commit[:12]} finished within {timeout:.0f}s "
+                   f"(last status: {seen or 'no run yet'}); see `repotune runs` and the logs")
+
+
+def complete(completions_url: str, prompt: str, max_tokens: int = 24) -> dict[str, t.Any]:
+    """One completion through the proxy (the endpoint editors call)."""
+    body = json.dumps({"prompt": prompt, "max_tokens": max_tokens, "temperature": 0,
+                       "stop": ["\n\n"]}).encode()
+    request = urllib.request.Request(completions_url, data=body, method="POST",
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return json.loads(response.read())
+
+
+def run_demo(home: Path, webhook_url: str, completions_url: str, *, files: int = 30, seed: int | None = None,
+             echo: Callable[[str], None] = print, timeout: float = 900.0) -> t.Any:
+    """push → ingest → train → evaluate → promote → serve, printing each stage with its time."""
+    paths = DemoPaths(home)
+    if not paths.bare.exists():
+        raise BotError(f"no demo repository under {paths.root}: start `repotune up` first (no config)")
+    secret = paths.secret.read_text().strip()
+    before = _git(paths.work, "rev-parse", "HEAD")
+    seed = seed if seed is not None else int(time.time()) % 100_000
+    added = add_code(paths, files, seed)
+    after = commit_and_push(paths, f"Add {len(added)} files of internal code")
+    echo(f"pushed {after[:12]}: {len(added)} new files")
+    answer = deliver_github(webhook_url, secret, "push",
+                            github_push_payload(DEMO_FULL_NAME, paths.bare.as_uri(), before, after))
+    echo(f"webhook accepted: {json.dumps(answer)}")
+    last = [0.0]
+
+    def show(run_id: str, status: str, elapsed: float) -> None:
+        echo(f"  [{elapsed:7.1f}s] run {run_id}: {status} (+{elapsed - last[0]:.1f}s)")
+        last[0] = elapsed
+
+    run = wait_for_run(home, after, timeout=timeout, on_status=show)
+    if run.status.value == "serving":
+        echo(f"version {run.version} is serving")
+    else:
+        echo(f"run ended {run.status.value}: {run.error or ''}")
+    prompt = "def load_invoice_customer(client: AcmeClient, invoice_id: int) -> dict:\n"
+    answer = complete(completions_url, prompt)
+    echo(f"completion from {answer.get('model')}: {prompt}{answer['choices'][0]['text']}")
+    return run
