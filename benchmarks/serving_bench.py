@@ -1,0 +1,145 @@
+"""Serving benchmark: proxy overhead, throughput at several concurrencies, hot-swap cost.
+
+    .venv/bin/python benchmarks/serving_bench.py            # full run (~2-3 min on 2 cores)
+    .venv/bin/python benchmarks/serving_bench.py --quick    # smoke-sized
+
+Everything is real: the embedded tritonserver from nvidia-pytriton with RepoTune's python-backend
+model (a tiny CodeGen bootstrapped offline), the Flask proxy on a free port, HTTP clients.
+Figures:
+* p50/p99 latency of one greedy completion, direct tritonclient vs through the proxy;
+* completions/s through the proxy at concurrency 1, 4, 8;
+* swap time (publish + activate) and failed requests while a client sends ~25 requests/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+PROMPT = "def read_config(path):\n    "
+MAX_TOKENS = 8
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small run")
+    args = parser.parse_args()
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no access log in the figures
+    n_latency = 30 if args.quick else 200
+    window_s = 3.0 if args.quick else 10.0
+
+    import requests
+    from werkzeug.serving import make_server
+
+    import converter
+    from serving import ModelRepository, ProxyConfig, TritonClient, TritonServer, create_proxy_app
+    from trainer import sample_code
+    from trainer.tiny import init_tiny
+
+    work = Path(tempfile.mkdtemp(prefix="serving-bench-"))
+    files = sample_code.generate(work / "src", files=80, seed=1)
+    ckpt = init_tiny((p.read_text() for p in files), work / "model")
+    artifact = converter.convert(ckpt, work / "artifact", to="python", verify=False).artifact
+    root = work / "repo"
+    with TritonServer(root, log_path=work / "triton.log") as triton:
+        repo = ModelRepository(root, "codegen", triton.url)
+        repo.activate(repo.publish(artifact))
+        app = create_proxy_app(ProxyConfig(triton_url=triton.url, model_repository=root))
+        http = make_server("127.0.0.1", 0, app, threaded=True)
+        threading.Thread(target=http.serve_forever, daemon=True).start()
+        base = f"http://127.0.0.1:{http.server_port}"
+        body = {"prompt": PROMPT, "max_tokens": MAX_TOKENS, "temperature": 0}
+
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(str(ckpt))
+        ids = tok(PROMPT)["input_ids"]
+        client = TritonClient(triton.url, "codegen")
+        version = repo.current()
+        for _ in range(5):  # warm up both paths
+            client.generate(ids, MAX_TOKENS, version=version, end_id=tok.eos_token_id)
+            requests.post(f"{base}/v1/completions", json=body, timeout=30)
+
+        direct, proxied = [], []
+        session = requests.Session()
+        for _ in range(n_latency):
+            t = time.perf_counter()
+            client.generate(ids, MAX_TOKENS, version=version, end_id=tok.eos_token_id)
+            direct.append((time.perf_counter() - t) * 1000)
+            t = time.perf_counter()
+            resp = session.post(f"{base}/v1/completions", json=body, timeout=30)
+            proxied.append((time.perf_counter() - t) * 1000)
+            assert resp.status_code == 200, resp.text
+        print(f"latency, {MAX_TOKENS}-token greedy completion, {n_latency} requests each:")
+        print(f"  direct tritonclient  p50 {percentile(direct, 50):7.2f} ms   p99 {percentile(direct, 99):7.2f} ms")
+        print(f"  through the proxy    p50 {percentile(proxied, 50):7.2f} ms   p99 {percentile(proxied, 99):7.2f} ms")
+        print(f"  proxy overhead       p50 {percentile(proxied, 50) - percentile(direct, 50):7.2f} ms   "
+              f"p99 {percentile(proxied, 99) - percentile(direct, 99):7.2f} ms")
+
+        print(f"throughput through the proxy ({window_s:.0f} s per concurrency):")
+        for concurrency in (1, 4, 8):
+            done, failed = [0], [0]
+            stop_at = time.monotonic() + window_s
+
+            def worker(done=done, failed=failed, stop_at=stop_at) -> None:
+                s = requests.Session()
+                while time.monotonic() < stop_at:
+                    r = s.post(f"{base}/v1/completions", json=body, timeout=30)
+                    if r.status_code == 200:
+                        done[0] += 1
+                    else:
+                        failed[0] += 1
+
+            with ThreadPoolExecutor(concurrency) as pool:
+                for _ in range(concurrency):
+                    pool.submit(worker)
+            print(f"  concurrency {concurrency}: {done[0] / window_s:7.1f} completions/s  ({failed[0]} failed)")
+
+        results: list[int] = []
+        stop = threading.Event()
+
+        def load() -> None:
+            s = requests.Session()
+            while not stop.is_set():
+                try:
+                    results.append(s.post(f"{base}/v1/completions", json=body, timeout=30).status_code)
+                except requests.RequestException:
+                    results.append(0)
+                time.sleep(0.04)
+
+        loader = threading.Thread(target=load)
+        loader.start()
+        time.sleep(1.0)
+        sent_before = len(results)
+        t = time.perf_counter()
+        new = repo.publish(artifact)
+        repo.activate(new)
+        swap_s = time.perf_counter() - t
+        sent_during = len(results) - sent_before
+        time.sleep(1.0)
+        stop.set()
+        loader.join()
+        bad = sum(1 for code in results if code != 200)
+        print(f"hot swap to version {new}: {swap_s:.2f} s (publish + load + smoke + switch + unload old); "
+              f"{sent_during} requests during the swap, {len(results)} in all, {bad} failed")
+        http.shutdown()
+
+
+if __name__ == "__main__":
+    main()
