@@ -355,14 +355,14 @@ def finetune_config(settings: Settings, run: RunRecord) -> t.Any:
     """The :class:`trainer.finetune.FinetuneConfig` of a run, from the training settings."""
     finetune = _import("trainer.finetune", "train")
     tr = settings.training
-    values = {"base": settings.base_model_path(), "train_files": _shards(settings, "train"),
-              "heldout_files": _shards(settings, "heldout"),
-              "output_dir": run_dir(settings.home, run.id) / "train",
+    values = {"base": settings.base_model_path(), "train_files": [str(p) for p in _shards(settings, "train")],
+              "heldout_files": [str(p) for p in _shards(settings, "heldout")],
+              "output_dir": str(run_dir(settings.home, run.id) / "train"),
               "block_size": tr.block_size, "learning_rate": tr.learning_rate, "num_epochs": tr.num_epochs,
               "max_steps": tr.max_steps, "per_device_batch": tr.per_device_batch,
               "grad_accum": tr.grad_accum, "warmup_steps": tr.warmup_steps, "precision": tr.precision,
               "gradient_checkpointing": tr.gradient_checkpointing, "deepspeed": tr.deepspeed,
-              "cache_dir": settings.home / "cache" / "tokenized"}
+              "cache_dir": str(settings.home / "cache" / "tokenized")}
     known = {f.name for f in dataclasses.fields(finetune.FinetuneConfig)}
     return finetune.FinetuneConfig(**{k: v for k, v in values.items() if k in known})
 
@@ -488,8 +488,9 @@ def publish(run_id: str) -> int:
     settings = current()
     with _step(settings, run_id, RunStatus.PUBLISHING) as (run, connection):
         repository = _model_repository(settings)
-        version = repository.publish(run.artifact)
-        repository.activate(version)
+        progress = _progress_recorder(settings, run)
+        version = repository.publish(run.artifact, progress=progress)
+        repository.activate(version, progress=progress)
         run.version = int(version)
         _move(settings, run, RunStatus.SERVING, f"version {version}")
         _finish(settings, connection, run)
