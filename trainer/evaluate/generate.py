@@ -190,7 +190,8 @@ def generate_completions(lm: LoadedModel, tasks: Sequence[Task], cfg: EvalConfig
             raise EvaluationError(
                 f"model context {ctx} leaves no room for a prompt with {_cap(task, cfg)} new tokens; "
                 "lower EvalConfig.max_new_tokens / block_max_new_tokens")
-        ids = tokenizer(task.prompt, add_special_tokens=False)["input_ids"][-keep:] or [eos]
+        # A bounded character window keeps tokenising linear in the context, not the file size.
+        ids = tokenizer(task.prompt[-keep * 16:], add_special_tokens=False)["input_ids"][-keep:] or [eos]
         prefix = ""
         if cfg.token_healing and len(ids) >= 2:
             prefix = table.texts[ids[-1]]

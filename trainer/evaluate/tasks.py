@@ -78,40 +78,50 @@ def _line_starts(lines: list[str]) -> list[int]:
     return starts
 
 
-def _file_candidates(record: Mapping[str, Any], kind: str, *, seed: int, corpus_version: str,
-                     block_lines: int, min_prefix_chars: int) -> list[Task]:
-    """Every eligible task of one kind in one file, in that file's seeded order."""
+@dataclass(frozen=True)
+class _Cut:
+    """A candidate task without its prompt (prompts are sliced only for the tasks chosen)."""
+
+    task_id: str
+    kind: str
+    record: int
+    offset: int
+    target: str
+    line: int
+
+
+def _file_candidates(record: Mapping[str, Any], index: int, kind: str, *, seed: int, corpus_version: str,
+                     block_lines: int, min_prefix_chars: int, limit: int) -> list[_Cut]:
+    """Up to ``limit`` eligible cuts of one kind in one file, in that file's seeded order."""
     text = record["text"]
-    repo, path, lang = record.get("repo", ""), record["path"], record.get("lang", "unknown")
+    repo, path = record.get("repo", ""), record["path"]
     rng = random.Random(_seed_int(seed, corpus_version, repo, path, kind))
     lines = text.split("\n")
     starts = _line_starts(lines)
     order = list(range(len(lines)))
     rng.shuffle(order)
-    found: list[Task] = []
+    found: list[_Cut] = []
     for i in order:
+        if len(found) >= limit:
+            break
         line = lines[i]
         if kind == "line":
             indent = len(line) - len(line.lstrip())
             body = len(line) - indent
             if body < min_prefix_chars + 2:
                 continue
-            cut = indent + rng.randint(min_prefix_chars, body - 1)
-            target = line[cut:]
-            col = cut
+            col = indent + rng.randint(min_prefix_chars, body - 1)
+            target = line[col:]
         else:
             if i == 0 or not line.strip():
                 continue
             col = 0
             target = "\n".join(lines[i:i + block_lines]) if kind == "block" else line
         target = target.rstrip()
-        if is_trivial(target):
+        if is_trivial(target) or not text[:starts[i] + col].strip():
             continue
-        prompt = text[:starts[i] + col]
-        if not prompt.strip():
-            continue
-        found.append(Task(task_id=f"{repo}:{path}:{kind}:{i}:{col}", kind=kind, prompt=prompt,
-                          target=target, path=path, lang=lang, repo=repo, line=i))
+        found.append(_Cut(task_id=f"{repo}:{path}:{kind}:{i}:{col}", kind=kind, record=index,
+                          offset=starts[i] + col, target=target, line=i))
     return found
 
 
@@ -129,26 +139,34 @@ def build_tasks(records: Iterable[Mapping[str, Any]], *, seed: int, n: int, corp
     unknown = [k for k in kinds if k not in TASK_KINDS]
     if unknown:
         raise ValueError(f"unknown task kinds {unknown}; use a subset of {TASK_KINDS}")
-    ordered = sorted(records, key=lambda r: (r.get("repo", ""), r["path"]))
+    ordered = sorted((r for r in records if isinstance(r.get("text"), str)),
+                     key=lambda r: (r.get("repo", ""), r["path"]))
     version = str(corpus_version)
-    pools: dict[str, list[Task]] = {}
+    pools: dict[str, list[_Cut]] = {}
     for kind in kinds:
-        ranked: list[tuple[int, int, Task]] = []
-        for record in ordered:
-            found = _file_candidates(record, kind, seed=seed, corpus_version=version,
-                                     block_lines=block_lines, min_prefix_chars=min_prefix_chars)
-            ranked.extend((rank, _seed_int(seed, version, t.task_id), t) for rank, t in enumerate(found))
+        ranked: list[tuple[int, int, _Cut]] = []
+        for index, record in enumerate(ordered):
+            # A file's candidate of rank >= n can never be dealt (n others come first).
+            found = _file_candidates(record, index, kind, seed=seed, corpus_version=version,
+                                     block_lines=block_lines, min_prefix_chars=min_prefix_chars, limit=n)
+            ranked.extend((rank, _seed_int(seed, version, c.task_id), c) for rank, c in enumerate(found))
         ranked.sort(key=lambda item: (item[0], item[1]))
-        pools[kind] = [t for _, _, t in ranked]
-    chosen = _deal(pools, kinds, n)
-    if tokenizer is not None and max_prompt_tokens is not None:
-        chosen = [_truncated(t, tokenizer, max_prompt_tokens) for t in chosen]
-    return chosen
+        pools[kind] = [c for _, _, c in ranked]
+    tasks = []
+    for cut in _deal(pools, kinds, n):
+        record = ordered[cut.record]
+        prompt = record["text"][:cut.offset]
+        if tokenizer is not None and max_prompt_tokens is not None:
+            prompt = truncate_left(prompt, tokenizer, max_prompt_tokens)
+        tasks.append(Task(task_id=cut.task_id, kind=cut.kind, prompt=prompt, target=cut.target,
+                          path=record["path"], lang=record.get("lang", "unknown"),
+                          repo=record.get("repo", ""), line=cut.line))
+    return tasks
 
 
-def _deal(pools: dict[str, list[Task]], kinds: tuple[str, ...], n: int) -> list[Task]:
+def _deal(pools: dict[str, list[_Cut]], kinds: tuple[str, ...], n: int) -> list[_Cut]:
     """Take tasks kind by kind in turn until ``n`` are taken or every pool is empty."""
-    taken: list[Task] = []
+    taken: list[_Cut] = []
     cursors = dict.fromkeys(kinds, 0)
     while len(taken) < n:
         progressed = False
@@ -181,10 +199,3 @@ def truncate_left(text: str, tokenizer: Any, max_tokens: int) -> str:
             return text
     start = offsets[len(offsets) - max_tokens][0]
     return window[start:]
-
-
-def _truncated(task: Task, tokenizer: Any, max_tokens: int) -> Task:
-    prompt = truncate_left(task.prompt, tokenizer, max_tokens)
-    if prompt == task.prompt:
-        return task
-    return Task(**{**task.as_dict(), "prompt": prompt})
