@@ -205,10 +205,13 @@ class RepoConfig:
         return any(fnmatch.fnmatchcase(branch, p) for p in patterns)
 
     def corpus_name(self, branch: str | None = None) -> str:
-        """The corpus a branch feeds: the repository's name for ``branch``, ``NAME@BRANCH`` otherwise."""
+        """The corpus a branch feeds: the repository's name for ``branch``, ``NAME@BRANCH`` otherwise
+        (the branch percent-encoded: ``release%2F1.2``)."""
         if branch is None or branch == self.branch:
             return self.name
-        return f"{self.name}@{branch}"
+        from urllib.parse import quote
+
+        return f"{self.name}@{quote(branch, safe='')}"  # a corpus name holds at most one '/'
 
     def corpus_spec(self, token: str | None = None, branch: str | None = None) -> t.Any:
         """The :class:`trainer.corpus.CorpusSpec` for this repository (and branch)."""

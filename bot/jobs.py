@@ -28,6 +28,7 @@ import traceback
 import typing as t
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from urllib.parse import unquote
 
 import redis
 from rq import get_current_job
@@ -226,7 +227,7 @@ def _corpora(settings: Settings) -> list[tuple[RepoConfig, str]]:
         out.append((repo, repo.branch))
         parent = (root / repo.name).parent
         for extra in sorted(parent.glob(Path(repo.name).name + "@*")) if parent.is_dir() else []:
-            out.append((repo, extra.name.split("@", 1)[1]))
+            out.append((repo, unquote(extra.name.split("@", 1)[1])))
     return out
 
 

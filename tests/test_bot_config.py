@@ -42,7 +42,8 @@ branches = ["main", "release/*"]
     assert repo is not None and repo.name == "acme/web"
     assert s.repo_for("gitlab", "other/name", project_id=15) is repo  # GitLab id wins
     assert repo.tracks("release/1.2") and repo.tracks("main") and not repo.tracks("feature/x")
-    assert repo.corpus_name("release/1.2") == "acme/web@release/1.2"
+    assert repo.corpus_name("release/1.2") == "acme/web@release%2F1.2"
+    assert repo.corpus_spec(branch="release/1.2").branch == "release/1.2"
     spec = repo.corpus_spec(token="t")
     assert spec.name == "acme/web" and spec.branch == "main" and spec.token == "t"
 

@@ -162,3 +162,21 @@ def test_a_run_whose_job_vanished_is_failed_as_abandoned(make_repo, bot_settings
     assert scheduler.tick(settings, redis_conn)["abandoned"] == [run_id]
     run = load_run(settings.home, run_id)
     assert run.status == RunStatus.FAILED and "abandoned" in run.error
+
+
+def test_a_tracked_release_branch_feeds_its_own_corpus(make_repo, bot_settings, redis_conn):
+    from bot.jobs import _corpora
+
+    repo = make_repo(files=6, seed=10)
+    settings = bot_settings(github_url=repo.url)
+    settings.repos[0].branches = ["main", "release/*"]
+    repo.git("checkout", "-q", "-b", "release/1.0")
+    repo.write("src/release_only.py", "RELEASE = '1.0'\n" * 20)
+    repo.git("add", "-A")
+    repo.git("commit", "-q", "-m", "release")
+    repo.git("push", "-q", "origin", "release/1.0")
+    client = create_app(settings, redis_conn).test_client()
+    deliver(client, github_push(ZERO, repo.head(), branch="release/1.0"), "rel-1")
+    work(redis_conn, ("ingest",))
+    assert corpus.stats(settings.home, "hello@release%2F1.0")["commit"] == repo.head()
+    assert [b for _, b in _corpora(settings)] == ["main", "release/1.0"]
