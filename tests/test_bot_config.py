@@ -102,3 +102,24 @@ def test_every_run_status_is_documented():
     text = (DOCS.parent / "runs.md").read_text(encoding="utf-8")
     missing = [s.value for s in RunStatus if f"| `{s.value}` |" not in text]
     assert not missing, f"document these run states in docs/runs.md: {missing}"
+
+
+def test_runs_and_status_commands(tmp_path, redis_url):
+    import json
+
+    from bot.runs import new_run, save_run
+
+    run = new_run(repo="hello", trigger={"kind": "push"}, model="codegen")
+    save_run(tmp_path, run)
+    runner = CliRunner(env={"REDIS_URL": redis_url, "REPOTUNE_CONFIG": None})
+    listed = runner.invoke(cli, ["runs", "--json", "--home", str(tmp_path)])
+    assert listed.exit_code == 0, listed.output
+    assert [r["id"] for r in json.loads(listed.output)] == [run.id]
+    text = runner.invoke(cli, ["runs", "--home", str(tmp_path)])
+    assert run.id in text.output and "queued" in text.output
+    status = runner.invoke(cli, ["status", "--json", "--home", str(tmp_path)])
+    assert status.exit_code == 0, status.output
+    data = json.loads(status.output)
+    assert data["redis"]["ok"] is True and data["runs"][0]["id"] == run.id
+    bad = runner.invoke(cli, ["worker", "--queues", "nope", "--burst", "--home", str(tmp_path)])
+    assert bad.exit_code == 2 and "unknown queue" in bad.output
