@@ -7,6 +7,8 @@ Queues: ``ingest`` (CPU: corpus updates), ``gpu`` (training, evaluation, convers
 
 from __future__ import annotations
 
+import os
+import socket
 import time
 import typing as t
 from dataclasses import dataclass, field
@@ -113,12 +115,37 @@ def queue_lengths(connection: redis.Redis) -> dict[str, dict[str, int]]:
     return out
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _worker_alive(worker: t.Any, now: float, dead_after: float) -> bool:
+    """Whether the worker that started a job still lives.
+
+    On this host its pid answers the question at once. Elsewhere its heartbeat does: a worker
+    silent for ``dead_after`` seconds is dead. (A SimpleWorker does not beat during a job, so run
+    long jobs on other hosts with the forking worker, the default.)
+    """
+    if worker is None:
+        return False  # its registration expired or it deregistered: gone
+    if worker.hostname == socket.gethostname() and worker.pid:
+        return _pid_alive(int(worker.pid))
+    beat = worker.last_heartbeat.timestamp() if worker.last_heartbeat else None
+    return beat is not None and now - beat <= dead_after
+
+
 def clean_registries(connection: redis.Redis, now: float | None = None,
                      dead_after: float = defaults.WORKER_DEAD_AFTER_SECONDS) -> list[str]:
     """Hand jobs whose worker died back to RQ, which retries them (retries left) or fails them.
 
     RQ itself notices only when the job's timeout has passed; here a job also counts as abandoned
-    when its worker stopped heart-beating ``dead_after`` seconds before ``now`` (or is gone).
+    when its worker is gone (see :func:`_worker_alive`).
     Returns the ids of the abandoned jobs.
     """
     from rq import Worker
@@ -135,8 +162,7 @@ def clean_registries(connection: redis.Redis, now: float | None = None,
                 continue
             worker = Worker.find_by_key(Worker.redis_worker_namespace_prefix + (job.worker_name or ""),
                                         connection=connection) if job.worker_name else None
-            beat = worker.last_heartbeat.timestamp() if worker and worker.last_heartbeat else None
-            if beat is None or now - beat > dead_after:
+            if not _worker_alive(worker, now, dead_after):
                 connection.zadd(registry.key, {entry: 0})  # expired: RQ's cleanup takes it from here
                 abandoned.append(job_id)
         registry.cleanup(timestamp=now)

@@ -53,11 +53,11 @@ def test_worker_killed_during_ingest_is_retried_and_the_corpus_is_consistent(
 
     job = Job.fetch(job_id, connection=redis_conn)
     assert job.get_status() == JobStatus.STARTED  # the dead worker never finished it
-    # While the worker might still be alive, the job stays where it is.
-    assert scheduler.tick(settings, redis_conn)["orphaned"] == []
-    # Its heartbeat lapses (the clock passed ten minutes ahead): the tick hands the job back to
-    # RQ, which schedules a retry, and queues it when it is due.
-    assert scheduler.tick(settings, redis_conn, now=time.time() + 600)["orphaned"] == [job_id]
+    # The next tick sees the worker's pid is gone and hands the job back to RQ, which schedules
+    # a retry (5 s back-off); a tick with the clock past the back-off queues it.
+    assert scheduler.tick(settings, redis_conn)["orphaned"] == [job_id]
+    assert Job.fetch(job_id, connection=redis_conn).get_status() == JobStatus.SCHEDULED
+    scheduler.tick(settings, redis_conn, now=time.time() + 10)
     job = Job.fetch(job_id, connection=redis_conn)
     assert job.get_status() == JobStatus.QUEUED and job.retries_left == 2
 
