@@ -79,18 +79,20 @@ def main() -> None:
         cfg = EvalConfig(num_tasks=n, device="cpu", num_threads=args.threads, batch_size=args.batch_size)
         print(f"eval bench: {n} tasks, batch {args.batch_size}, torch threads {args.threads} "
               f"(machine: {torch.get_num_threads()} default threads)")
+        worst = 0.0
         for label, model in (("untrained tiny", base), ("fine-tuned tiny", tuned)):
             events: list[dict] = []
             start = time.perf_counter()
             scores = score_model(model, records, cfg, corpus_version="bench", progress=events.append)
             total = time.perf_counter() - start
+            worst = max(worst, total)
             o = scores.overall
             gen_s = len(scores.rows) / o["tasks_per_s"]
             print(f"  {label:16s} tasks={len(scores.rows)}  generate {gen_s:6.2f} s = {o['tasks_per_s']:7.1f} tasks/s"
                   f"  | mean latency {o['latency_ms']:6.1f} ms, p95 {o['latency_p95_ms']:6.1f} ms"
                   f"  | loss over {o['loss_tokens']} tokens  | score_model total {total:6.2f} s"
                   f"  | edit sim {o['edit_similarity']:.3f}")
-        print(f"target: {n} tasks well under 60 s -> {'OK' if total < 60 else 'TOO SLOW'}")
+        print(f"target: {n} tasks under 60 s -> {'OK' if worst < 60 else 'TOO SLOW'} (slowest {worst:.1f} s)")
 
 
 if __name__ == "__main__":

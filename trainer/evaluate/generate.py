@@ -276,8 +276,8 @@ def _generate_batch(model, prompts, tasks, healed, cap, eos, device, table: _Voc
         lines += counted * active
         started |= content
         newly = active & ((token == eos) | (lines >= stop_after))
-        for row, tok in enumerate(token.tolist()):
-            if active[row] and tok != eos:
+        for row, (tok, live) in enumerate(zip(token.tolist(), active.tolist(), strict=True)):
+            if live and tok != eos:
                 generated[row].append(tok)
         done |= newly
         now = time.perf_counter() - start
