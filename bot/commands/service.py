@@ -109,17 +109,22 @@ def up_command(config_path, home, insecure_no_webhook_secret) -> None:
     from bot import up
 
     settings = _settings(config_path, home, insecure_no_webhook_secret=insecure_no_webhook_secret)
-    if not (settings.github.webhook_secret or settings.gitlab.webhook_token):
-        # One machine, no forge configured: local development by definition.
-        settings.insecure_no_webhook_secret = settings.insecure_no_webhook_secret or not settings.repos
     try:
         up.run(settings, bootstrap=BOOTSTRAP)
     except BotError as exc:
         raise click.ClickException(str(exc)) from exc
 
 
-BOOTSTRAP: t.Callable[[config.Settings], None] | None = None
-"""The step ``repotune up`` runs before starting workers (the demo bootstrap plugs in here)."""
+def _bootstrap(settings: config.Settings) -> None:
+    from bot import demo
+
+    demo.bootstrap(settings)
+
+
+BOOTSTRAP: t.Callable[[config.Settings], None] | None = _bootstrap
+"""The step ``repotune up`` runs before starting workers: with no repository configured, the
+demo forge (its webhooks signed with a generated secret); a tiny base model bootstrapped from
+the corpus when none is configured; the base model as the first serving version."""
 
 
 @click.command("status")
