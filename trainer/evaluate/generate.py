@@ -13,7 +13,7 @@ from __future__ import annotations
 import inspect
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,8 @@ class LoadedModel:
     tokenizer: Any
     name: str
     device: Any
+    cache: dict[str, Any] = field(default_factory=dict, repr=False)
+    """Per-model derived data (token tables), so nothing is keyed by object id globally."""
 
     @property
     def context(self) -> int:
@@ -122,16 +124,14 @@ class _Vocab:
         return found
 
 
-_VOCABS: dict[tuple[int, int, str], _Vocab] = {}
-
-
-def _vocab(tokenizer: Any, vocab: int, device: Any) -> _Vocab:
+def _vocab(lm: LoadedModel, vocab: int) -> _Vocab:
+    """The token tables of ``lm``'s tokenizer, built once per loaded model."""
     import torch
 
-    key = (id(tokenizer), vocab, str(device))
-    cached = _VOCABS.get(key)
+    cached = lm.cache.get("vocab")
     if cached is not None:
         return cached
+    device, tokenizer = lm.device, lm.tokenizer
     texts = tokenizer.batch_decode([[i] for i in range(min(vocab, len(tokenizer)))])
     texts += [""] * (vocab - len(texts))
     after, content = [], []
@@ -143,8 +143,7 @@ def _vocab(tokenizer: Any, vocab: int, device: Any) -> _Vocab:
                    nl_total=torch.tensor([t.count("\n") for t in texts], dtype=torch.long, device=device),
                    nl_after=torch.tensor(after, dtype=torch.long, device=device),
                    has_content=torch.tensor(content, dtype=torch.bool, device=device), allowed={})
-    _VOCABS.clear()  # one model at a time; do not pin old tokenizers in memory
-    _VOCABS[key] = table
+    lm.cache["vocab"] = table
     return table
 
 
@@ -180,7 +179,7 @@ def generate_completions(lm: LoadedModel, tasks: Sequence[Task], cfg: EvalConfig
     model, tokenizer = lm.model, lm.tokenizer
     eos = _eos_id(tokenizer)
     vocab = model.get_output_embeddings().weight.shape[0]
-    table = _vocab(tokenizer, vocab, lm.device)
+    table = _vocab(lm, vocab)
     ctx = lm.context
     encoded: list[list[int]] = []
     healed: list[str] = []
