@@ -96,8 +96,8 @@ def test_two_rank_launcher_run_saves_a_loadable_checkpoint(tiny_model, corpus_sh
 def test_killed_run_resumes_from_its_last_checkpoint(tiny_model, corpus_shards, tmp_path: Path) -> None:
     out = tmp_path / "run"
     # The original recipe's config: ZeRO-2 with the optimizer offloaded to CPU (builds cpu_adam).
-    cfg = _config(tiny_model, corpus_shards, out, deepspeed="zero2-offload", max_steps=30,
-                  save_every=5, eval_every=10, per_device_batch=2)
+    cfg = _config(tiny_model, corpus_shards, out, deepspeed="zero2-offload", max_steps=16,
+                  save_every=4, eval_every=8, per_device_batch=2)
     out.mkdir(parents=True)
     config_path = tmp_path / "config.json"
     config_path.write_text(json.dumps(cfg.to_dict()))
@@ -119,12 +119,12 @@ def test_killed_run_resumes_from_its_last_checkpoint(tiny_model, corpus_shards, 
     assert not (out / "train.json").exists(), "the run was killed before it finished"
     killed_at = last_complete_checkpoint(out / "checkpoints")
     resumed_step = int(killed_at.name.split("-")[1])
-    assert 0 < resumed_step < 30
+    assert 0 < resumed_step < 16
 
     result = train(cfg)
     assert result.resumed_from == str(killed_at)
-    assert result.steps == 30
-    assert result.extras["steps_this_run"] == 30 - resumed_step
+    assert result.steps == 16
+    assert result.extras["steps_this_run"] == 16 - resumed_step
     assert json.loads((out / "train.json").read_text())["resumed_from"] == str(killed_at)
     _assert_loadable(result.checkpoint)
 
