@@ -267,7 +267,7 @@ def _compare(candidate: ModelRef, baseline: ModelRef | None, records: list[Mappi
         gate = decide(cand.overall, base.overall, intervals, cfg)
     result = Comparison(candidate=cand, baseline=base, tasks=list(tasks), config=cfg, corpus_version=version,
                         deltas=deltas, intervals=intervals, per_language=per_language, gate=gate,
-                        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                        created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
                         duration_s=time.perf_counter() - started)
     if out_dir is not None:
         from trainer.evaluate.report import write_reports

@@ -34,7 +34,7 @@ def forward_eval(model: ModelRef, records: Iterable[Mapping[str, Any]], cfg: Eva
     cfg = cfg or EvalConfig()
     records = list(records)
     entry: dict[str, Any] = {
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "push": push,
         "files": len(records),
     }

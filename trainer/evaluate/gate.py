@@ -88,6 +88,6 @@ def decide(candidate: Mapping[str, float], baseline: Mapping[str, float],
                        f"more than its tolerance {tolerance:g}")
             failed.append(f"tolerance:{metric}")
         else:
-            ok.append(f"{metric} {b:.4f} -> {c:.4f} within tolerance {tolerance:g}")
+            ok.append(f"{metric} {b:.4f} -> {c:.4f} (allowed regression {tolerance:g})")
     return GateDecision(passed=not bad, reasons=bad + ok, primary_metric=primary,
                         improvement=improvement, interval=(lo, hi), failed_checks=failed)

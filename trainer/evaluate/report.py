@@ -125,9 +125,9 @@ def render_markdown(comparison: Comparison) -> str:
     out += [f"{len(c.tasks)} held-out tasks ({kind_text}), corpus version `{c.corpus_version}`, "
             f"seed {cfg.seed}; primary metric `{cfg.primary_metric}`, margin {cfg.margin:g}, "
             f"{level} paired bootstrap ({cfg.bootstrap} resamples).", ""]
-    out += [f"Candidate: `{c.candidate.name}`"]
+    out += [f"- Candidate: `{c.candidate.name}`"]
     if c.baseline is not None:
-        out += [f"Production: `{c.baseline.name}`"]
+        out += [f"- Production: `{c.baseline.name}`"]
     out.append("")
     if base is not None:
         out += [f"| metric | production | candidate | Δ | {level} CI of Δ |", "|---|---:|---:|---:|---|"]
@@ -190,7 +190,7 @@ def plot_history(eval_json_paths: Iterable[str | Path], out_png: str | Path,
     """Draw the metric history across runs (one point per ``eval.json``, in the given order).
 
     A ``.jsonl`` path is read as a forward-evaluation (freshness) history, one point per line.
-    Top panel: completion metrics of each run's candidate (production dashed, grey); gate
+    Top panel: completion metrics of each run's candidate (production as crosses); gate
     passes are marked green, rejections red. Bottom panel: held-out loss.
     """
     import matplotlib
@@ -203,20 +203,21 @@ def plot_history(eval_json_paths: Iterable[str | Path], out_png: str | Path,
         raise ValueError("plot_history needs at least one eval.json or freshness .jsonl with entries")
     metrics = dict(metrics or {m: METRIC_LABELS[m] for m in ("edit_similarity", "exact_match", "identifier_match")})
     xs = list(range(len(entries)))
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(max(6.0, 0.6 * len(entries) + 3), 6.5), sharex=True,
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(max(8.0, 0.6 * len(entries) + 5), 6.5), sharex=True,
                                       gridspec_kw={"height_ratios": [2, 1]})
     for metric, label in metrics.items():
         ys = [_as_float(e["scores"].get(metric)) for e in entries]
         (line,) = top.plot(xs, ys, marker="o", label=label)
         if any(e["baseline"] for e in entries):
-            top.plot(xs, [_as_float((e["baseline"] or {}).get(metric)) for e in entries], linestyle="--",
-                     color=line.get_color(), alpha=0.5, label=f"{label} (production)")
+            # Production is a different model per run: markers, not a connecting line.
+            top.plot(xs, [_as_float((e["baseline"] or {}).get(metric)) for e in entries], linestyle="none",
+                     marker="x", markersize=8, color=line.get_color(), alpha=0.7, label=f"{label} (production)")
     for x, e in zip(xs, entries, strict=True):
         if e["passed"] is not None:
             top.axvspan(x - 0.4, x + 0.4, color="tab:green" if e["passed"] else "tab:red", alpha=0.08)
     top.set_ylabel("score")
-    top.set_ylim(0, 1)
-    top.legend(fontsize=8, loc="lower right")
+    top.set_ylim(0, 1.02)
+    top.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     top.set_title("RepoTune evaluation history (green: gate passed, red: rejected)")
     bottom.plot(xs, [_as_float(e["scores"].get("loss")) for e in entries], marker="o", color="tab:purple",
                 label="held-out loss")
