@@ -5,14 +5,16 @@ backend in production and RepoTune's python-backend model on CPU. Every tritoncl
 error is translated here into :mod:`serving.errors` (chained with ``from``), so callers catch
 RepoTune's errors only.
 
-``tritonclient.http`` sits on geventhttpclient, whose connections must not be shared between
-threads: :class:`TritonClient` keeps one underlying client per thread.
+Transport: ``tritonclient.http`` encodes and decodes the KServe v2 binary bodies
+(``generate_request_body`` / ``parse_response_body``), and a thread-safe urllib3 connection pool
+carries them. (tritonclient's own geventhttpclient transport needs one client — and one gevent
+hub with its pipes — per thread; under a thread-per-request WSGI server that leaks file
+descriptors until the process runs out.)
 """
 
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -21,6 +23,7 @@ import numpy as np
 from serving.errors import (
     InferenceFailed,
     ModelLoadFailed,
+    ServingError,
     TritonTimeout,
     TritonUnavailable,
     VersionUnavailable,
@@ -59,112 +62,110 @@ def encode_stop_words(stop_sequences: Sequence[Sequence[int]], batch: int) -> np
     return out
 
 
-def _translate(exc: BaseException, what: str, model: str, version: int | None) -> Exception:
-    """Map a tritonclient/socket error to the most specific :mod:`serving.errors` class."""
-    message = str(exc)
+def _status_error(status: int, message: str, what: str, model: str, version: int | None) -> ServingError:
+    """Map a non-200 Triton answer to the most specific :mod:`serving.errors` class."""
     lowered = message.lower()
-    name = type(exc).__name__.lower()
-    if "timeout" in name or "timed out" in lowered or "timeout" in lowered:
-        return TritonTimeout(f"{what}: Triton did not answer in time ({message})")
-    if isinstance(exc, (ConnectionError, OSError)) and not hasattr(exc, "status"):
-        return TritonUnavailable(f"{what}: cannot reach Triton ({exc!r}); is it running?")
     if ("unknown model" in lowered or "not at ready state" in lowered or "is not found" in lowered
-            or "unavailable model" in lowered):
+            or "unavailable" in lowered):
         where = f"{model} version {version}" if version is not None else model
         return VersionUnavailable(f"{what}: {where} is not loaded ({message})")
-    return InferenceFailed(f"{what}: Triton returned an error: {message}")
+    if status in (502, 503):
+        return TritonUnavailable(f"{what}: Triton is not ready (HTTP {status}: {message})")
+    return InferenceFailed(f"{what}: Triton returned HTTP {status}: {message}")
 
 
 class TritonClient:
     """Typed access to one model on one Triton server (``host:port`` of its HTTP endpoint).
 
     ``timeout_s`` bounds every inference call; ``admin_timeout_s`` bounds model loads,
-    which can take minutes for a large checkpoint.
+    which can take minutes for a large checkpoint. Safe to share between threads.
     """
 
     def __init__(self, url: str, model_name: str, *, timeout_s: float = 30.0,
-                 admin_timeout_s: float = 600.0) -> None:
-        self.url = url.removeprefix("http://")
+                 admin_timeout_s: float = 600.0, pool_size: int = 32) -> None:
+        import urllib3
+
+        self.url = url.removeprefix("http://").rstrip("/")
         self.model_name = model_name
         self.timeout_s = timeout_s
         self.admin_timeout_s = admin_timeout_s
-        self._local = threading.local()
+        self._pool = urllib3.PoolManager(maxsize=pool_size, block=False, retries=False)
         self._declared: dict[str, str] | None = None
 
-    def _client(self, admin: bool = False):
-        import tritonclient.http as httpclient
+    def _path(self, version: int | None, suffix: str = "") -> str:
+        base = f"http://{self.url}/v2/models/{self.model_name}"
+        if version is not None:
+            base += f"/versions/{int(version)}"
+        return base + suffix
 
-        attr = "admin" if admin else "infer"
-        client = getattr(self._local, attr, None)
-        if client is None:
-            timeout = self.admin_timeout_s if admin else self.timeout_s
-            client = httpclient.InferenceServerClient(
-                self.url, connection_timeout=min(timeout, 10.0), network_timeout=timeout)
-            setattr(self._local, attr, client)
-        return client
+    def _request(self, method: str, url: str, *, body: bytes | None = None,
+                 headers: dict[str, str] | None = None, admin: bool = False, what: str,
+                 version: int | None = None):
+        """One HTTP exchange; transport failures become :mod:`serving.errors`."""
+        import urllib3
 
-    def _reset(self, admin: bool = False) -> None:
-        # A connection that failed mid-request may be half-read: never reuse it.
-        attr = "admin" if admin else "infer"
-        client = getattr(self._local, attr, None)
-        setattr(self._local, attr, None)
-        if client is not None:
-            try:
-                client.close()
-            except Exception:
-                pass
+        timeout = self.admin_timeout_s if admin else self.timeout_s
+        try:
+            return self._pool.request(method, url, body=body, headers=headers or {},
+                                      timeout=urllib3.Timeout(connect=min(timeout, 10.0), read=timeout))
+        except (urllib3.exceptions.NewConnectionError, urllib3.exceptions.ProtocolError) as exc:
+            # NewConnectionError subclasses ConnectTimeoutError in urllib3 2: test it first.
+            raise TritonUnavailable(f"{what}: cannot reach Triton at {self.url} ({exc}); is it running?") from exc
+        except urllib3.exceptions.TimeoutError as exc:
+            raise TritonTimeout(f"{what}: Triton did not answer within {timeout:.0f}s") from exc
+        except urllib3.exceptions.HTTPError as exc:
+            raise TritonUnavailable(f"{what}: cannot reach Triton at {self.url} ({exc}); is it running?") from exc
+
+    @staticmethod
+    def _error_text(resp) -> str:
+        try:
+            return str(json.loads(resp.data).get("error", resp.data[:500]))
+        except (ValueError, AttributeError):
+            return resp.data[:500].decode(errors="replace")
 
     # -- health and model control -------------------------------------------------------------
 
     def live(self) -> bool:
         """True if the server answers and reports live."""
         try:
-            return bool(self._client().is_server_live())
-        except Exception:
-            self._reset()
+            return self._request("GET", f"http://{self.url}/v2/health/live", what="health").status == 200
+        except ServingError:
             return False
 
     def model_ready(self, version: int | None = None) -> bool:
         """True if the model (or that exact version) is loaded and ready."""
         try:
-            return bool(self._client().is_model_ready(self.model_name, str(version or "")))
-        except Exception:
-            self._reset()
+            return self._request("GET", self._path(version, "/ready"), what="readiness").status == 200
+        except ServingError:
             return False
 
     def load(self, config: dict | None = None) -> None:
         """(Re)load the model, with ``config`` (a ModelConfig as JSON dict) overriding
         ``config.pbtxt``; raises :class:`ModelLoadFailed` with Triton's reason."""
-        from tritonclient.utils import InferenceServerException
-
-        try:
-            self._client(admin=True).load_model(
-                self.model_name, config=json.dumps(config) if config is not None else None)
-        except InferenceServerException as exc:
-            self._reset(admin=True)
-            translated = _translate(exc, f"loading model {self.model_name!r}", self.model_name, None)
-            if isinstance(translated, TritonUnavailable) and not isinstance(translated, VersionUnavailable):
-                raise translated from exc
-            raise ModelLoadFailed(f"Triton refused to load {self.model_name!r}: {exc}") from exc
-        except Exception as exc:
-            self._reset(admin=True)
-            raise _translate(exc, f"loading model {self.model_name!r}", self.model_name, None) from exc
+        body = {"parameters": {"config": json.dumps(config)}} if config is not None else {}
+        what = f"loading model {self.model_name!r}"
+        resp = self._request("POST", f"http://{self.url}/v2/repository/models/{self.model_name}/load",
+                             body=json.dumps(body).encode(), headers={"Content-Type": "application/json"},
+                             admin=True, what=what)
+        if resp.status != 200:
+            raise ModelLoadFailed(f"Triton refused to load {self.model_name!r}: {self._error_text(resp)}")
+        self._declared = None
 
     def unload(self) -> None:
         """Unload every version of the model."""
-        try:
-            self._client(admin=True).unload_model(self.model_name)
-        except Exception as exc:
-            self._reset(admin=True)
-            raise _translate(exc, f"unloading {self.model_name!r}", self.model_name, None) from exc
+        resp = self._request("POST", f"http://{self.url}/v2/repository/models/{self.model_name}/unload",
+                             body=b"{}", headers={"Content-Type": "application/json"}, admin=True,
+                             what=f"unloading {self.model_name!r}")
+        if resp.status != 200:
+            raise InferenceFailed(f"unloading {self.model_name!r} failed: {self._error_text(resp)}")
 
     def statistics(self, version: int | None = None) -> dict:
         """Triton's inference statistics for the model (or one version)."""
-        try:
-            return self._client().get_inference_statistics(self.model_name, str(version or ""))
-        except Exception as exc:
-            self._reset()
-            raise _translate(exc, "reading statistics", self.model_name, version) from exc
+        resp = self._request("GET", self._path(version, "/stats"), what="reading statistics")
+        if resp.status != 200:
+            raise _status_error(resp.status, self._error_text(resp), "reading statistics",
+                                self.model_name, version)
+        return json.loads(resp.data)
 
     # -- inference ----------------------------------------------------------------------------
 
@@ -226,12 +227,17 @@ class TritonClient:
             wanted += ["cum_log_probs", "output_log_probs"]
         outputs = [httpclient.InferRequestedOutput(n) for n in wanted]
         what = f"completing with {self.model_name!r}" + (f" version {version}" if version else "")
-        try:
-            result = self._client().infer(self.model_name, inputs, model_version=str(version or ""),
-                                          outputs=outputs)
-        except Exception as exc:
-            self._reset()
-            raise _translate(exc, what, self.model_name, version) from exc
+        body, json_size = httpclient.InferenceServerClient.generate_request_body(inputs, outputs=outputs)
+        headers = {"Content-Type": "application/octet-stream"}
+        if json_size is not None:
+            headers["Inference-Header-Content-Length"] = str(json_size)
+        resp = self._request("POST", self._path(version, "/infer"), body=body, headers=headers,
+                             what=what, version=version)
+        if resp.status != 200:
+            self._declared = None  # the next version may declare other inputs
+            raise _status_error(resp.status, self._error_text(resp), what, self.model_name, version)
+        result = httpclient.InferenceServerClient.parse_response_body(
+            resp.data, header_length=resp.headers.get("Inference-Header-Content-Length"))
         out_ids = result.as_numpy("output_ids").reshape(batch, -1)
         seq_len = result.as_numpy("sequence_length").reshape(batch, -1)[:, 0]
         cum = result.as_numpy("cum_log_probs") if return_log_probs else None
@@ -252,11 +258,11 @@ class TritonClient:
         """Input name → Triton dtype as the model declares it (``random_seed`` is INT32 in
         FasterTransformer backend v1.1 and UINT64 later); read once, then cached."""
         if self._declared is None:
-            try:
-                meta = self._client().get_model_metadata(self.model_name, str(version or ""))
-            except Exception as exc:
-                self._reset()
-                raise _translate(exc, "reading model metadata", self.model_name, version) from exc
+            what = "reading model metadata"
+            resp = self._request("GET", self._path(version), what=what, version=version)
+            if resp.status != 200:
+                raise _status_error(resp.status, self._error_text(resp), what, self.model_name, version)
+            meta = json.loads(resp.data)
             self._declared = {i["name"]: i["datatype"] for i in meta.get("inputs", [])}
         return self._declared
 

@@ -27,24 +27,28 @@ PROMPT = {"prompt": "def parse(line):\n    ", "max_tokens": 6, "temperature": 0}
 class LoadClient:
     """Sends completions through the proxy at a steady rate; records every outcome."""
 
-    def __init__(self, url: str, rate_per_s: float = 25.0) -> None:
+    def __init__(self, url: str, rate_per_s: float = 25.0, threads: int = 8) -> None:
         self.url = url
+        self.n_threads = threads
         self.interval = 1.0 / rate_per_s
-        self.results: list[tuple[float, int, str | None, str]] = []  # (t, status, version, text)
+        # (time sent, status, version header, text); a slow answer never lowers the offered rate
+        # because each of the threads keeps its own schedule.
+        self.results: list[tuple[float, int, str | None, str]] = []
         self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(2)]
+        self._threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(threads)]
 
     def _run(self, offset: int) -> None:
         session = requests.Session()
         next_at = time.monotonic() + offset * self.interval
         while not self._stop.is_set():
+            sent = time.monotonic()
             try:
                 resp = session.post(f"{self.url}/v1/completions", json=PROMPT, timeout=30)
                 text = resp.json()["choices"][0]["text"] if resp.ok else resp.text
-                self.results.append((time.monotonic(), resp.status_code, resp.headers.get(VERSION_HEADER), text))
+                self.results.append((sent, resp.status_code, resp.headers.get(VERSION_HEADER), text))
             except requests.RequestException as exc:
-                self.results.append((time.monotonic(), 0, None, repr(exc)))
-            next_at += 2 * self.interval
+                self.results.append((sent, 0, None, repr(exc)))
+            next_at += self.n_threads * self.interval
             time.sleep(max(0.0, next_at - time.monotonic()))
 
     def __enter__(self) -> LoadClient:
@@ -103,7 +107,7 @@ def test_hot_swap_under_load_has_zero_failed_requests(swap_repo, swap_proxy, tri
     assert len(during) >= 20 * duration * 0.8, (len(during), duration)  # the load really ran
     assert old_text != new_text  # the versions are distinguishable by their answers
     before = [r for r in load.results if r[0] < started]
-    after = [r for r in load.results if r[0] > switched + 0.2]
+    after = [r for r in load.results if r[0] > switched]
     assert before and all(r[2] == str(first) and r[3] == old_text for r in before)
     assert after and all(r[2] == str(second) and r[3] == new_text for r in after)
     assert swap_repo.current() == second
