@@ -114,3 +114,17 @@ def test_scoring_without_baseline_and_the_history_chart(finetuned_tiny, tiny_mod
     for path in (png, fresh):
         head = path.read_bytes()[:8]
         assert head == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
+
+
+def test_errors_say_what_was_tried(tmp_path, heldout_records, finetuned_tiny):
+    from trainer.errors import EvaluationError
+
+    with pytest.raises(EvaluationError, match="no held-out records"):
+        compare(finetuned_tiny, None, [], EvalConfig(**CFG), corpus_version="v1")
+    with pytest.raises(EvaluationError, match=r"no model checkpoint at .*config\.json"):
+        compare(tmp_path / "missing", None, heldout_records, EvalConfig(**CFG), corpus_version="v1")
+    blank = [{"text": "\n\n}\n", "path": "x.py", "lang": "python", "repo": "r", "sha": ""}]
+    with pytest.raises(EvaluationError, match="no completion tasks"):
+        compare(finetuned_tiny, None, blank, EvalConfig(**CFG), corpus_version="v1")
+    empty_push = forward_eval(finetuned_tiny, [], EvalConfig(**CFG), push="p0", history=tmp_path / "h.jsonl")
+    assert empty_push["n_tasks"] == 0 and read_history(tmp_path / "h.jsonl")[0]["push"] == "p0"
