@@ -6,7 +6,8 @@
 Everything is real: the embedded tritonserver from nvidia-pytriton with RepoTune's python-backend
 model (a tiny CodeGen bootstrapped offline), the Flask proxy on a free port, HTTP clients.
 Figures:
-* p50/p99 latency of one greedy completion, direct tritonclient vs through the proxy;
+* p50/p99 latency of one greedy completion, straight to Triton (serving.TritonClient:
+  tritonclient's v2 encoding over a urllib3 pool) vs through the proxy;
 * completions/s through the proxy at concurrency 1, 4, 8;
 * swap time (publish + activate) and failed requests while a client sends ~25 requests/s.
 """
@@ -87,7 +88,7 @@ def main() -> None:
             proxied.append((time.perf_counter() - t) * 1000)
             assert resp.status_code == 200, resp.text
         print(f"latency, {MAX_TOKENS}-token greedy completion, {n_latency} requests each:")
-        print(f"  direct tritonclient  p50 {percentile(direct, 50):7.2f} ms   p99 {percentile(direct, 99):7.2f} ms")
+        print(f"  direct to Triton     p50 {percentile(direct, 50):7.2f} ms   p99 {percentile(direct, 99):7.2f} ms")
         print(f"  through the proxy    p50 {percentile(proxied, 50):7.2f} ms   p99 {percentile(proxied, 99):7.2f} ms")
         print(f"  proxy overhead       p50 {percentile(proxied, 50) - percentile(direct, 50):7.2f} ms   "
               f"p99 {percentile(proxied, 99) - percentile(direct, 99):7.2f} ms")
