@@ -106,8 +106,8 @@ def test_split_is_stable_and_about_five_percent():
 
 def test_pins_pick_smallest_hash_and_only_when_needed():
     cands = ["a.py", "b.py", "c.py", "d.py"]
-    assert split.pins_needed("r", {"x.py"}, cands, 1) == []
-    got = split.pins_needed("r", set(), cands, 2)
+    assert split.pins_needed("r", 1, cands, 1) == []
+    got = split.pins_needed("r", 0, cands, 2)
     assert got == sorted(cands, key=lambda p: split.unit("r", p))[:2]
 
 

@@ -1,7 +1,7 @@
 """The manifest: one sqlite file per corpus with a row per path, shard checksums and state.
 
 Tables: ``files`` (path, blob, mode, lang, bytes, split, shard, skip, eligible, dup_of,
-secrets, sig), ``bands`` (LSH bucket key -> path), ``pins`` (sticky held-out paths),
+secrets, sig), ``bands`` (LSH bucket key, path), ``pins`` (sticky held-out paths),
 ``shards`` (name -> sha256, records, bytes), ``pending`` (shard renames decided by the last
 committed transaction and not yet known to be done), ``meta`` (commit, version, spec …).
 """
@@ -21,9 +21,16 @@ CREATE TABLE IF NOT EXISTS files (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS files_blob ON files(blob);
 CREATE INDEX IF NOT EXISTS files_shard ON files(split, shard);
+-- covering index of summary(): counts and sums without reading the rows (and their sigs)
+CREATE INDEX IF NOT EXISTS files_summary ON files(skip, split, lang, bytes, secrets);
+-- small partial indexes, so an update never scans the table for these few rows
+CREATE INDEX IF NOT EXISTS files_xdup ON files(path) WHERE dup_of LIKE '%:%';
+CREATE INDEX IF NOT EXISTS files_attrs ON files(path) WHERE path LIKE '%.gitattributes';
+-- one row per (LSH band key, path); rows of a path are deleted by their keys (from its old
+-- signature), so no index on path is needed
 CREATE TABLE IF NOT EXISTS bands (key INTEGER NOT NULL, path TEXT NOT NULL,
     PRIMARY KEY (key, path)) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS bands_path ON bands(path);
+DROP INDEX IF EXISTS bands_path;
 CREATE TABLE IF NOT EXISTS pins (path TEXT PRIMARY KEY) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS shards (name TEXT PRIMARY KEY, sha256 TEXT NOT NULL,
     records INTEGER NOT NULL, bytes INTEGER NOT NULL) WITHOUT ROWID;
@@ -60,25 +67,33 @@ def set_meta(conn: sqlite3.Connection, **values: object) -> None:
 
 
 def summary(conn: sqlite3.Connection) -> dict:
-    """Counts derived from the rows (so an incremental update and a full build agree)."""
-    counts = dict(conn.execute(
-        "SELECT split, COUNT(*) FROM files WHERE skip IS NULL GROUP BY split").fetchall())
-    nbytes = dict(conn.execute(
-        "SELECT split, SUM(bytes) FROM files WHERE skip IS NULL GROUP BY split").fetchall())
-    skipped = dict(conn.execute(
-        "SELECT skip, COUNT(*) FROM files WHERE skip IS NOT NULL GROUP BY skip ORDER BY skip").fetchall())
-    langs = dict(conn.execute(
-        "SELECT lang, COUNT(*) FROM files WHERE skip IS NULL GROUP BY lang ORDER BY 2 DESC, 1").fetchall())
-    secrets = conn.execute("SELECT COALESCE(SUM(secrets), 0) FROM files WHERE skip IS NULL").fetchone()[0]
-    total = conn.execute("SELECT COUNT(*) FROM files").fetchone()[0]
+    """Counts derived from the rows (so an incremental update and a full build agree).
+
+    One pass over the covering index ``files_summary``: a few ms for 20k paths."""
+    counts = {"train": 0, "heldout": 0}
+    nbytes = {"train": 0, "heldout": 0}
+    skipped: dict[str, int] = {}
+    langs: dict[str, int] = {}
+    secrets = total = 0
+    for skip, split, lang, n, b, sec in conn.execute(
+            "SELECT skip, split, lang, COUNT(*), SUM(bytes), SUM(secrets) FROM files "
+            "INDEXED BY files_summary GROUP BY skip, split, lang"):
+        total += n
+        if skip is not None:
+            skipped[skip] = skipped.get(skip, 0) + n
+            continue
+        counts[split] = counts.get(split, 0) + n
+        nbytes[split] = nbytes.get(split, 0) + (b or 0)
+        langs[lang] = langs.get(lang, 0) + n
+        secrets += sec or 0
     return {
         "paths": total,
-        "train_files": counts.get("train", 0),
-        "heldout_files": counts.get("heldout", 0),
-        "train_bytes": nbytes.get("train", 0) or 0,
-        "heldout_bytes": nbytes.get("heldout", 0) or 0,
-        "skipped": skipped,
+        "train_files": counts["train"],
+        "heldout_files": counts["heldout"],
+        "train_bytes": nbytes["train"],
+        "heldout_bytes": nbytes["heldout"],
+        "skipped": dict(sorted(skipped.items())),
         "skipped_files": sum(skipped.values()),
-        "languages": langs,
+        "languages": dict(sorted(langs.items(), key=lambda kv: (-kv[1], kv[0] or ""))),
         "secrets_redacted": secrets,
     }

@@ -12,6 +12,8 @@ import hashlib
 import json
 import os
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from json.encoder import encode_basestring as _json_str
 from pathlib import Path
 
 import zstandard
@@ -19,8 +21,29 @@ import zstandard
 from trainer.errors import ShardCorrupt
 
 LEVEL = 3
-"""zstd level: ~300 MB/s compression on one core, ~4x on source code."""
+"""zstd level: ~380 MB/s on one core and 4.1x on source code (level 1: 470 MB/s, 3.9x)."""
 SUFFIX = ".jsonl.zst"
+_COMPRESSOR = zstandard.ZstdCompressor(level=LEVEL)  # reused: one context, no per-shard setup
+_DECOMPRESSOR = zstandard.ZstdDecompressor()
+
+
+TARGET_SHARD_BYTES = 256 * 1024
+"""A split gets more shards once its records exceed this many bytes per shard (see
+:func:`shard_count`): an update rewrites ~one shard per changed file, so this bounds its cost."""
+MAX_SHARDS = 1 << 16
+
+
+def shard_count(minimum: int, split_bytes: int) -> int:
+    """Shards of a split holding ``split_bytes`` of records: ``minimum`` doubled until each
+    shard holds at most :data:`TARGET_SHARD_BYTES` on average.
+
+    A pure function of the corpus state (so an incremental update and a full build agree);
+    a power-of-two multiple, so a change of count splits (or merges) shards in halves.
+    """
+    n = max(1, minimum)
+    while split_bytes > n * TARGET_SHARD_BYTES and n < MAX_SHARDS:
+        n *= 2
+    return n
 
 
 def shard_name(split: str, index: int) -> str:
@@ -29,20 +52,22 @@ def shard_name(split: str, index: int) -> str:
 
 
 def encode(text: str, path: str, repo: str, lang: str, sha: str) -> bytes:
-    """One JSON line (with its newline) for a record."""
-    return (json.dumps({"text": text, "path": path, "repo": repo, "lang": lang, "sha": sha},
-                       ensure_ascii=False) + "\n").encode("utf-8")
+    """One JSON line (with its newline) for a record: exactly ``json.dumps`` of the dict
+    (``ensure_ascii=False``), built from the C string encoder without the generic walk."""
+    q = _json_str
+    return (f'{{"text": {q(text)}, "path": {q(path)}, "repo": {q(repo)}, "lang": {q(lang)}, '
+            f'"sha": {q(sha)}}}\n').encode()
 
 
 def compress(lines: Iterable[bytes]) -> bytes:
     """The shard file's bytes for these lines."""
-    return zstandard.ZstdCompressor(level=LEVEL).compress(b"".join(lines))
+    return _COMPRESSOR.compress(b"".join(lines))
 
 
 def decompress_lines(data: bytes, where: str) -> list[bytes]:
     """The JSON lines (each with its newline) of a shard's bytes; ShardCorrupt if unreadable."""
     try:
-        raw = zstandard.ZstdDecompressor().decompress(data)
+        raw = _DECOMPRESSOR.decompress(data)
     except zstandard.ZstdError as exc:
         raise ShardCorrupt(f"shard {where} cannot be decompressed ({exc}); rebuild the corpus "
                            "with `repotune corpus update NAME --full`") from exc
@@ -56,7 +81,7 @@ def checksum(data: bytes) -> str:
 
 def write_temp(folder: Path, final_name: str, data: bytes, tag: str, sync: bool = True) -> Path:
     """Write ``data`` to a hidden temp file next to ``final_name`` and fsync it (unless the
-    caller makes many files durable at once with :func:`os.sync`)."""
+    caller makes many files durable at once with :func:`fsync_files`)."""
     tmp = folder / f".{final_name}.{tag}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
@@ -72,6 +97,25 @@ def write_temp(folder: Path, final_name: str, data: bytes, tag: str, sync: bool 
         raise
     os.close(fd)
     return tmp
+
+
+def fsync_files(paths: list[Path]) -> None:
+    """Make many written files durable: concurrent fsyncs share the filesystem's journal
+    commits (unlike one ``os.sync()``, this never waits for other programs' dirty data)."""
+
+    def one(path: Path) -> None:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    if len(paths) <= 2:
+        for p in paths:
+            one(p)
+        return
+    with ThreadPoolExecutor(max_workers=min(16, len(paths))) as pool:
+        list(pool.map(one, paths))
 
 
 def fsync_dir(folder: Path) -> None:

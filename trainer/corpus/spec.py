@@ -5,6 +5,10 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 
+ENGINE_VERSION = 2
+"""Bumped whenever the engine's output for the same spec changes (shard layout, filters,
+secrets candidates, manifest indexes): a corpus built by another version is rebuilt in full."""
+
 
 @dataclass(frozen=True)
 class CorpusSpec:
@@ -29,7 +33,8 @@ class CorpusSpec:
     secrets: str = "redact"
     """``redact``: replace each secret by ``<SECRET>``; ``drop``: leave the file out."""
     num_shards: int = 8
-    """Shards per split; more shards make small updates rewrite less (~0.3 MB each is good)."""
+    """Shards per split at least; a split gets twice as many each time its records outgrow
+    256 KB per shard (``shards.shard_count``), so a small update rewrites little at any size."""
     token: str | None = field(default=None, repr=False, compare=False)
     """HTTPS token for private remotes; never stored or logged."""
 
@@ -50,10 +55,12 @@ class CorpusSpec:
         return data
 
     def fingerprint(self) -> str:
-        """The settings that shape the corpus content; a change forces a full rebuild."""
+        """The settings that shape the corpus content, and the engine version; a change of
+        either forces a full rebuild."""
         data = self.public()
         data.pop("url")
         data.pop("branch")
+        data["engine"] = ENGINE_VERSION
         return json.dumps(data, sort_keys=True)
 
 

@@ -30,13 +30,13 @@ def shard_of(path: str, num_shards: int) -> int:
     return xxhash.xxh32_intdigest(path.encode(), seed=7) % num_shards
 
 
-def pins_needed(repo: str, heldout: set[str], train_candidates: list[str], minimum: int) -> list[str]:
+def pins_needed(repo: str, heldout: int, train_candidates: list[str], minimum: int) -> list[str]:
     """The train paths to pin so that at least ``minimum`` files are held out.
 
-    ``heldout``: eligible paths already held out (by hash or an earlier pin);
+    ``heldout``: how many eligible paths are already held out (by hash or an earlier pin);
     ``train_candidates``: eligible paths currently in train. Smallest ``u`` first.
     """
-    missing = minimum - len(heldout)
+    missing = minimum - heldout
     if missing <= 0:
         return []
     return sorted(train_candidates, key=lambda p: (unit(repo, p), p))[:missing]

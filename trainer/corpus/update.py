@@ -23,7 +23,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -63,7 +63,7 @@ def _locked(cdir: Path) -> Iterator[None]:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 # --------------------------------------------------------------------------- recovery
@@ -71,48 +71,62 @@ def _now() -> str:
 def recover(cdir: Path, summary: bool = False) -> None:
     """Roll a committed update forward and delete temp files of an uncommitted one."""
     db = cdir / "manifest.sqlite"
-    sdir = cdir / "shards"
     if not db.exists():
         return
     conn = manifest.connect(db)
     try:
         pending = conn.execute("SELECT tmp, final FROM pending").fetchall()
-        keep = set()
-        for tmp, final in pending:
-            if tmp is None:
-                (sdir / final).unlink(missing_ok=True)
-            elif (sdir / tmp).exists():
-                os.replace(sdir / tmp, sdir / final)
-            keep.add(tmp)
-        if sdir.exists():
-            for stray in sdir.glob(".*.tmp"):
-                if stray.name not in keep:
-                    stray.unlink(missing_ok=True)
-            shards.fsync_dir(sdir)
-        if summary or pending or not (cdir / "corpus.json").exists():
-            _write_summary(conn, cdir)
-            conn.execute("DELETE FROM pending")
+        _finish(conn, cdir, pending, None if (summary or pending or not (cdir / "corpus.json").exists())
+                else False)
     finally:
         conn.close()
 
 
-def _write_summary(conn, cdir: Path) -> dict:
+def _finish(conn, cdir: Path, pending: list[tuple[str | None, str]], summary: dict | None | bool) -> None:
+    """Apply the committed renames, remove stray temp files, rewrite ``corpus.json`` (from
+    ``summary``, or recomputed when None; not at all when False) and clear ``pending``."""
+    sdir = cdir / "shards"
+    keep = set()
+    changed = False
+    for tmp, final in pending:
+        if tmp is None:
+            (sdir / final).unlink(missing_ok=True)
+            changed = True
+        elif (sdir / tmp).exists():
+            os.replace(sdir / tmp, sdir / final)
+            changed = True
+        keep.add(tmp)
+    if sdir.exists():
+        for stray in sdir.glob(".*.tmp"):
+            if stray.name not in keep:
+                stray.unlink(missing_ok=True)
+                changed = True
+        if changed:
+            shards.fsync_dir(sdir)
+    if summary is not False:
+        _write_summary(conn, cdir, summary)
+    if pending:
+        conn.execute("DELETE FROM pending")
+
+
+def _write_summary(conn, cdir: Path, s: dict | None = None) -> dict:
     if manifest.get_meta(conn, "commit") is None:
         return {}
-    s = manifest.summary(conn)
+    s = s if s is not None else manifest.summary(conn)
+    meta = dict(conn.execute("SELECT key, value FROM meta"))
     data = {
-        "name": manifest.get_meta(conn, "name"),
-        "url": mirror.redact_url(manifest.get_meta(conn, "url") or ""),
-        "branch": json.loads(manifest.get_meta(conn, "spec") or "{}").get("branch"),
-        "commit": manifest.get_meta(conn, "commit"),
-        "previous_commit": manifest.get_meta(conn, "previous_commit"),
-        "version": int(manifest.get_meta(conn, "version", "0")),
+        "name": meta.get("name"),
+        "url": mirror.redact_url(meta.get("url") or ""),
+        "branch": json.loads(meta.get("spec") or "{}").get("branch"),
+        "commit": meta.get("commit"),
+        "previous_commit": meta.get("previous_commit"),
+        "version": int(meta.get("version") or "0"),
         **s,
         "bytes": s["train_bytes"] + s["heldout_bytes"],
         "shards": {n: {"sha256": h, "records": r, "bytes": b} for n, h, r, b in
                    conn.execute("SELECT name, sha256, records, bytes FROM shards ORDER BY name")},
-        "created_at": manifest.get_meta(conn, "created_at"),
-        "updated_at": manifest.get_meta(conn, "updated_at"),
+        "created_at": meta.get("created_at"),
+        "updated_at": meta.get("updated_at"),
     }
     shards.atomic_write(cdir / "corpus.json", (json.dumps(data, indent=2) + "\n").encode())
     return data
@@ -120,8 +134,9 @@ def _write_summary(conn, cdir: Path) -> dict:
 
 # --------------------------------------------------------------------------- processing
 
-def _process(path: str, data: bytes, spec: CorpusSpec) -> dict:
-    """Content filters, secrets and signature for one blob: the row fields it decides."""
+def _process(data: bytes, spec: CorpusSpec) -> dict:
+    """Content filters, secrets, signature and LSH band keys for one blob: the row fields it
+    decides (``text`` and ``bands`` are carried along, not stored in the row)."""
     skip = filters.content_skip(data, spec.max_file_bytes)
     if skip:
         return {"skip": skip, "eligible": 0, "bytes": len(data)}
@@ -131,7 +146,16 @@ def _process(path: str, data: bytes, spec: CorpusSpec) -> dict:
     raw = text.encode("utf-8") if found else data
     sig = dedupe.signature(raw)
     return {"skip": None, "eligible": 1, "bytes": len(raw), "secrets": found, "text": text,
-            "sig": sig.tobytes() if sig is not None else None}
+            "sig": sig.tobytes() if sig is not None else None,
+            "bands": dedupe.band_keys(sig) if sig is not None else None}
+
+
+def _bands(row: dict) -> list[int]:
+    """A row's LSH band keys (computed when it was processed, else from its stored sig)."""
+    keys = row.get("bands")
+    if keys is None:
+        keys = dedupe.band_keys(np.frombuffer(row["sig"], np.uint32)) if row.get("sig") else []
+    return keys
 
 
 def _attr_rules(repo: Path, entries: dict[str, str]) -> list[filters.AttrRule]:
@@ -162,9 +186,8 @@ class _Rows:
         self.mem[row["path"]] = row
         if row["eligible"]:
             self.by_blob[row["blob"]].add(row["path"])
-            if row.get("sig"):
-                for k in dedupe.band_keys(np.frombuffer(row["sig"], np.uint32)):
-                    self.by_band[k].add(row["path"])
+            for k in _bands(row):
+                self.by_band[k].add(row["path"])
 
     def delete(self, path: str) -> None:
         self.mem[path] = None
@@ -198,22 +221,25 @@ def _dup_status(path: str, rows: _Rows, cross: dict[str, str]) -> tuple[str | No
     row = rows.get(path)
     assert row is not None
     key = dedupe.sort_key(row["split"], path)
-    better = [q for q in rows.same_blob(row["blob"]) if q != path
-              and dedupe.sort_key(rows.get(q)["split"], q) < key]
-    if better:
-        return "duplicate", min(better, key=lambda q: dedupe.sort_key(rows.get(q)["split"], q))
+    twins = rows.same_blob(row["blob"])
+    if len(twins) > 1:
+        better = [q for q in twins if q != path and dedupe.sort_key(rows.get(q)["split"], q) < key]
+        if better:
+            return "duplicate", min(better, key=lambda q: dedupe.sort_key(rows.get(q)["split"], q))
     if path in cross:
         return "duplicate", cross[path]
     if row.get("sig"):
-        sig = np.frombuffer(row["sig"], np.uint32)
+        sig = None
         cands = []
-        for q in rows.band_neighbors(dedupe.band_keys(sig)):
+        for q in rows.band_neighbors(_bands(row)):
             other = rows.get(q)
             if q == path or not other or not other["eligible"] or not other.get("sig"):
                 continue
             okey = dedupe.sort_key(other["split"], q)
-            if okey < key and dedupe.similarity(sig, np.frombuffer(other["sig"], np.uint32)) >= dedupe.THRESHOLD:
-                cands.append((okey, q))
+            if okey < key:
+                sig = np.frombuffer(row["sig"], np.uint32) if sig is None else sig
+                if dedupe.similarity(sig, np.frombuffer(other["sig"], np.uint32)) >= dedupe.THRESHOLD:
+                    cands.append((okey, q))
         if cands:
             return "near-duplicate", min(cands)[1]
     return None, None
@@ -306,20 +332,20 @@ def _update_locked(spec, home, cdir, repo, conn, commit, full, report, started) 
         tree_blobs = {e.path: e.blob for e in entries}
     else:
         tree_blobs = {p: b for p, b in conn.execute(
-            "SELECT path, blob FROM files WHERE path = '.gitattributes' OR path LIKE '%/.gitattributes'")}
+            "SELECT path, blob FROM files INDEXED BY files_attrs WHERE path LIKE '%.gitattributes'")}
     rules = _attr_rules(repo, tree_blobs)
 
     conn.execute("BEGIN IMMEDIATE")
     try:
-        result = _apply(spec, home, cdir, repo, conn, commit, old_commit, version, full, changes,
-                        rules, report)
+        result, pending, summary = _apply(spec, home, cdir, repo, conn, commit, old_commit, version,
+                                          full, changes, rules, report)
     except BaseException:
         conn.execute("ROLLBACK")
         for stray in (cdir / "shards").glob(".*.tmp"):
             stray.unlink(missing_ok=True)
         raise
     _hook("committed")
-    recover(cdir, summary=True)
+    _finish(conn, cdir, pending, summary)
     result.duration_s = time.perf_counter() - started
     report({"stage": "done", "done": 1, "total": 1})
     return result
@@ -333,27 +359,33 @@ def _old_locations(conn, full: bool) -> dict[str, tuple[str | None, str]]:
             for p, sp, sh, skip, blob in conn.execute("SELECT path, split, shard, skip, blob FROM files")}
 
 
+SPLITS = ("train", "heldout")
+
+
 def _apply(spec, home, cdir, repo, conn, commit, old_commit, version, full, changes, rules,
-           report) -> CorpusResult:
+           report) -> tuple[CorpusResult, list[tuple[str | None, str]], dict]:
     sdir = cdir / "shards"
     sdir.mkdir(parents=True, exist_ok=True)
     cols = ", ".join(manifest.FILE_COLUMNS)
     old: dict[str, tuple[str | None, str]] = _old_locations(conn, full)
     old_sigs: dict[str, bytes] = {}
+    # Shards per split: what the last update chose (provisional; settled after dedupe).
+    counts = {sp: int(manifest.get_meta(conn, f"shards_{sp}") or spec.num_shards) for sp in SPLITS}
+    conn.create_function("shard_of", 2, split.shard_of, deterministic=True)
 
     def snapshot(path: str) -> None:
         if full or path in old:
             return
-        r = conn.execute("SELECT split, shard, skip, blob, sig FROM files WHERE path=?", (path,)).fetchone()
+        r = conn.execute("SELECT split, shard, skip, blob, sig, eligible FROM files WHERE path=?",
+                         (path,)).fetchone()
         if r is None:
             old[path] = (None, "")
         else:
             old[path] = (shards.shard_name(r[0], r[1]) if r[2] is None else None, r[3])
-            if r[4]:
+            if r[4] and r[5]:
                 old_sigs[path] = r[4]
 
     if full:
-        old_sigs = {}
         conn.execute("DELETE FROM files")
         conn.execute("DELETE FROM bands")
     rows = _Rows(conn, full)
@@ -362,6 +394,7 @@ def _apply(spec, home, cdir, repo, conn, commit, old_commit, version, full, chan
     added = modified = deleted = 0
     new_rows: list[dict] = []
     to_read: list[tuple[str, str]] = []
+    unsized: list[str] = []
     for ch in changes:
         snapshot(ch.path)
         existed = old.get(ch.path, (None, ""))[1] != "" if not full else False
@@ -373,17 +406,21 @@ def _apply(spec, home, cdir, repo, conn, commit, old_commit, version, full, chan
         e = ch.new
         heldout = split.is_heldout(spec.name, e.path, spec.heldout_fraction) or e.path in pins
         row = {"path": e.path, "blob": e.blob, "mode": e.mode, "lang": None, "bytes": 0,
-               "split": "heldout" if heldout else "train",
-               "shard": split.shard_of(e.path, spec.num_shards), "skip": None, "eligible": 0,
-               "dup_of": None, "secrets": 0, "sig": None}
+               "split": "heldout" if heldout else "train", "shard": 0, "skip": None,
+               "eligible": 0, "dup_of": None, "secrets": 0, "sig": None}
         attrs = filters.attributes(e.path, rules) if rules else {}
         row["skip"] = filters.path_skip(e.path, e.mode, spec.include, spec.exclude, attrs)
         if row["skip"] is None:
             row["lang"] = filters.language_of(e.path)
-            to_read.append((e.path, e.blob))
+            if e.size is not None and e.size > spec.max_file_bytes:  # never read
+                row.update(skip="too-large", bytes=e.size)
+            else:
+                to_read.append((e.path, e.blob))
+                if e.size is None:  # diff-tree gives no sizes; ls-tree -l does
+                    unsized.append(e.blob)
         new_rows.append(row)
     by_path = {r["path"]: r for r in new_rows}
-    sizes = gitobjects.blob_sizes(repo, (b for _, b in to_read))
+    sizes = gitobjects.blob_sizes(repo, unsized) if unsized else {}
     readable = []
     for p, b in to_read:
         if sizes.get(b, 0) > spec.max_file_bytes:
@@ -395,7 +432,7 @@ def _apply(spec, home, cdir, repo, conn, commit, old_commit, version, full, chan
     blob_iter = gitobjects.read_blobs(repo, [b for _, b in readable])
     nbytes = 0
     for i, ((p, _b), (_, data)) in enumerate(zip(readable, blob_iter, strict=True)):
-        fields = _process(p, data, spec)
+        fields = _process(data, spec)
         nbytes += len(data)
         text = fields.pop("text", None)
         if text is not None:
@@ -405,35 +442,43 @@ def _apply(spec, home, cdir, repo, conn, commit, old_commit, version, full, chan
             dt = max(time.perf_counter() - t0, 1e-9)
             report({"stage": "scan", "done": i + 1, "total": total, "files_per_s": (i + 1) / dt,
                     "mb_per_s": nbytes / dt / 1e6})
+    if full:  # a good guess of the final shard counts saves renumbering every row below
+        for sp in SPLITS:
+            counts[sp] = shards.shard_count(spec.num_shards, sum(
+                r["bytes"] for r in new_rows if r["eligible"] and r["split"] == sp))
     for r in new_rows:
+        r["shard"] = split.shard_of(r["path"], counts[r["split"]])
         rows.put(r)
 
     # Write rows; deletions and band index first (the transaction is still open).
-    gone = [p for p, r in rows.mem.items() if r is None]
     if not full:
-        conn.executemany("DELETE FROM files WHERE path=?", [(p,) for p in gone])
-        conn.executemany("DELETE FROM bands WHERE path=?", [(p,) for p in rows.mem])
+        conn.executemany("DELETE FROM files WHERE path=?", [(p,) for p, r in rows.mem.items() if r is None])
+        conn.executemany("DELETE FROM bands WHERE key=? AND path=?",
+                         [(k, p) for p in rows.mem if p in old_sigs
+                          for k in dedupe.band_keys(np.frombuffer(old_sigs[p], np.uint32))])
     conn.executemany(f"INSERT OR REPLACE INTO files({cols}) VALUES ({', '.join('?' * len(manifest.FILE_COLUMNS))})",
                      [tuple(r[c] for c in manifest.FILE_COLUMNS) for r in new_rows])
-    conn.executemany("INSERT OR IGNORE INTO bands(key, path) VALUES (?, ?)",
-                     [(k, r["path"]) for r in new_rows if r["eligible"] and r["sig"]
-                      for k in dedupe.band_keys(np.frombuffer(r["sig"], np.uint32))])
+    band_rows = [(k, r["path"]) for r in new_rows if r["eligible"] for k in (r.get("bands") or ())]
+    band_rows.sort()  # inserting in key order keeps the b-tree appends cheap
+    conn.executemany("INSERT OR IGNORE INTO bands(key, path) VALUES (?, ?)", band_rows)
 
     # Pins: drop those of vanished/ineligible paths, add what the minimum needs.
-    conn.execute("DELETE FROM pins WHERE path NOT IN (SELECT path FROM files WHERE eligible=1)")
-    held = {p for (p,) in conn.execute("SELECT path FROM files WHERE eligible=1 AND split='heldout'")}
+    conn.execute("DELETE FROM pins WHERE NOT EXISTS "
+                 "(SELECT 1 FROM files WHERE files.path = pins.path AND eligible=1)")
+    held = conn.execute("SELECT COUNT(*) FROM (SELECT 1 FROM files WHERE split='heldout' AND eligible=1 "
+                        "LIMIT ?)", (spec.heldout_min,)).fetchone()[0]
     pinned_now: list[str] = []
-    if len(held) < spec.heldout_min:
+    if held < spec.heldout_min:
         cands = [p for (p,) in conn.execute("SELECT path FROM files WHERE eligible=1 AND split='train'")]
         pinned_now = split.pins_needed(spec.name, held, cands, spec.heldout_min)
         for p in pinned_now:
             snapshot(p)
-            r = rows.get(p)
-            r = dict(r)
-            r["split"] = "heldout"
+            r = dict(rows.get(p))
+            r.update(split="heldout", shard=split.shard_of(p, counts["heldout"]))
             rows.put(r)
         conn.executemany("INSERT OR IGNORE INTO pins(path) VALUES (?)", [(p,) for p in pinned_now])
-        conn.executemany("UPDATE files SET split='heldout' WHERE path=?", [(p,) for p in pinned_now])
+        conn.executemany("UPDATE files SET split='heldout', shard=? WHERE path=?",
+                         [(split.shard_of(p, counts["heldout"]), p) for p in pinned_now])
 
     # Dedupe: recompute every path whose status can have changed.
     report({"stage": "dedupe", "done": 0, "total": 0})
@@ -442,13 +487,16 @@ def _apply(spec, home, cdir, repo, conn, commit, old_commit, version, full, chan
         affected = {r["path"] for r in new_rows}
     else:
         affected = set(rows.mem) | set(pinned_now) | set(cross)
-        affected |= {p for (p,) in conn.execute("SELECT path FROM files WHERE dup_of LIKE '%:%'")}
+        affected |= {p for (p,) in conn.execute(
+            "SELECT path FROM files INDEXED BY files_xdup WHERE dup_of LIKE '%:%'")}
         for p in list(rows.mem) + pinned_now:
             for b in {old.get(p, (None, ""))[1], (rows.get(p) or {}).get("blob", "")} - {""}:
                 affected |= rows.same_blob(b)
-            for sig in (old_sigs.get(p), (rows.get(p) or {}).get("sig")):
-                if sig:
-                    affected |= rows.band_neighbors(dedupe.band_keys(np.frombuffer(sig, np.uint32)))
+            new = rows.get(p)
+            for keys in (dedupe.band_keys(np.frombuffer(old_sigs[p], np.uint32)) if p in old_sigs else [],
+                         _bands(new) if new else []):
+                if keys:
+                    affected |= rows.band_neighbors(keys)
     status_updates = []
     for p in sorted(affected):
         r = rows.get(p)
@@ -463,9 +511,22 @@ def _apply(spec, home, cdir, repo, conn, commit, old_commit, version, full, chan
             rows.mem[p] = r
     conn.executemany("UPDATE files SET skip=?, dup_of=? WHERE path=?", status_updates)
 
+    # Shard counts follow the size of each split; a new count renumbers that split's rows.
+    summary = manifest.summary(conn)
+    resplit = {}
+    for sp in SPLITS:
+        n = shards.shard_count(spec.num_shards, summary[f"{sp}_bytes"])
+        if n != counts[sp]:
+            conn.execute("UPDATE files SET shard = shard_of(path, ?) WHERE split = ?", (n, sp))
+            counts[sp] = resplit[sp] = n
+
     # Shards touched: where a record leaves, arrives, or changes content.
     touched: set[str] = set()
     reread: set[str] = set()
+    old_shards = dict(conn.execute("SELECT name, sha256 FROM shards"))
+    for sp, n in resplit.items():
+        touched |= {name for name in old_shards if name.startswith(f"{sp}-")}
+        touched |= {shards.shard_name(sp, i) for i in range(n)}
     for p, (old_loc, old_blob) in old.items():
         r = rows.get(p)
         new_loc = shards.shard_name(r["split"], r["shard"]) if r and r["skip"] is None else None
@@ -474,7 +535,6 @@ def _apply(spec, home, cdir, repo, conn, commit, old_commit, version, full, chan
     for r in new_rows:
         if r["skip"] is None:
             touched.add(shards.shard_name(r["split"], r["shard"]))
-    old_shards = dict(conn.execute("SELECT name, sha256 FROM shards"))
     if full:
         touched |= set(old_shards)
     reusable: dict[str, tuple[str, bytes]] = {}
@@ -490,10 +550,19 @@ def _apply(spec, home, cdir, repo, conn, commit, old_commit, version, full, chan
                 reusable[meta["path"]] = (meta["sha"], line)
 
     plan: list[tuple[str, list[tuple[str, str, str]]]] = []
+    if full:  # one query instead of one per shard
+        by_shard: dict[tuple[str, int], list] = defaultdict(list)
+        for p, b, lang, sp, sh in conn.execute("SELECT path, blob, lang, split, shard FROM files "
+                                               "WHERE skip IS NULL ORDER BY path"):
+            by_shard[(sp, sh)].append((p, b, lang))
     for name in sorted(touched):
         sp, _, idx = name.rpartition("-")
-        members = conn.execute("SELECT path, blob, lang FROM files WHERE skip IS NULL AND split=? "
-                               "AND shard=? ORDER BY path", (sp, int(idx))).fetchall()
+        if full:
+            members = by_shard.get((sp, int(idx)), [])
+        else:
+            members = conn.execute("SELECT path, blob, lang FROM files INDEXED BY files_shard "
+                                   "WHERE skip IS NULL AND split=? AND shard=? ORDER BY path",
+                                   (sp, int(idx))).fetchall()
         plan.append((name, members))
         for p, b, _lang in members:
             if p not in texts and reusable.get(p, ("",))[0] != b:
@@ -502,11 +571,12 @@ def _apply(spec, home, cdir, repo, conn, commit, old_commit, version, full, chan
         want = sorted(reread)
         blobs = [rows.get(p)["blob"] for p in want]
         for p, (_, data) in zip(want, gitobjects.read_blobs(repo, blobs), strict=True):
-            texts[p] = _process(p, data, spec)["text"]
+            texts[p] = _process(data, spec)["text"]
 
     report({"stage": "write", "done": 0, "total": len(plan)})
     tag = f"{commit[:12]}.{os.getpid()}"
     pending: list[tuple[str | None, str]] = []
+    staged: list[Path] = []
     written: list[str] = []
     for i, (name, members) in enumerate(plan):
         final = f"{name}{shards.SUFFIX}"
@@ -522,16 +592,15 @@ def _apply(spec, home, cdir, repo, conn, commit, old_commit, version, full, chan
         digest = shards.checksum(data)
         if old_shards.get(name) == digest:
             continue
-        # Many files: one os.sync() below is far cheaper than an fsync per file.
-        tmp = shards.write_temp(sdir, final, data, tag, sync=len(plan) <= 16)
+        tmp = shards.write_temp(sdir, final, data, tag, sync=False)
+        staged.append(tmp)
         _hook("staged")
         pending.append((tmp.name, final))
         written.append(name)
         conn.execute("INSERT OR REPLACE INTO shards(name, sha256, records, bytes) VALUES (?,?,?,?)",
                      (name, digest, len(members), len(data)))
         report({"stage": "write", "done": i + 1, "total": len(plan)})
-    if len(plan) > 16:
-        os.sync()
+    shards.fsync_files(staged)  # durable before the commit point
     shards.fsync_dir(sdir)
 
     changed = bool(written or status_updates or changes and (added or modified or deleted)
@@ -542,14 +611,16 @@ def _apply(spec, home, cdir, repo, conn, commit, old_commit, version, full, chan
     manifest.set_meta(conn, commit=commit, previous_commit=old_commit, version=str(new_version),
                       fingerprint=spec.fingerprint(), spec=json.dumps(spec.public()),
                       name=spec.name, url=spec.url, updated_at=now,
-                      created_at=manifest.get_meta(conn, "created_at") or now)
+                      created_at=manifest.get_meta(conn, "created_at") or now,
+                      shards_train=str(counts["train"]), shards_heldout=str(counts["heldout"]))
     _hook("before-commit")
     conn.execute("COMMIT")
-    s = manifest.summary(conn)
-    return CorpusResult(
+    s = summary
+    result = CorpusResult(
         name=spec.name, commit=commit, previous_commit=old_commit, version=new_version, full=full,
         added=added, modified=modified, deleted=deleted,
         changed_paths=sorted(c.path for c in changes) if not full else [],
         train_files=s["train_files"], heldout_files=s["heldout_files"],
         bytes=s["train_bytes"] + s["heldout_bytes"], skipped=s["skipped"],
         secrets_redacted=s["secrets_redacted"], shards_touched=sorted(written))
+    return result, pending, summary
