@@ -9,13 +9,13 @@ files sort first, so a held-out file's duplicate is never the one kept in train.
 MinHash here is one-permutation hashing over byte 8-grams (vectorised with numpy, ~1 GB/s)
 instead of k independent hash functions: :data:`NUM_PERM` bins of one 64-bit hash, empty
 bins filled from the next non-empty one. Signatures of 128 uint32 are stored in the manifest;
-:data:`BANDS` x :data:`ROWS` bands feed the LSH index (a sqlite table).
+:data:`BANDS` x :data:`ROWS` bands feed the LSH index (a sqlite table); their keys are
+computed for a whole batch of signatures in one broadcast (:func:`band_keys_many`).
 """
 
 from __future__ import annotations
 
 import numpy as np
-import xxhash
 
 NUM_PERM = 128
 BANDS = 16
@@ -53,11 +53,24 @@ def signature(data: bytes) -> np.ndarray | None:
     return sig
 
 
+def band_keys_many(sigs: np.ndarray) -> np.ndarray:
+    """LSH bucket keys of many signatures at once: int64[n, BANDS], each >= 0 (sqlite-friendly).
+
+    A band's key mixes its ROWS values (xor, multiply, xorshift per value) from a start that
+    depends on the band, so equal bands of different band numbers never share a key.
+    """
+    v = np.asarray(sigs, dtype=np.uint32).reshape(-1, BANDS, ROWS).astype(np.uint64)
+    h = np.full(v.shape[:2], _MUL, dtype=np.uint64) ^ np.arange(BANDS, dtype=np.uint64)
+    for j in range(ROWS):
+        h ^= v[:, :, j]
+        h *= _MUL2
+        h ^= h >> np.uint64(31)
+    return (h >> np.uint64(1)).astype(np.int64)
+
+
 def band_keys(sig: np.ndarray) -> list[int]:
-    """The LSH bucket keys of a signature: one signed 63-bit int per band (sqlite-friendly)."""
-    raw = sig.tobytes()
-    step = ROWS * 4
-    return [xxhash.xxh64_intdigest(raw[i * step:(i + 1) * step], seed=i) >> 1 for i in range(BANDS)]
+    """The LSH bucket keys of one signature (see :func:`band_keys_many`)."""
+    return band_keys_many(sig[None, :])[0].tolist()
 
 
 def similarity(a: np.ndarray, b: np.ndarray) -> float:

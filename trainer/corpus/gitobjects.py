@@ -90,6 +90,65 @@ def blob_sizes(repo: Path, blobs: Iterable[str]) -> dict[str, int]:
     return sizes
 
 
+def read_blobs_upto(repo: Path, blobs: Iterable[str], max_bytes: int) -> Iterator[tuple[str, int, bytes | None]]:
+    """Stream ``(blob id, size, content)`` for each id, in order, through one ``cat-file
+    --batch-command`` process: sizes first, then the contents of blobs of at most ``max_bytes``
+    (content None for larger ones: never read)."""
+    ids = list(blobs)
+    if not ids:
+        return
+    proc = subprocess.Popen(["git", f"--git-dir={repo}", "cat-file", "--batch-command", "--buffer"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, env=_git_env(None), bufsize=1 << 20)
+    assert proc.stdin is not None and proc.stdout is not None
+    out = proc.stdout
+    try:
+        writer = _feed(proc, "".join(f"info {b}\n" for b in ids) + "flush\n", close=False)
+        sizes = []
+        for _ in ids:
+            header = out.readline().split()
+            if len(header) != 3:
+                raise OSError(f"git cat-file: unexpected reply {header!r}")
+            sizes.append(int(header[2]))
+        writer.join()
+        small = [b for b, n in zip(ids, sizes, strict=True) if n <= max_bytes]
+        writer = _feed(proc, "".join(f"contents {b}\n" for b in small), close=True)
+        for b, n in zip(ids, sizes, strict=True):
+            if n > max_bytes:
+                yield b, n, None
+                continue
+            header = out.readline().split()
+            if len(header) != 3 or header[0].decode() != b:
+                raise OSError(f"git cat-file: unexpected reply {header!r}")
+            data = out.read(n)
+            out.read(1)
+            yield b, n, data
+        writer.join()
+    finally:
+        if not proc.stdin.closed:
+            proc.stdin.close()
+        proc.stdout.close()
+        proc.wait()
+
+
+def _feed(proc: subprocess.Popen, text: str, close: bool) -> threading.Thread:
+    """Write ``text`` to the child's stdin from a thread (so the pipes never deadlock)."""
+
+    def run() -> None:
+        try:
+            proc.stdin.write(text.encode())
+            if close:
+                proc.stdin.close()
+            else:
+                proc.stdin.flush()
+        except BrokenPipeError:
+            pass
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
 def read_blobs(repo: Path, blobs: Iterable[str]) -> Iterator[tuple[str, bytes]]:
     """Stream ``(blob id, content)`` for each id, in order, through one cat-file process."""
     ids = list(blobs)

@@ -6,8 +6,6 @@ deliberately about source code, so data formats (csv, tsv …) are absent on pur
 
 from __future__ import annotations
 
-import posixpath
-
 EXTENSIONS: dict[str, str] = {
     ".py": "python", ".pyi": "python", ".pyx": "cython",
     ".js": "javascript", ".mjs": "javascript", ".cjs": "javascript", ".jsx": "javascript",
@@ -39,11 +37,17 @@ FILENAMES: dict[str, str] = {
 
 
 def language_of(path: str) -> str | None:
-    """The language of ``path`` by file name, then by (lower-cased) extension; None if unknown."""
-    base = posixpath.basename(path)
-    if base in FILENAMES:
-        return FILENAMES[base]
+    """The language of ``path`` by file name, then by (lower-cased) extension; None if unknown.
+
+    The extension is ``posixpath.splitext``'s (leading dots of the name do not start one),
+    found without its function calls: this runs for every path of every build."""
+    base = path[path.rfind("/") + 1:]
+    lang = FILENAMES.get(base)
+    if lang is not None:
+        return lang
     if base.startswith("Dockerfile."):
         return "dockerfile"
-    _, ext = posixpath.splitext(base)
-    return EXTENSIONS.get(ext.lower()) if ext else None
+    dot = base.rfind(".")
+    if dot <= 0 or not base[:dot].strip("."):
+        return None
+    return EXTENSIONS.get(base[dot:].lower())

@@ -87,9 +87,10 @@ def sync(url: str, mirror: Path, token: str | None = None) -> Path:
         git(tmp, "config", "remote.origin.fetch", "+refs/heads/*:refs/heads/*")
         os.replace(tmp, mirror)
         return mirror
-    git(mirror, "remote", "set-url", "origin", source)
+    # Fetch from the URL with origin's refspec (not `remote set-url` + `fetch origin`): one git
+    # process less per update, and a changed URL needs no config edit.
     done = subprocess.run(["git", f"--git-dir={mirror}", "fetch", "--quiet", "--prune", "--tags",
-                           "origin"], capture_output=True, env=env)
+                           source, "+refs/heads/*:refs/heads/*"], capture_output=True, env=env)
     if done.returncode != 0:
         err = redact_url(done.stderr.decode("utf-8", "replace").strip())
         raise RepositoryError(f"cannot fetch {redact_url(url)} into {mirror}: {err}. The remote may be "

@@ -101,10 +101,11 @@ _TOKEN_HINT_RES = (
 )
 _TOKEN_HINTS = (b"xox", b"k_live_", b"sk-", b"eyJ")                 # Slack, Stripe, OpenAI, JWT
 # Every credential assignment (the first alternative of _CANDIDATE) has one of these
-# operator-quote pairs, and starts with a keyword: one of _KEYWORDS, or a _KEY_OFFSETS
+# operator-quote-literal triples, and starts with a keyword: one of _KEYWORDS, or a _KEY_OFFSETS
 # prefix (api, access, private, with an optional _ or -) before "key".
 _WS = rb"\t\n\x0b\x0c\r\x1c-\x1f "  # what str patterns' \s matches among ASCII characters
-_OP_RES = (re.compile(rb"=>?[" + _WS + rb"]*[\"'`]").search, re.compile(rb":=?[" + _WS + rb"]*[\"'`]").search)
+_OP_TAIL = rb"[" + _WS + rb"]*[\"'`][^\"'`" + _WS + rb"]{6}"  # as in _ASSIGN: no docstring opener
+_OP_RES = (re.compile(rb"=>?" + _OP_TAIL).search, re.compile(rb":=?" + _OP_TAIL).search)
 _KEYWORDS = (b"pass", b"secret", b"token", b"auth", b"credential")
 _KEY_OFFSETS = (3, 4, 6, 7, 8)
 _ASSIGN = re.compile(  # _CANDIDATE's first alternative, for lowercased ASCII bytes

@@ -27,7 +27,7 @@ _COMPRESSOR = zstandard.ZstdCompressor(level=LEVEL)  # reused: one context, no p
 _DECOMPRESSOR = zstandard.ZstdDecompressor()
 
 
-TARGET_SHARD_BYTES = 256 * 1024
+TARGET_SHARD_BYTES = 128 * 1024
 """A split gets more shards once its records exceed this many bytes per shard (see
 :func:`shard_count`): an update rewrites ~one shard per changed file, so this bounds its cost."""
 MAX_SHARDS = 1 << 16
