@@ -506,20 +506,42 @@ def load(path: Path | None = None, *, env: Mapping[str, str] = os.environ) -> Se
 
 
 _current: Settings | None = None
+_current_stamp: tuple[Path, int] | None = None
+"""(file, mtime) of the settings :func:`current` loaded itself; None when pinned or file-less."""
+
+
+def _mtime_ns(path: Path) -> int:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return -1
 
 
 def current() -> Settings:
-    """The process's settings, loaded once (RQ jobs use this; ``$REPOTUNE_CONFIG`` names the file)."""
-    global _current
+    """The process's settings (RQ jobs use this; ``$REPOTUNE_CONFIG`` names the file).
+
+    Loaded on first use; when they came from a file, an edit of that file is picked up by the
+    next call, so new jobs see new settings without a worker restart. Settings pinned with
+    :func:`set_current` are never reloaded.
+    """
+    global _current, _current_stamp
+    if _current is not None and _current_stamp is not None:
+        path, stamp = _current_stamp
+        if _mtime_ns(path) != stamp:
+            _current = None
     if _current is None:
-        _current = load()
+        loaded = load()
+        _current_stamp = (loaded.source, _mtime_ns(loaded.source)) if loaded.source else None
+        _current = loaded
     return _current
 
 
 def set_current(settings: Settings | None) -> None:
-    """Make ``settings`` what :func:`current` returns (``repotune up`` and workers; None resets)."""
-    global _current
+    """Pin ``settings`` as what :func:`current` returns (``repotune up``, in-process workers);
+    None forgets them, so the next :func:`current` loads from the environment again."""
+    global _current, _current_stamp
     _current = settings
+    _current_stamp = None
 
 
 # --- example file and docs -----------------------------------------------------------------

@@ -66,12 +66,9 @@ warmup_steps = 5
 max_steps = {max_steps}
 
 [evaluation]
-num_tasks = 120
+num_tasks = {num_tasks}
 max_new_tokens = 24
 margin = 0.005
-
-[serving]
-keep_versions = 3
 
 [[repos]]
 name = "{name}"
@@ -181,22 +178,19 @@ def _ensure_secret(paths: DemoPaths) -> str:
 
 def _adopt(settings: config.Settings, loaded: config.Settings) -> None:
     """Copy the demo file's settings into the running ``settings`` (keeping URLs ``up`` chose)."""
-    for section in ("policy", "training", "evaluation", "chatops"):
+    for section in ("policy", "training", "evaluation"):
         setattr(settings, section, getattr(loaded, section))
-    keep_triton = settings.serving.triton_url
-    settings.serving = loaded.serving
-    settings.serving.triton_url = keep_triton
     settings.repos = loaded.repos
     settings.source = loaded.source
 
 
-def setup_demo(settings: config.Settings, *, max_steps: int = 60) -> DemoPaths:
+def setup_demo(settings: config.Settings, *, max_steps: int = 60, num_tasks: int = 120) -> DemoPaths:
     """Create the demo repository, secret and configuration, and point ``settings`` at them."""
     paths = DemoPaths(settings.home)
     create_demo_repository(paths)
     secret = _ensure_secret(paths)
     if not paths.config.exists():
-        paths.config.write_text(DEMO_TOML.format(max_steps=max_steps, name=DEMO_REPO,
+        paths.config.write_text(DEMO_TOML.format(max_steps=max_steps, num_tasks=num_tasks, name=DEMO_REPO,
                                                  url=paths.bare.as_uri(), full_name=DEMO_FULL_NAME),
                                 encoding="utf-8")
     # Children (workers, webhook) read the secret through the environment, never the TOML.
@@ -262,10 +256,12 @@ def ensure_serving(settings: config.Settings, base: Path,
     return int(version)
 
 
-def bootstrap(settings: config.Settings) -> None:
-    """``repotune up``'s bootstrap: demo forge if nothing is configured, base model, first version."""
+def bootstrap(settings: config.Settings, **demo_options: t.Any) -> None:
+    """``repotune up``'s bootstrap: demo forge if nothing is configured, base model, first version.
+
+    ``demo_options`` go to :func:`setup_demo` (tests use fewer training steps)."""
     if not settings.repos:
-        paths = setup_demo(settings)
+        paths = setup_demo(settings, **demo_options)
         log.info("no repositories configured: serving the demo repository %s", paths.bare)
     base = ensure_base_model(settings, progress=print)
     ensure_serving(settings, base, progress=print)

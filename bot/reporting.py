@@ -21,6 +21,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from bot.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 TRAIN_CONTEXT = "repotune/train"
@@ -167,6 +169,8 @@ def on_run_transition(settings: Any, run: Any) -> None:
     """
     try:
         _report(settings, run)
+    except ConfigError as exc:  # no credentials for this forge: reporting is simply off
+        log.warning("run %s: not reporting to the forge: %s", getattr(run, "id", "?"), exc)
     except Exception:  # noqa: BLE001 - reporting must never fail a run
         log.exception("reporting run %s failed; the run itself is unaffected",
                       getattr(run, "id", "?"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import typing as t
 from pathlib import Path
 
@@ -90,6 +91,12 @@ def worker_command(config_path, home, queues, burst, simple) -> None:
 
     settings = _settings(config_path, home)
     connection = _redis(settings)
+    # Jobs load settings themselves (config.current), so an edited repotune.toml applies to the
+    # next job without restarting workers; the environment carries what the flags chose.
+    os.environ["REPOTUNE_HOME"] = str(settings.home)
+    if settings.source:
+        os.environ[config.CONFIG_ENV] = str(settings.source)
+    config.set_current(None)
     names = [n.strip() for n in queues.split(",") if n.strip()]
     try:
         qs = [q.get_queue(n, connection) for n in names]
