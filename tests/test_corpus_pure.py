@@ -133,6 +133,16 @@ def test_minhash_separates_near_duplicates_from_different_files():
     assert np.array_equal(a, dedupe.signature("\n".join(base).encode()))  # deterministic
 
 
+def test_shard_count_doubles_with_size():
+    from trainer.corpus.shards import TARGET_SHARD_BYTES, shard_count
+
+    assert shard_count(8, 0) == 8 and shard_count(8, 8 * TARGET_SHARD_BYTES) == 8
+    assert shard_count(8, 8 * TARGET_SHARD_BYTES + 1) == 16
+    assert shard_count(1, 78_000_000) == 1024 and shard_count(3, 78_000_000) == 768
+    # a power-of-two multiple: a count change splits each shard of the old count in two
+    assert all(split.shard_of(p, 16) % 8 == split.shard_of(p, 8) for p in ("a.py", "b/c.go", "x/y/z.rs"))
+
+
 def test_heldout_sorts_first():
     assert dedupe.sort_key("heldout", "z.py") < dedupe.sort_key("train", "a.py")
 

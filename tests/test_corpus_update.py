@@ -315,3 +315,43 @@ def test_cli_build_update_stats_export(make_repo, tmp_path):
     assert res.exit_code == 0 and out.exists(), res.output
     res = runner.invoke(cli, ["corpus", "update", "billing", "--to", "nope", "--home", str(home)])
     assert res.exit_code == 1 and "unknown revision" in res.output
+
+
+def test_shard_count_follows_split_size_and_incremental_equals_full(make_repo, corpus_home, tmp_path):
+    """A split that outgrows TARGET_SHARD_BYTES per shard doubles its shards (and halves them
+    when it shrinks); the update that crosses the line equals a full build."""
+    from trainer.corpus import shards
+
+    def big(i: int) -> str:  # ~6 KB of distinct code
+        return _module(i) + "".join(f"\n\ndef extra_{i}_{k}(x):\n    return x * {i * 97 + k}\n" for k in range(90))
+
+    repo = make_repo(files=0)
+    for i in range(10):
+        repo.write(f"pkg/m{i:03d}.py", big(i))
+    repo.commit("small")
+    spec = CorpusSpec(name="acme", url=repo.url, num_shards=1, heldout_fraction=0.0, heldout_min=0)
+    update(spec, corpus_home)
+    assert [p.name for p in shard_files(corpus_home, "acme")] == ["train-00.jsonl.zst"]
+
+    for i in range(10, 40):
+        repo.write(f"pkg/m{i:03d}.py", big(i))
+    repo.commit("grow")
+    res = update(spec, corpus_home)
+    size = stats(corpus_home, "acme")["train_bytes"]
+    assert size > shards.TARGET_SHARD_BYTES and not res.full and res.train_files == 40
+    n = shards.shard_count(1, size)
+    assert n >= 2 and len(shard_files(corpus_home, "acme")) == n
+    verify(corpus_home, "acme")
+    fresh = tmp_path / "fresh"
+    update(spec, fresh)
+    assert corpus_state(corpus_home, "acme") == corpus_state(fresh, "acme")
+
+    for i in range(5, 40):
+        repo.remove(f"pkg/m{i:03d}.py")
+    repo.commit("shrink")
+    update(spec, corpus_home)
+    assert [p.name for p in shard_files(corpus_home, "acme")] == ["train-00.jsonl.zst"]
+    verify(corpus_home, "acme")
+    fresh2 = tmp_path / "fresh2"
+    update(spec, fresh2)
+    assert corpus_state(corpus_home, "acme") == corpus_state(fresh2, "acme")
