@@ -92,9 +92,12 @@ def _stray_temps(sdir: Path) -> list[Path]:
         return []
 
 
-def _finish(conn, cdir: Path, pending: list[tuple[str | None, str]], summary: dict | None | bool) -> None:
-    """Apply the committed renames, remove stray temp files, rewrite ``corpus.json`` (from
-    ``summary``, or recomputed when None; not at all when False) and clear ``pending``."""
+def _finish(conn, cdir: Path, pending: list[tuple[str | None, str]], summary: dict | None | bool,
+            strays: bool = True) -> None:
+    """Apply the committed renames, remove stray temp files (unless ``strays`` is False: the
+    update that just committed cleared them at its start, under the same lock), rewrite
+    ``corpus.json`` (from ``summary``, or recomputed when None; not at all when False) and
+    clear ``pending``."""
     sdir = cdir / "shards"
     keep = set()
     changed = False
@@ -106,7 +109,7 @@ def _finish(conn, cdir: Path, pending: list[tuple[str | None, str]], summary: di
             os.replace(sdir / tmp, sdir / final)
             changed = True
         keep.add(tmp)
-    for stray in _stray_temps(sdir):
+    for stray in _stray_temps(sdir) if strays else ():
         if stray.name not in keep:
             stray.unlink(missing_ok=True)
             changed = True
@@ -362,7 +365,7 @@ def _update_locked(spec, home, cdir, repo, conn, commit, full, report, started) 
             stray.unlink(missing_ok=True)
         raise
     _hook("committed")
-    _finish(conn, cdir, pending, summary)
+    _finish(conn, cdir, pending, summary, strays=False)
     result.duration_s = time.perf_counter() - started
     report({"stage": "done", "done": 1, "total": 1})
     return result
