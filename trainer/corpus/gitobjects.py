@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import functools
+import re
 import subprocess
 import threading
 from collections.abc import Iterable, Iterator
@@ -97,6 +99,13 @@ def read_blobs_upto(repo: Path, blobs: Iterable[str], max_bytes: int) -> Iterato
     ids = list(blobs)
     if not ids:
         return
+    if not _has_batch_command():  # git < 2.36: a size query, then the small blobs
+        sizes = blob_sizes(repo, ids)
+        small = iter(read_blobs(repo, [b for b in ids if sizes.get(b, 0) <= max_bytes]))
+        for b in ids:
+            n = sizes.get(b, 0)
+            yield (b, n, None) if n > max_bytes else (b, n, next(small)[1])
+        return
     proc = subprocess.Popen(["git", f"--git-dir={repo}", "cat-file", "--batch-command", "--buffer"],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, env=_git_env(None), bufsize=1 << 20)
@@ -129,6 +138,14 @@ def read_blobs_upto(repo: Path, blobs: Iterable[str], max_bytes: int) -> Iterato
             proc.stdin.close()
         proc.stdout.close()
         proc.wait()
+
+
+@functools.lru_cache(maxsize=1)
+def _has_batch_command() -> bool:
+    """Whether this git has ``cat-file --batch-command`` (2.36+)."""
+    out = subprocess.run(["git", "version"], capture_output=True, text=True).stdout
+    m = re.search(r"(\d+)\.(\d+)", out)
+    return bool(m) and (int(m.group(1)), int(m.group(2))) >= (2, 36)
 
 
 def _feed(proc: subprocess.Popen, text: str, close: bool) -> threading.Thread:
