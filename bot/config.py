@@ -137,6 +137,7 @@ class TrainingSettings:
     gpus: int = _f(0, "GPUs to train on (0: in-process on CPU; >0: the deepspeed launcher).")
     hostfile: str | None = _f(None, "DeepSpeed hostfile for multi-node training.")
     job_timeout_seconds: int = _f(defaults.GPU_JOB_TIMEOUT_SECONDS, "Wall-clock limit of a training job (seconds).")
+    continue_from_serving: bool = _f(False, "Fine-tune from the serving checkpoint instead of the base model: knowledge accumulates across runs but can drift; the default retrains from the base so every candidate is comparable.")
 
 
 @dataclass
@@ -152,6 +153,7 @@ class EvalSettings:
     confidence: float = _f(0.95, "Bootstrap confidence of the improvement.")
     bootstrap: int = _f(1000, "Bootstrap resamples.")
     tolerances: dict[str, float] = _f(None, "Largest allowed regression per secondary metric.", factory=dict)
+    forward_tasks: int = _f(40, "Completion tasks of the forward evaluation that scores the serving model on each push's new code before it is trained on (the freshness curve); 0 turns it off.")
 
 
 @dataclass

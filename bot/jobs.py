@@ -10,6 +10,7 @@
     promote      (queue deploy)  a rejected run: convert + publish anyway; a published one: activate
     rollback     (queue deploy)  serving.ModelRepository.rollback
     eval         (queue gpu)     re-run the evaluation of a run (no status change)
+    forward_eval (queue gpu)     score the serving model on a push's new code (bot.freshness)
 
 A run's steps each enqueue the next before they return, record progress in ``job.meta`` and in
 ``runs/<id>/run.json``, renew the model's training lock while they work, and call
@@ -34,7 +35,7 @@ import redis
 from rq import get_current_job
 from rq.job import Job
 
-from bot import defaults, reporting
+from bot import defaults, freshness, reporting
 from bot import queue as q
 from bot import scheduler as sched
 from bot.config import RepoConfig, Settings, current
@@ -231,15 +232,16 @@ def _corpora(settings: Settings) -> list[tuple[RepoConfig, str]]:
     return out
 
 
-def _changed_bytes(corpus: t.Any, home: Path, name: str, result: t.Any) -> int:
+def _changed_records(corpus: t.Any, home: Path, name: str, result: t.Any) -> list[dict]:
+    """Current corpus records of the paths an update changed (deleted or skipped ones have none)."""
     paths = list(getattr(result, "changed_paths", None) or [])
     if not paths:
-        return 0
+        return []
     try:
-        return sum(len(r["text"].encode("utf-8")) for r in corpus.records_for_paths(home, name, paths))
-    except Exception as exc:  # the byte count only refines the threshold
-        log.warning("could not size changed paths of %s: %s", name, exc)
-        return 0
+        return list(corpus.records_for_paths(home, name, paths))
+    except Exception as exc:  # the records only refine the threshold and feed forward evaluation
+        log.warning("could not read the changed paths of %s: %s", name, exc)
+        return []
 
 
 def _count(value: t.Any) -> int:
@@ -283,7 +285,12 @@ def ingest(repo_name: str, branch: str | None = None, push: dict[str, t.Any] | N
     corpus, spec, result = _update_corpus(settings, connection, repo, branch, progress=progress)
     files = _count(getattr(result, "added", 0)) + _count(getattr(result, "modified", 0)) + \
         _count(getattr(result, "deleted", 0))
-    nbytes = _changed_bytes(corpus, settings.home, spec.name, result)
+    changed = _changed_records(corpus, settings.home, spec.name, result)
+    nbytes = sum(len(r["text"].encode("utf-8")) for r in changed)
+    # Queued before the change is noted, so it sits on the gpu queue ahead of any run's
+    # training on this push: the serving model is scored on code it has not seen.
+    forward = _queue_forward_eval(settings, connection, spec.name, sorted({r["path"] for r in changed}),
+                                  getattr(result, "commit", None), push, reason)
     if files or push is not None:
         sched.note_change(settings, connection, repo=repo.name, files=files, nbytes=nbytes,
                           push=push if push is not None else None)
@@ -291,7 +298,7 @@ def ingest(repo_name: str, branch: str | None = None, push: dict[str, t.Any] | N
     log.info("ingest %s (%s): %s → %s, %d files changed", spec.name, reason,
              str(getattr(result, "previous_commit", None))[:12], str(getattr(result, "commit", ""))[:12], files)
     return {"corpus": spec.name, "reason": reason, "changed_files": files, "changed_bytes": nbytes,
-            "commit": summary.get("commit"), "version": summary.get("version")}
+            "commit": summary.get("commit"), "version": summary.get("version"), "forward_eval": forward}
 
 
 def reconcile(repo_name: str) -> dict[str, t.Any]:
@@ -318,6 +325,122 @@ def enqueue_reconcile(settings: Settings, connection: redis.Redis, repo_name: st
         "ingest", "bot.jobs.reconcile", (repo_name,), {},
         {"timeout": defaults.INGEST_JOB_TIMEOUT_SECONDS, "retry": q.ingest_retry(),
          "result_ttl": defaults.RESULT_TTL_SECONDS, "description": f"reconcile {repo_name}"}))
+
+
+# --- forward evaluation (freshness) --------------------------------------------------------
+
+
+def serving_model(settings: Settings) -> tuple[int | None, str | None]:
+    """(version, checkpoint) of the model that serves now, the base model included.
+
+    A serving run's checkpoint when a run record serves the active version; otherwise the base
+    model, which serves as the version the pointer names (``repotune up`` publishes it as
+    version 1) — or as no version when nothing is published yet, as long as it is a local
+    folder. (None, None) when there is no model at all.
+    """
+    version, checkpoint = serving_checkpoint(settings)
+    if checkpoint:
+        return version, checkpoint
+    pointer = _pointer_version(settings)
+    base = settings.base_model_path()
+    if pointer is not None or Path(base).is_dir():
+        return pointer, base
+    return None, None
+
+
+def _pointer_version(settings: Settings) -> int | None:
+    """The version ``triton/<model>/serving.json`` names (read from disk; no Triton needed)."""
+    try:
+        from serving import ModelRepository
+
+        return ModelRepository(settings.home / "triton", settings.serving.model_name, None,
+                               keep=max(1, settings.serving.keep_versions)).current()
+    except Exception:
+        return None
+
+
+def forward_eval_config(settings: Settings) -> t.Any:
+    """The evaluation settings with the forward evaluation's task budget."""
+    cfg = _eval_config(settings)
+    return dataclasses.replace(cfg, num_tasks=settings.evaluation.forward_tasks)
+
+
+def _queue_forward_eval(settings: Settings, connection: redis.Redis, corpus_name: str, paths: list[str],
+                        commit: str | None, push: dict[str, t.Any] | None, reason: str) -> str | None:
+    """Queue the forward evaluation of an ingest's changed files when a model serves; the job id
+    or None. Never raises: ingestion and the runs it feeds must not depend on it."""
+    if not paths or settings.evaluation.forward_tasks <= 0:
+        return None
+    try:
+        if serving_model(settings)[1] is None:
+            return None
+        job = q.enqueue(connection, q.JobSpec(
+            "gpu", "bot.jobs.forward_eval", (corpus_name, paths, commit, push, reason), {},
+            {"timeout": freshness.JOB_TIMEOUT_SECONDS, "result_ttl": defaults.RESULT_TTL_SECONDS,
+             "description": f"forward eval {corpus_name}@{str(commit)[:12]} ({len(paths)} files)",
+             "meta": {"corpus": corpus_name, "commit": commit}}))
+        return job.id
+    except Exception as exc:
+        log.warning("forward evaluation of %s@%s not queued: %s", corpus_name, str(commit)[:12], exc)
+        return None
+
+
+def forward_eval(corpus_name: str, paths: list[str], commit: str | None,
+                 push: dict[str, t.Any] | None = None, reason: str = "push") -> dict[str, t.Any]:
+    """Score the serving model on ``paths`` of a corpus (a push's new code, not yet trained on)
+    and append the result to ``<home>/runs/freshness/<corpus>.jsonl``.
+
+    A failure is logged and written as an ``ok: false`` line, never raised: the freshness curve
+    is an observation, and nothing else waits on it.
+    """
+    settings = current()
+    started = time.time()
+    version, model = None, None
+    entry: dict[str, t.Any] = {
+        "corpus": corpus_name, "commit": commit, "push": commit, "time": started, "reason": reason,
+        "delivery_id": (push or {}).get("delivery_id"), "paths": list(paths[:freshness.MAX_PATHS]),
+        "paths_total": len(paths)}
+    try:
+        version, model = serving_model(settings)
+        entry.update(serving_version=version, serving_checkpoint=model)
+        if model is None:
+            raise BotError("no model serves and no base model is on disk; nothing to score")
+        corpus = _import("trainer.corpus", "forward_eval")
+        evaluate_mod = _import("trainer.evaluate", "forward_eval")
+        records = corpus.records_for_paths(settings.home, corpus_name, list(paths))
+        scored = evaluate_mod.forward_eval(model, records, forward_eval_config(settings), push=commit,
+                                           corpus_version=commit, progress=_job_progress())
+        entry.update({k: scored.get(k) for k in ("created", "files", "model", "n_tasks", "scores",
+                                                 "per_language")})
+        entry.update(ok=True, error=None)
+    except Exception as exc:  # recorded below; see the docstring
+        entry.update(ok=False, error=f"{type(exc).__name__}: {exc}")
+        log.warning("forward evaluation of %s@%s failed: %s", corpus_name, str(commit)[:12], exc)
+    entry["duration_s"] = round(time.time() - started, 3)
+    try:
+        freshness.append(freshness.history_path(settings.home, corpus_name), entry)
+    except Exception as exc:
+        log.warning("could not record the forward evaluation of %s@%s: %s", corpus_name, str(commit)[:12], exc)
+    return entry
+
+
+def _job_progress() -> Callable[[dict], None] | None:
+    """Copy progress events into the current job's meta (at most twice a second)."""
+    job = get_current_job()
+    if job is None:
+        return None
+    last = [0.0]
+
+    def record(event: dict[str, t.Any]) -> None:
+        now = time.monotonic()
+        if now - last[0] < 0.5 and event.get("done") != event.get("total"):
+            return
+        last[0] = now
+        job.meta["progress"] = {k: v for k, v in event.items() if isinstance(v, (str, int, float))}
+        with contextlib.suppress(Exception):
+            job.save_meta()
+
+    return record
 
 
 # --- the run's steps -----------------------------------------------------------------------
@@ -356,7 +479,10 @@ def finetune_config(settings: Settings, run: RunRecord) -> t.Any:
     """The :class:`trainer.finetune.FinetuneConfig` of a run, from the training settings."""
     finetune = _import("trainer.finetune", "train")
     tr = settings.training
-    values = {"base": settings.base_model_path(), "train_files": [str(p) for p in _shards(settings, "train")],
+    base = settings.base_model_path()
+    if tr.continue_from_serving:  # continued training: start where the serving model left off
+        base = serving_checkpoint(settings)[1] or base
+    values = {"base": base, "train_files": [str(p) for p in _shards(settings, "train")],
               "heldout_files": [str(p) for p in _shards(settings, "heldout")],
               "output_dir": str(run_dir(settings.home, run.id) / "train"),
               "block_size": tr.block_size, "learning_rate": tr.learning_rate, "num_epochs": tr.num_epochs,
@@ -386,6 +512,7 @@ def train(run_id: str) -> dict[str, t.Any]:
         else:
             result = finetune.train(cfg, progress=progress)
         run.checkpoint = str(result.checkpoint)
+        run.metrics["base"] = str(cfg.base)
         for name in ("steps", "tokens", "train_loss", "heldout_loss", "wall_time_s", "tokens_per_s"):
             run.metrics[name] = getattr(result, name, None)
         _move(settings, run, RunStatus.EVALUATING)

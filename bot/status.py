@@ -14,7 +14,7 @@ import typing as t
 
 import redis
 
-from bot import defaults
+from bot import defaults, freshness
 from bot import queue as q
 from bot import scheduler as sched
 from bot.config import Settings
@@ -60,13 +60,22 @@ def _serving(settings: Settings) -> dict[str, t.Any]:
     return out
 
 
+def _freshness(settings: Settings) -> dict[str, t.Any]:
+    try:
+        return freshness.summary(settings.home, freshness.STATUS_POINTS)
+    except Exception as exc:  # an unreadable history must not take the status down
+        return {"error": f"{type(exc).__name__}: {exc}"}
+
+
 def collect(settings: Settings, connection: redis.Redis | None,
             limit: int = defaults.RECENT_RUNS) -> dict[str, t.Any]:
-    """Repositories with corpus stats, serving version and versions, recent runs, queue lengths,
-    pending changes, the training lock and the paused flag."""
+    """Repositories with corpus stats, serving version and versions, recent runs, the freshness
+    history per corpus (last points), queue lengths, pending changes, the training lock and the
+    paused flag."""
     status: dict[str, t.Any] = {"time": time.time(), "home": str(settings.home),
                                 "repositories": _repositories(settings), "serving": _serving(settings),
-                                "runs": [r.as_dict() for r in list_runs(settings.home, limit)]}
+                                "runs": [r.as_dict() for r in list_runs(settings.home, limit)],
+                                "freshness": _freshness(settings)}
     if connection is None:
         status["redis"] = {"ok": False, "error": "no Redis configured"}
         return status

@@ -13,6 +13,10 @@ Routes (``bot.webhook.create_app`` registers :data:`blueprint`):
 ``/charts/history.png``
     :func:`trainer.evaluate.plot_history` over the listed runs' ``eval.json`` files. Without
     evaluations (or without the evaluator) the page says so in words; it never draws a fake chart.
+``/charts/freshness/<corpus>.png``
+    The same plotter over a corpus's freshness history (``runs/freshness/<corpus>.jsonl``, see
+    :mod:`bot.freshness`): the serving model scored on each push's new code. The index shows the
+    last points as a table next to it.
 
 The page reads; it never changes state, so it needs no authentication beyond what the network
 allows. Nothing secret reaches it: :func:`bot.status.collect` strips credentials from clone URLs.
@@ -21,6 +25,7 @@ allows. Nothing secret reaches it: :func:`bot.status.collect` strips credentials
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import tempfile
 import threading
@@ -35,7 +40,7 @@ from bot.runs import RunRecord, RunStatus, list_runs, load_run, run_dir
 
 blueprint = Blueprint("status_page", __name__, template_folder="templates")
 """Register on the webhook app; routes: ``/``, ``/status``, ``/runs/<id>``, ``/runs/<id>/report``,
-``/charts/history.png``."""
+``/charts/history.png``, ``/charts/freshness/<corpus>.png``."""
 
 HISTORY_RUNS = 50
 """Most evaluated runs drawn in the metric-history chart (runs, oldest on the left)."""
@@ -167,6 +172,53 @@ def _render_chart(home: Path) -> bytes | None:
             png = Path(plot(evals, Path(tmp) / "history.png")).read_bytes()
         _chart_cache.clear()  # only the newest chart is worth keeping
         _chart_cache[key] = png
+        return png
+
+
+_freshness_cache: dict[str, bytes] = {}
+
+
+def _freshness_view(home: Path, status: dict[str, t.Any]) -> dict[str, t.Any]:
+    """Per corpus: its last freshness points, newest first, and whether a chart can be drawn."""
+    from bot import freshness
+
+    data = status.get("freshness") or {}
+    if "error" in data and not isinstance(data.get("error"), list):
+        return {"error": data["error"], "corpora": {}}
+    plot = _plotter() is not None
+    corpora = {}
+    for name, points in data.items():
+        path = freshness.history_path(home, name)
+        chart = plot and any(p.get("ok") for p in points) and path.is_file()
+        corpora[name] = {"points": list(reversed(points)),
+                         "chart_key": _chart_key([path]) if chart else None}
+    return {"error": None, "corpora": corpora}
+
+
+def _render_freshness_chart(home: Path, corpus: str) -> bytes | None:
+    """The freshness chart of one corpus (cached per file version), or None without one."""
+    from bot import freshness
+
+    plot = _plotter()
+    try:
+        path = freshness.history_path(home, corpus)
+    except ValueError:
+        return None
+    if plot is None or not any(e.get("ok") for e in freshness.read(path)):
+        return None
+    key = f"{corpus}:{_chart_key([path])}"
+    with _chart_lock:
+        if key in _freshness_cache:
+            return _freshness_cache[key]
+        with tempfile.TemporaryDirectory(prefix="repotune-freshness-") as tmp:
+            # Only the successful points: a failed evaluation has no scores to draw.
+            ok = Path(tmp) / "freshness.jsonl"
+            ok.write_text("".join(json.dumps(e) + "\n" for e in freshness.read(path) if e.get("ok")),
+                          encoding="utf-8")
+            png = Path(plot([ok], Path(tmp) / "freshness.png")).read_bytes()
+        for old in [k for k in _freshness_cache if k.split(":", 1)[0] == corpus]:
+            del _freshness_cache[old]
+        _freshness_cache[key] = png
         return png
 
 
@@ -312,6 +364,7 @@ def index() -> str:
         pending=status.get("pending") or {},
         training_lock=status.get("training_lock"),
         chart=_chart_state(home),
+        freshness=_freshness_view(home, status),
     )
 
 
@@ -368,4 +421,13 @@ def history_chart() -> Response:
     if png is None:
         state = _chart_state(Path(settings.home))
         return Response(state.get("reason", "no chart"), status=404, mimetype="text/plain")
+    return Response(png, mimetype="image/png", headers={"Cache-Control": "no-cache"})
+
+
+@blueprint.get("/charts/freshness/<path:corpus>.png")
+def freshness_chart(corpus: str) -> Response:
+    settings, _ = _context()
+    png = _render_freshness_chart(Path(settings.home), corpus)
+    if png is None:
+        return Response(f"no forward evaluation of {corpus!r} to draw yet", status=404, mimetype="text/plain")
     return Response(png, mimetype="image/png", headers={"Cache-Control": "no-cache"})
