@@ -51,7 +51,7 @@ _CANDIDATE = re.compile(
 _VALUE = re.compile(r"[:=]\s*[\"'`]?([^\s\"'`,;]{6,})")
 
 
-def _entropy(s: str | bytes) -> float:
+def _entropy(s: str) -> float:
     counts = Counter(s)
     n = len(s)
     return -sum(c / n * math.log2(c / n) for c in counts.values())
@@ -148,8 +148,8 @@ def _find_all(data: bytes, needle: bytes) -> Iterator[int]:
         i = data.find(needle, i + 1)
 
 
-def _fast_candidates(data: bytes) -> set[int]:
-    """Line starts (offsets) of the candidate lines of ``data`` = :func:`_proxy` of the text.
+def _fast_candidates(data: bytes, text: str) -> set[int]:
+    """Line starts (offsets) of the candidate lines of ``text``; ``data`` is its :func:`_proxy`.
 
     A superset of :func:`_reference_candidates`: every position where either alternative of
     :data:`_CANDIDATE` matches, where the reference's ``finditer`` sees only non-overlapping
@@ -165,7 +165,8 @@ def _fast_candidates(data: bytes) -> set[int]:
     for search in _QUOTED_RES:
         m = search(data)
         while m:
-            if _entropy(m.group(1)) > 4.0:
+            # entropy of the text's own literal: the proxy folds some letters (e.g. U+017F to s)
+            if _entropy(text[m.start(1):m.end(1)]) > 4.0:
                 starts.add(data.rfind(b"\n", 0, m.start()) + 1)
             m = search(data, m.end() - 1)  # the closing quote may open the next literal
     return starts
@@ -186,7 +187,7 @@ def scrub(text: str) -> tuple[str, int]:
     """Return ``text`` with every secret found replaced by :data:`PLACEHOLDER`, and the count."""
     data = _proxy(text)
     if "PRIVATE KEY" not in text and not _may_hold_token(data):
-        return _redact_lines(text, _fast_candidates(data), 0)
+        return _redact_lines(text, _fast_candidates(data, text), 0)
     count = 0
     if "PRIVATE KEY" in text:
         text, n = _PRIVATE_KEY.subn(
