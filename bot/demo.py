@@ -64,6 +64,8 @@ per_device_batch = 8
 learning_rate = 0.002
 warmup_steps = 5
 max_steps = {max_steps}
+# Each run continues from the serving model, so every push makes the tiny model better.
+continue_from_serving = true
 
 [evaluation]
 num_tasks = {num_tasks}

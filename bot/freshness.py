@@ -24,10 +24,11 @@ import contextlib
 import fcntl
 import json
 import os
-import tempfile
 import typing as t
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+
+from bot.runs import atomic_write_text
 
 JOB_TIMEOUT_SECONDS = 1800
 """Wall-clock limit of one forward-evaluation job (a few dozen tasks; minutes even on a CPU)."""
@@ -76,17 +77,7 @@ def append(path: Path, entry: Mapping[str, t.Any]) -> Path:
         existing = path.read_text(encoding="utf-8") if path.exists() else ""
         if existing and not existing.endswith("\n"):
             existing += "\n"
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(existing + line + "\n")
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        atomic_write_text(path, existing + line + "\n")
     return path
 
 

@@ -157,7 +157,8 @@ def run_dir(home: Path, run_id: str) -> Path:
     return Path(home) / "runs" / run_id
 
 
-def _atomic_write(path: Path, text: str) -> None:
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so readers see the old or the new file, never a torn one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
@@ -175,7 +176,7 @@ def _atomic_write(path: Path, text: str) -> None:
 def save_run(home: Path, run: RunRecord) -> Path:
     """Write ``runs/<id>/run.json`` atomically; returns its path."""
     path = run_dir(home, run.id) / "run.json"
-    _atomic_write(path, json.dumps(run.as_dict(), indent=2, sort_keys=True, default=str) + "\n")
+    atomic_write_text(path, json.dumps(run.as_dict(), indent=2, sort_keys=True, default=str) + "\n")
     return path
 
 
