@@ -111,7 +111,11 @@ def main() -> None:
         nbytes = generate(work, files)
         _git(work, "init", "-q", "-b", "main")
         _git(work, "add", "-A")
-        _git(work, "commit", "-q", "-m", "import")
+        _git(work, "-c", "gc.auto=0", "commit", "-q", "-m", "import")
+        # Pack the 20k loose objects now, as any real repository is: else `git commit` (and,
+        # in the hard-linked mirror, `git fetch`) start a detached `gc --auto` that competes
+        # with the timed build for the same core.
+        _git(work, "gc", "-q")
         print(f"generated {files} files, {nbytes / 1e6:.1f} MB in {time.perf_counter() - t:.1f}s")
         spec = CorpusSpec(name="bench", url=str(work), num_shards=args.shards)
         home = root / "home"
