@@ -35,6 +35,7 @@ from trainer.corpus.spec import CorpusResult, CorpusSpec
 from trainer.errors import CorpusError, RepositoryError, ShardCorrupt
 
 Progress = Callable[[dict], None]
+SPLITS = ("train", "heldout")
 _test_hook: Callable[[str], None] | None = None
 """Called with a stage name at each crash-relevant point; tests use it to SIGKILL the process."""
 
@@ -377,9 +378,6 @@ def _old_locations(conn, full: bool) -> dict[str, tuple[str | None, str]]:
         return {}
     return {p: (shards.shard_name(sp, sh) if skip is None else None, blob)
             for p, sp, sh, skip, blob in conn.execute("SELECT path, split, shard, skip, blob FROM files")}
-
-
-SPLITS = ("train", "heldout")
 
 
 def _apply(spec, home, cdir, repo, conn, commit, old_commit, version, full, changes, rules,
