@@ -9,7 +9,9 @@ Figures:
 * p50/p99 latency of one greedy completion, straight to Triton (serving.TritonClient:
   tritonclient's v2 encoding over a urllib3 pool) vs through the proxy;
 * completions/s through the proxy at concurrency 1, 4, 8;
-* swap time (publish + activate) and failed requests while a client sends ~25 requests/s.
+* swap time (publish + activate, median of several swaps), how many model instances Triton
+  initialised per swap (read from its log), rollback time to the previous version, and failed
+  requests while a client sends ~25 requests/s.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ def main() -> None:
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no access log in the figures
     n_latency = 30 if args.quick else 200
     window_s = 3.0 if args.quick else 10.0
+    n_swaps = 2 if args.quick else 3
 
     import requests
     from werkzeug.serving import make_server
@@ -124,21 +127,40 @@ def main() -> None:
                     results.append(0)
                 time.sleep(0.04)
 
+        def instance_loads() -> int:
+            # One line per model instance Triton initialises (a load of one version).
+            return (work / "triton.log").read_text(errors="replace").count("TRITONBACKEND_ModelInstanceInitialize")
+
         loader = threading.Thread(target=load)
         loader.start()
         time.sleep(1.0)
         sent_before = len(results)
-        t = time.perf_counter()
-        new = repo.publish(artifact)
-        repo.activate(new)
-        swap_s = time.perf_counter() - t
+        swaps: list[tuple[float, int]] = []
+        t_all = time.perf_counter()
+        for _ in range(n_swaps):
+            loads_before = instance_loads()
+            t = time.perf_counter()
+            new = repo.publish(artifact)
+            repo.activate(new)
+            swaps.append((time.perf_counter() - t, instance_loads() - loads_before))
+        swap_window = time.perf_counter() - t_all
         sent_during = len(results) - sent_before
+        loads_before = instance_loads()
+        t = time.perf_counter()
+        back = repo.rollback()
+        rollback_s = time.perf_counter() - t
+        rollback_loads = instance_loads() - loads_before
         time.sleep(1.0)
         stop.set()
         loader.join()
         bad = sum(1 for code in results if code != 200)
-        print(f"hot swap to version {new}: {swap_s:.2f} s (publish + load + smoke + switch + unload old); "
-              f"{sent_during} requests during the swap, {len(results)} in all, {bad} failed")
+        times = sorted(s for s, _ in swaps)
+        print(f"hot swap (publish + load + smoke + switch), {n_swaps} swaps: "
+              f"median {times[len(times) // 2]:.2f} s, each {', '.join(f'{s:.2f}' for s, _ in swaps)} s; "
+              f"model instances loaded per swap: {', '.join(str(n) for _, n in swaps)}")
+        print(f"rollback to version {back}: {rollback_s:.2f} s, {rollback_loads} model instances loaded")
+        print(f"requests: {sent_during} during the swaps ({sent_during / swap_window:.1f}/s), "
+              f"{len(results)} in all, {bad} failed")
         http.shutdown()
 
 

@@ -45,6 +45,11 @@ def write_json_atomic(path: Path, value: Any) -> None:
 def copytree_fsync(src: Path, dst: Path) -> None:
     """Copy a tree and fsync every file and folder written."""
     shutil.copytree(src, dst, symlinks=False)
+    fsync_tree(dst)
+
+
+def fsync_tree(dst: Path) -> None:
+    """fsync every file and folder under ``dst``."""
     for folder, _dirs, files in os.walk(dst):
         for name in files:
             fd = os.open(os.path.join(folder, name), os.O_RDONLY)

@@ -4,7 +4,8 @@ Routes: ``POST /v1/completions``, ``POST /v1/engines/<engine>/completions``, ``G
 ``GET /copilot_internal/v2/token``, ``GET /healthz``, ``GET /metrics`` (Prometheus).
 
 Each request goes to the exact version named by the model repository's pointer file
-(``<repository>/<model>/serving.json``, re-read when its mtime changes). If that version was
+(``<repository>/<model>/serving.json``, a symlink to the serving version's own
+``<N>/serving.json``; re-read when the link changes). If that version was
 unloaded in the instant between reading the pointer and calling Triton, the request is retried
 once with a freshly read pointer: this is what makes swaps invisible to editors. Every response
 carries ``x-repotune-model-version`` and ``"model": "<name>@<version>"``.
@@ -178,24 +179,26 @@ def _held_back(text: str, stops: list[str]) -> int:
 
 
 class _Router:
-    """Finds the serving version (pointer file, cached by mtime) and its tokenizer."""
+    """Finds the serving version (pointer symlink, cached by the link's inode) and its tokenizer."""
 
     def __init__(self, cfg: ProxyConfig) -> None:
         self.cfg = cfg
         self.model_dir = Path(cfg.model_repository).resolve() / cfg.model_name
         self._lock = threading.Lock()
-        self._stamp: tuple[int, int] | None = None
+        self._stamp: tuple[int, ...] | None = None
         self._version: int | None = None
         self._tokenizers: dict[int, Any] = {}
 
     def version(self, fresh: bool = False) -> int:
         path = self.model_dir / POINTER_FILE
         try:
-            st = path.stat()
+            st = path.lstat()
         except FileNotFoundError:
             raise ApiError(503, f"no model version is serving yet (no {path}); deploy one with "
                                 "`repotune deploy <checkpoint>`", code="model_unavailable") from None
-        stamp = (st.st_mtime_ns, st.st_ino)
+        # Every switch renames a new symlink into place: a new inode and ctime (a regular file
+        # from an older layout changes the same way).
+        stamp = (st.st_ino, st.st_ctime_ns, st.st_mtime_ns, st.st_size)
         with self._lock:
             if fresh or stamp != self._stamp:
                 try:

@@ -2,23 +2,38 @@
 
 Layout (``root`` is ``REPOTUNE_HOME/triton``)::
 
-    <root>/<model>/config.pbtxt       model-level config, pinned to the serving version
+    <root>/<model>/config.pbtxt       model-level config; its version_policy names the loaded versions
     <root>/<model>/<N>/               one published version: the artifact's payload
                     model/ | <tp>-gpu/ + tokenizer/, artifact.json, config.pbtxt, model.py
-    <root>/<model>/serving.json       the pointer: which version the proxy routes to
+    <root>/<model>/<N>/serving.json   {"model", "version": N}, written once at publish
+    <root>/<model>/serving.json       the pointer: a symlink to the serving version's <N>/serving.json
     <root>/<model>/.lock              serialises publish/activate/rollback across processes
+    <root>/.<model>.state.json        bookkeeping: highest number used, previous version, switch time
 
 Lifecycle, one method each: :meth:`publish` (copy into a temp folder inside the model folder,
-fsync, rename to the next number) → :meth:`activate` (load old+new side by side, wait ready,
-smoke-complete on *that exact version*, switch the pointer, unload the old one) →
-:meth:`rollback` (activate an earlier version). A version that fails to load or fails its smoke
-completion is marked failed and never switched in; the previous version keeps serving.
+fsync, rename to the next number) → :meth:`activate` (list the new version next to the serving
+one in ``config.pbtxt``, plain ``load``, wait ready, smoke-complete on *that exact version*,
+switch the pointer) → :meth:`rollback` (activate an earlier version; instant when it is still
+loaded). A version that fails to load or fails its smoke completion is marked failed and
+dropped from ``config.pbtxt`` again; the previous version keeps serving throughout.
 
-Why a pointer file and explicit versions instead of Triton's "latest": during a swap both
-versions are loaded (``version_policy: specific``), and the proxy names the pointer's version on
-every request. Requests already in flight on the old version finish there; new ones go to the
-new version the moment the pointer is renamed; a request that races the old version's unload
-gets "version unavailable" and is retried once on a freshly read pointer. See docs/serving.md.
+Why a swap loads exactly one model: Triton (2.51) decides per version whether a load needs a
+new instance. A version that is already serving is only *updated* (no reload) when its own
+folder and the model folder's other files (all but ``config.pbtxt`` and the version folders)
+have no newer modification time than at its last load, and the config differs at most in
+``version_policy``/``instance_group``; Triton's "modification time" of a file is the later of
+its mtime and ctime, following symlinks. So: the config is a file, never a load-request
+override (an override counts as a change and reloads every version); nothing else in the model
+folder is rewritten after a load: the pointer is a symlink re-pointed to an immutable file
+written with its version, the lock file is never truncated, and the bookkeeping lives outside
+the model folder; and ``model.py`` is byte-compiled at publish time, because the python stub
+writing ``<N>/__pycache__`` during the first load would make version N look modified at the next
+one.
+
+Why a pointer file and explicit versions instead of Triton's "latest": the proxy names the
+pointer's version on every request, so requests go to the new version the moment the pointer
+is renamed, while the previous version stays loaded (in-flight requests finish there, and it
+is the instant rollback target). See docs/serving.md.
 """
 
 from __future__ import annotations
@@ -27,6 +42,8 @@ import contextlib
 import fcntl
 import json
 import math
+import os
+import py_compile
 import shutil
 import tempfile
 import time
@@ -39,6 +56,7 @@ from serving._files import (
     checkpoint_dir,
     copytree_fsync,
     fsync_dir,
+    fsync_tree,
     write_atomic,
     write_json_atomic,
 )
@@ -70,11 +88,12 @@ class SmokeTest:
 
 
 def read_pointer(model_dir: Path) -> dict[str, Any] | None:
-    """The pointer file's content, or ``None`` if no version was ever activated."""
+    """The pointer's content (``{"model", "version"}``), or ``None`` if no version was ever
+    activated."""
     path = Path(model_dir) / POINTER_FILE
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
+    except (FileNotFoundError, json.JSONDecodeError):
         return None
 
 
@@ -105,6 +124,7 @@ class ModelRepository:
         load_timeout_s: float = 300.0,
         drain_s: float = 0.5,
         smoke: SmokeTest | None = None,
+        warm_previous: bool = True,
     ) -> None:
         if keep < 1:
             raise ValueError(f"keep must be at least 1, got {keep}")
@@ -118,8 +138,12 @@ class ModelRepository:
         """Seconds to wait for a loaded version to report ready."""
         self.drain_s = drain_s
         """Seconds between switching the pointer and unloading the old version, so requests
-        that read the old pointer just before the switch still reach a loaded model."""
+        that read the old pointer just before the switch still reach a loaded model (only
+        when ``warm_previous`` is off)."""
         self.smoke = smoke or SmokeTest()
+        self.warm_previous = warm_previous
+        """Keep the previous version loaded after a swap (instant rollback, two copies in
+        memory); off: unload it after ``drain_s`` (one copy, two during a swap)."""
         self._client: TritonClient | None = None
 
     # -- queries ------------------------------------------------------------------------------
@@ -178,14 +202,20 @@ class ModelRepository:
                 copytree_fsync(artifact, payload)
                 if backend == "python":
                     shutil.copy2(PYTHON_MODEL, payload / "model.py")
+                    # Compiled now, so the stub's first import does not write __pycache__
+                    # into a loaded version (Triton would then reload it at the next swap).
+                    py_compile.compile(str(payload / "model.py"), doraise=True,
+                                       invalidation_mode=py_compile.PycInvalidationMode.TIMESTAMP)
+                    fsync_tree(payload)
                 meta = dict(meta, published=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                             artifact_path=str(artifact))
                 write_json_atomic(payload / "artifact.json", meta)
                 number = self._next_version()
+                write_json_atomic(payload / POINTER_FILE, {"model": self.model_name, "version": number})
                 target = self.model_dir / str(number)
                 payload.rename(target)
                 fsync_dir(self.model_dir)
-                self._set_pointer(highest=number)
+                self._set_state(highest=number)
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
             _emit(progress, "publish", 1, 1, version=number)
@@ -196,8 +226,9 @@ class ModelRepository:
     def activate(self, version: int, progress: ProgressFn | None = None) -> None:
         """Load ``version`` next to the serving one, smoke-test it, then switch to it.
 
-        Raises :class:`ModelLoadFailed` or :class:`SmokeTestFailed` (the version is marked
-        failed and the previous one keeps serving).
+        Triton loads only ``version``: the serving one is kept as it is (see the module
+        docstring). Raises :class:`ModelLoadFailed` or :class:`SmokeTestFailed` (the version
+        is marked failed, dropped from Triton, and the previous one keeps serving).
         """
         version = int(version)
         vdir = self.version_dir(version)
@@ -206,15 +237,20 @@ class ModelRepository:
             old = self.current()
             if old is not None and not (self.model_dir / str(old)).is_dir():
                 old = None
-            both = sorted({v for v in (old, version) if v is not None})
             _emit(progress, "load", 0, 3, version=version)
+            loaded = set(self._loaded_versions())
+            (vdir / FAILED_FILE).unlink(missing_ok=True)  # before the load: a retry starts clean
+            if old is not None and old != version:
+                # At most two copies in memory: drop any other warm version before loading.
+                room = {old} | ({version} & loaded)
+                if loaded - room:
+                    self._apply(client, self.model_dir / str(old), sorted(room))
+            wanted = sorted({v for v in (old, version) if v is not None})
             try:
-                client.load(self._config_override(vdir, both))
+                self._apply(client, vdir, wanted)
                 self._wait_ready(client, version)
             except ModelLoadFailed as exc:
-                # Triton keeps the old version serving when a new one fails initialize():
-                # no reload needed, only the record.
-                self._fail(version, old, f"load failed: {exc}", reload_old=False)
+                self._fail(version, old, f"load failed: {exc}")
                 raise ModelLoadFailed(
                     f"version {version} of {self.model_name!r} failed to load; version {old} keeps "
                     f"serving. Triton said: {exc}") from exc
@@ -225,12 +261,10 @@ class ModelRepository:
                 self._fail(version, old, str(exc))
                 raise
             _emit(progress, "switch", 2, 3, version=version)
-            self._set_pointer(version=version, previous=old if old != version else None)
-            if old is not None and old != version:
+            self._switch(version, previous=old if old != version else None)
+            if old is not None and old != version and not self.warm_previous:
                 time.sleep(self.drain_s)
-                client.load(self._config_override(vdir, [version]))
-            write_atomic(self.model_dir / "config.pbtxt", self._config_text(vdir, [version]))
-            (vdir / FAILED_FILE).unlink(missing_ok=True)
+                self._apply(client, vdir, [version])
             self._retain()
             _emit(progress, "switch", 3, 3, version=version)
 
@@ -249,13 +283,19 @@ class ModelRepository:
         return int(to)
 
     def ensure_loaded(self) -> int | None:
-        """Load the pointer's version into a (re)started Triton; returns it (``None`` if none)."""
+        """Load the pointer's version (and the warm previous one, if still on disk) into a
+        (re)started Triton; returns the serving version (``None`` if none)."""
         version = self.current()
         if version is None:
             return None
+        vdir = self.version_dir(version)
         client = self._triton()
-        client.load(self._config_override(self.version_dir(version), [version]))
-        self._wait_ready(client, version)
+        with self._locked():
+            warm = [v for v in self._loaded_versions()
+                    if v != version and (self.model_dir / str(v)).is_dir()
+                    and not (self.model_dir / str(v) / FAILED_FILE).exists()]
+            self._apply(client, vdir, sorted({version, *warm[-1:]}) if self.warm_previous else [version])
+            self._wait_ready(client, version)
         return version
 
     # -- steps --------------------------------------------------------------------------------
@@ -285,15 +325,32 @@ class ModelRepository:
             del cfg.parameters["model_checkpoint_path"]
         return cfg
 
-    def _config_override(self, vdir: Path, versions: list[int]) -> dict[str, Any]:
-        from google.protobuf import json_format
-
-        return json_format.MessageToDict(self._config_proto(vdir, versions))
-
     def _config_text(self, vdir: Path, versions: list[int]) -> str:
         from google.protobuf import text_format
 
         return text_format.MessageToString(self._config_proto(vdir, versions))
+
+    def _loaded_versions(self) -> list[int]:
+        """The versions the model-level ``config.pbtxt`` lists (what Triton loads)."""
+        import re
+
+        path = self.model_dir / "config.pbtxt"
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return []
+        match = re.search(r"specific\s*\{([^}]*)\}", text)
+        return sorted({int(v) for v in re.findall(r"versions:\s*(\d+)", match.group(1))}) if match else []
+
+    def _apply(self, client: TritonClient, vdir: Path, versions: list[int]) -> None:
+        """Make Triton serve exactly ``versions``: write them into the model-level config
+        (``vdir``'s config, ``version_policy: specific``), then a plain load. Versions already
+        loaded and unchanged on disk are kept as they are; the others are loaded or dropped."""
+        text = self._config_text(vdir, versions)
+        path = self.model_dir / "config.pbtxt"
+        if not path.is_file() or path.read_text(encoding="utf-8") != text:
+            write_atomic(path, text)
+        client.load()
 
     def _wait_ready(self, client: TritonClient, version: int) -> None:
         deadline = time.monotonic() + self.load_timeout_s
@@ -325,19 +382,17 @@ class ModelRepository:
             raise SmokeTestFailed(f"version {version} of {self.model_name!r} failed its smoke completion "
                                   f"of {self.smoke.prompt!r}: " + "; ".join(problems))
 
-    def _fail(self, version: int, old: int | None, reason: str, *, reload_old: bool = True) -> None:
-        """Unload the rejected version (keeping ``old`` serving) and record why."""
+    def _fail(self, version: int, old: int | None, reason: str) -> None:
+        """Drop the rejected version from Triton (``old`` keeps serving untouched) and record why."""
+        write_atomic(self.model_dir / str(version) / FAILED_FILE, reason + "\n")
         client = self._triton()
         try:
-            if not reload_old:
-                pass
-            elif old is not None and old != version:
-                client.load(self._config_override(self.version_dir(old), [old]))
+            if old is not None and old != version:
+                self._apply(client, self.model_dir / str(old), [old])
             elif old is None:
                 client.unload()
         except ServingError:
             pass  # the old version's state is checked by the caller's next request
-        write_atomic(self.model_dir / str(version) / FAILED_FILE, reason + "\n")
 
     def _retain(self) -> None:
         """Keep the newest ``keep`` versions (always including the serving one); failed
@@ -346,6 +401,7 @@ class ModelRepository:
         infos = self.versions()
         healthy = [v["version"] for v in infos if not v["failed"]]
         keep = set(healthy[-self.keep:]) | ({serving} if serving is not None else set())
+        keep |= set(self._loaded_versions())  # never pull the files from under a loaded version
         for info in infos:
             if info["version"] not in keep:
                 shutil.rmtree(self.model_dir / str(info["version"]), ignore_errors=True)
@@ -358,26 +414,48 @@ class ModelRepository:
         return sorted(int(p.name) for p in self.model_dir.iterdir() if p.is_dir() and p.name.isdigit())
 
     def _next_version(self) -> int:
-        pointer = read_pointer(self.model_dir) or {}
+        state = _read_json(self._state_path())
+        legacy = read_pointer(self.model_dir) or {}  # pointers written before the state file
         # Never reuse a number: Triton may remember a failed version by it.
-        return max([0, int(pointer.get("highest") or 0), *self._version_numbers()]) + 1
+        return max([0, int(state.get("highest") or 0), int(legacy.get("highest") or 0),
+                    *self._version_numbers()]) + 1
 
-    def _set_pointer(self, **changes: Any) -> None:
-        pointer = read_pointer(self.model_dir) or {"model": self.model_name, "version": None}
-        pointer.update(changes)
-        if "version" in changes:
-            pointer["switched_at"] = time.time()
-        write_json_atomic(self.model_dir / POINTER_FILE, pointer)
+    def _state_path(self) -> Path:
+        # Outside the model folder: Triton treats any change in there as a change to every version.
+        return self.root / f".{self.model_name}.state.json"
+
+    def _set_state(self, **changes: Any) -> None:
+        state = _read_json(self._state_path()) or {"model": self.model_name}
+        state.update(changes)
+        write_json_atomic(self._state_path(), state)
+
+    def _switch(self, version: int, previous: int | None) -> None:
+        """Point ``serving.json`` at ``<version>/serving.json`` (atomic symlink rename)."""
+        target = self.model_dir / str(version) / POINTER_FILE
+        if not target.is_file():  # a version published before pointers lived in version folders
+            write_json_atomic(target, {"model": self.model_name, "version": version})
+        link = self.model_dir / POINTER_FILE
+        tmp = self.model_dir / f".{POINTER_FILE}.{os.getpid()}.tmp"
+        tmp.unlink(missing_ok=True)
+        os.symlink(f"{version}/{POINTER_FILE}", tmp)
+        os.replace(tmp, link)
+        fsync_dir(self.model_dir)
+        self._set_state(version=version, previous=previous, switched_at=time.time())
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         self.model_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.model_dir / ".lock", "w") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
+        # Opened without truncating: a new mtime on a file in the model folder would make
+        # Triton reload every loaded version at the next load.
+        fd = os.open(self.model_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
             try:
                 yield
             finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -181,6 +181,9 @@ class TritonServer:
         env["LD_LIBRARY_PATH"] = ":".join(libs)
         # The stub starts `python3` from PATH: it must be this interpreter's environment.
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+        # A stub writing <version>/__pycache__ would make Triton see that version as modified
+        # and reload it at the next swap (publish byte-compiles model.py for this Python).
+        env["PYTHONDONTWRITEBYTECODE"] = "1"
         return env
 
     def start(self) -> TritonServer:

@@ -75,6 +75,12 @@ def swap_proxy(swap_repo: ModelRepository, triton_server, triton_repo_root: Path
         yield url
 
 
+def _instance_loads(triton_server) -> int:
+    """Model instances Triton has initialised so far (one per version load), from its log."""
+    return Path(triton_server.log_path).read_text(errors="replace").count(
+        f"TRITONBACKEND_ModelInstanceInitialize: {MODEL}_")
+
+
 def _direct_text(triton_server, swap_proxy: str, version: int) -> list[int]:
     """Greedy tokens straight from Triton, pinned to one version (no proxy involved)."""
     from serving.repository import load_tokenizer
@@ -93,10 +99,12 @@ def test_hot_swap_under_load_has_zero_failed_requests(swap_repo, swap_proxy, tri
 
     with LoadClient(swap_proxy, rate_per_s=25) as load:
         time.sleep(1.0)
+        loads_before = _instance_loads(triton_server)
         started = time.monotonic()
         second = swap_repo.publish(make_artifact("perturbed"))
         swap_repo.activate(second)
         switched = time.monotonic()
+        loads_during = _instance_loads(triton_server) - loads_before
         time.sleep(1.5)
     new_text = _direct_text(triton_server, swap_proxy, second)
 
@@ -111,8 +119,11 @@ def test_hot_swap_under_load_has_zero_failed_requests(swap_repo, swap_proxy, tri
     assert before and all(r[2] == str(first) and r[3] == old_text for r in before)
     assert after and all(r[2] == str(second) and r[3] == new_text for r in after)
     assert swap_repo.current() == second
-    # Only the new version stays loaded once the swap has drained.
-    assert not TritonClient(triton_server.url, MODEL).model_ready(first)
+    # Triton loaded only the new version (the serving one was neither reloaded nor loaded
+    # twice), and the previous version stays loaded as the instant rollback target.
+    assert loads_during == 1, loads_during
+    client = TritonClient(triton_server.url, MODEL)
+    assert client.model_ready(first) and client.model_ready(second)
 
 
 @pytest.mark.parametrize("kind, error", [("corrupt", ModelLoadFailed), ("nan", SmokeTestFailed)])
@@ -126,13 +137,15 @@ def test_broken_version_is_rejected_and_old_keeps_serving(kind, error, swap_repo
         time.sleep(0.5)
     assert f"version {bad}" in str(info.value)
     assert swap_repo.current() == serving_before
+    client = TritonClient(swap_repo.triton_url, MODEL)
+    assert not client.model_ready(bad) and client.model_ready(serving_before)
     assert [v["failed"] for v in swap_repo.versions() if v["version"] == bad][0]
     assert load.results and all(r[1] == 200 and r[2] == str(serving_before) for r in load.results), \
         [r for r in load.results if r[1] != 200][:3]
 
 
 def test_rollback_returns_to_previous_healthy_version_and_prunes_failed(swap_repo, swap_proxy,
-                                                                          python_artifact):
+                                                                          python_artifact, triton_server):
     serving = swap_repo.current()
     failed = [v["version"] for v in swap_repo.versions() if v["failed"]]
     assert failed  # left by the previous test
@@ -144,5 +157,11 @@ def test_rollback_returns_to_previous_healthy_version_and_prunes_failed(swap_rep
     # Retention after the switch: failed versions are removed first, healthy ones kept (keep=3).
     left = swap_repo.versions()
     assert [v["version"] for v in left] == [back_to, serving]
+    # Rolling forward again is instant: that version is still loaded, nothing is loaded.
+    loads_before = _instance_loads(triton_server)
+    assert swap_repo.rollback(to=serving) == serving and swap_repo.current() == serving
+    assert _instance_loads(triton_server) == loads_before
+    resp = requests.post(f"{swap_proxy}/v1/completions", json=PROMPT, timeout=30)
+    assert resp.status_code == 200 and resp.headers[VERSION_HEADER] == str(serving)
     # Version numbers are never reused, even after the failed ones were deleted.
     assert swap_repo.publish(python_artifact) == max(failed) + 1

@@ -8,9 +8,16 @@ from pathlib import Path
 import pytest
 import requests
 
-from serving import VERSION_HEADER, ModelRepository, ProxyConfig, TritonServer, create_proxy_app
+from serving import (
+    VERSION_HEADER,
+    ModelRepository,
+    ProxyConfig,
+    TritonClient,
+    TritonServer,
+    create_proxy_app,
+)
 from tests.fixtures.base import free_port
-from tests.fixtures.triton import serve_app
+from tests.fixtures.triton import OOV_TOKEN, serve_app
 
 MODEL = "proxy"
 
@@ -145,3 +152,30 @@ def test_triton_down_is_503_never_200(triton_repo_root: Path, deployed: ModelRep
     app2 = create_proxy_app(ProxyConfig(triton_url=f"127.0.0.1:{free_port()}", model_repository=root,
                                         model_name="down", timeout_s=5))
     assert app2.test_client().post("/v1/completions", json={"prompt": "a"}).status_code == 503
+
+
+def test_triton_error_is_502_in_openai_shape(triton_server, triton_repo_root: Path, make_artifact) -> None:
+    """A real Triton error: this version's tokenizer knows a token its model does not, so the
+    python-backend model rejects prompts containing it. The proxy answers 502 in OpenAI's shape
+    (plain and streamed) and keeps serving other prompts."""
+    repo = ModelRepository(triton_repo_root, "mismatch", triton_server.url)
+    version = repo.publish(make_artifact("oov-token"))
+    repo.activate(version)  # the smoke completion does not use the extra token
+    try:
+        app = create_proxy_app(ProxyConfig(triton_url=triton_server.url, model_repository=triton_repo_root,
+                                           model_name="mismatch", timeout_s=30))
+        client = app.test_client()
+        assert client.post("/v1/completions", json={"prompt": "x = 1", "max_tokens": 2}).status_code == 200
+        bad_prompt = {"prompt": f"x = {OOV_TOKEN}", "max_tokens": 2}
+        for body in (bad_prompt, {**bad_prompt, "stream": True}):
+            resp = client.post("/v1/completions", json=body)
+            assert resp.status_code == 502, resp.get_data(as_text=True)
+            assert resp.headers["content-type"].startswith("application/json")
+            error = resp.get_json()["error"]
+            assert (error["type"], error["code"]) == ("server_error", "inference_failed")
+            assert "outside the vocabulary" in error["message"]  # Triton's model said so
+        assert client.post("/v1/completions", json={"prompt": "y = 2", "max_tokens": 2}).status_code == 200
+        metrics = client.get("/metrics").get_data(as_text=True)
+        assert 'repotune_proxy_requests_total{route="/v1/completions",status="502"} 2.0' in metrics
+    finally:
+        TritonClient(triton_server.url, "mismatch").unload()
