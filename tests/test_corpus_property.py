@@ -1,7 +1,9 @@
-"""Property: after any sequence of commits, the incremental corpus equals a full build."""
+"""Property: after any sequence of commits, the incremental corpus equals a full build, and
+after every step each split's shards hold exactly the manifest's rows for it."""
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -10,6 +12,7 @@ from hypothesis import strategies as st
 
 from tests.fixtures.base import WorkRepo, git
 from tests.fixtures.corpus import corpus_state
+from tests.test_corpus_consistency import assert_shards_match_manifest
 from trainer.corpus import CorpusSpec, update
 
 PATHS = [f"{d}/{n}.py" for d in ("app", "lib", "vendor", "tests") for n in ("a", "b", "c", "d")]
@@ -50,10 +53,12 @@ def _apply(repo: WorkRepo, ops) -> None:
             (repo.work / path).rename(repo.work / arg)
 
 
-@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(commits=st.lists(st.lists(op, min_size=1, max_size=5), min_size=1, max_size=4),
-       secrets=st.sampled_from(["redact", "drop"]))
-def test_incremental_equals_full_build(commits, secrets):
+       secrets=st.sampled_from(["redact", "drop"]),
+       # fraction 0 with a minimum: every held-out file is a pin, made by full builds and updates
+       heldout=st.sampled_from([(0.3, 0), (0.3, 1), (0.0, 1), (0.0, 2)]))
+def test_incremental_equals_full_build(commits, secrets, heldout):
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         bare, work = root / "forge.git", root / "work"
@@ -64,14 +69,21 @@ def test_incremental_equals_full_build(commits, secrets):
         repo = WorkRepo(work, bare)
         repo.write("app/main.py", _content("code", 9))
         repo.commit("start")
-        spec = CorpusSpec(name="prop", url=repo.url, heldout_fraction=0.3, heldout_min=0,
+        fraction, minimum = heldout
+        spec = CorpusSpec(name="prop", url=repo.url, heldout_fraction=fraction, heldout_min=minimum,
                           secrets=secrets, num_shards=2)
         home = root / "home"
-        update(spec, home)
+        assert_shards_match_manifest(home, "prop", update(spec, home))
         for ops in commits:
             _apply(repo, ops)
             repo.commit("step")
-            update(spec, home)
+            assert_shards_match_manifest(home, "prop", update(spec, home))
+        # A full rebuild keeps the pins, so it must reproduce the incremental state exactly.
+        rebuilt = root / "rebuilt"
+        shutil.copytree(home, rebuilt)
+        assert_shards_match_manifest(rebuilt, "prop", update(spec, rebuilt, full=True))
+        assert corpus_state(home, "prop") == corpus_state(rebuilt, "prop")
         fresh = root / "fresh"
-        update(spec, fresh)
-        assert corpus_state(home, "prop") == corpus_state(fresh, "prop")
+        assert_shards_match_manifest(fresh, "prop", update(spec, fresh))
+        if minimum == 0:  # with a minimum, a fresh home pins from its own first build instead
+            assert corpus_state(home, "prop") == corpus_state(fresh, "prop")

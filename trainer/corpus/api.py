@@ -67,6 +67,11 @@ def verify(home: str | os.PathLike[str], name: str) -> None:
                                    "WHERE skip IS NULL GROUP BY split, shard").fetchall())
     finally:
         conn.close()
+    unwritten = sorted(set(counts) - {sname for sname, _, _ in expected})
+    if unwritten:  # rows placed in a shard that no update wrote: their records are nowhere
+        raise ShardCorrupt(f"the manifest places {sum(counts[s] for s in unwritten)} records in "
+                           f"shard(s) {', '.join(unwritten)} of corpus {name!r}, but no such shard was "
+                           f"written; rebuild with `repotune corpus update {name} --full`")
     for sname, digest, records in expected:
         path = cdir / "shards" / f"{sname}{shards.SUFFIX}"
         if not path.exists():

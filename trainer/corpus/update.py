@@ -548,25 +548,35 @@ def _apply(spec, home, cdir, repo, conn, commit, old_commit, version, full, chan
             conn.execute("UPDATE files SET shard = shard_of(path, ?) WHERE split = ?", (n, sp))
             counts[sp] = resplit[sp] = n
 
-    # Shards touched: where a record leaves, arrives, or changes content.
+    # Shards to write. A full build writes every shard its committed rows name (and empties
+    # every old one): the rows in the transaction are the truth, while the in-memory rows
+    # (``new_rows``) predate the pins and dedupe that moved or dropped some of them, and a
+    # full build keeps no ``old`` snapshot of those moves. Deriving the set from ``new_rows``
+    # left a pinned file's held-out shard unwritten while the manifest counted the file.
     touched: set[str] = set()
     reread: set[str] = set()
     old_shards = dict(conn.execute("SELECT name, sha256 FROM shards"))
-    for sp, n in resplit.items():
-        touched |= {name for name in old_shards if name.startswith(f"{sp}-")}
-        touched |= {shards.shard_name(sp, i) for i in range(n)}
-    for p, (old_loc, old_blob) in old.items():
-        r = rows.get(p)
-        new_loc = shards.shard_name(r["split"], r["shard"]) if r and r["skip"] is None else None
-        if old_loc != new_loc or (new_loc and r["blob"] != old_blob):
-            touched |= {x for x in (old_loc, new_loc) if x}
-    for r in new_rows:
-        if r["skip"] is None:
-            touched.add(shards.shard_name(r["split"], r["shard"]))
-    if full:
-        touched |= set(old_shards)
     reusable: dict[str, tuple[str, bytes]] = {}
-    if not full:
+    if full:  # one query instead of one per shard
+        by_shard: dict[tuple[str, int], list] = defaultdict(list)
+        for p, b, lang, sp, sh in conn.execute("SELECT path, blob, lang, split, shard FROM files "
+                                               "WHERE skip IS NULL ORDER BY path"):
+            by_shard[(sp, sh)].append((p, b, lang))
+        touched = set(old_shards) | {shards.shard_name(sp, sh) for sp, sh in by_shard}
+    else:
+        # Where a record leaves, arrives, or changes content: every path whose row this
+        # update changed (new rows, pins, dedupe status) was snapshotted into ``old`` first.
+        for sp, n in resplit.items():
+            touched |= {name for name in old_shards if name.startswith(f"{sp}-")}
+            touched |= {shards.shard_name(sp, i) for i in range(n)}
+        for p, (old_loc, old_blob) in old.items():
+            r = rows.get(p)
+            new_loc = shards.shard_name(r["split"], r["shard"]) if r and r["skip"] is None else None
+            if old_loc != new_loc or (new_loc and r["blob"] != old_blob):
+                touched |= {x for x in (old_loc, new_loc) if x}
+        for r in new_rows:
+            if r["skip"] is None:
+                touched.add(shards.shard_name(r["split"], r["shard"]))
         for name in sorted(touched & set(old_shards)):
             data = (sdir / f"{name}{shards.SUFFIX}").read_bytes()
             if shards.checksum(data) != old_shards[name]:
@@ -578,11 +588,6 @@ def _apply(spec, home, cdir, repo, conn, commit, old_commit, version, full, chan
                 reusable[meta["path"]] = (meta["sha"], line)
 
     plan: list[tuple[str, list[tuple[str, str, str]]]] = []
-    if full:  # one query instead of one per shard
-        by_shard: dict[tuple[str, int], list] = defaultdict(list)
-        for p, b, lang, sp, sh in conn.execute("SELECT path, blob, lang, split, shard FROM files "
-                                               "WHERE skip IS NULL ORDER BY path"):
-            by_shard[(sp, sh)].append((p, b, lang))
     for name in sorted(touched):
         sp, _, idx = name.rpartition("-")
         if full:
