@@ -29,11 +29,16 @@ def _walk(command: click.Command, path: list[str]) -> list[tuple[list[str], clic
 def render() -> str:
     """The whole reference as markdown."""
     parts = [HEADER]
+    contexts: dict[tuple[str, ...], click.Context] = {}
     for path, command in _walk(cli, ["repotune"]):
-        with click.Context(command, info_name=" ".join(path), terminal_width=100,
-                           max_content_width=100) as ctx:
-            text = command.get_help(ctx)
-        parts.append(f"\n## `{' '.join(path)}`\n\n```text\n{text}\n```\n")
+        # Real parent contexts, so every command inherits the group's settings (``-h``) exactly
+        # as it does when invoked.
+        parent = contexts.get(tuple(path[:-1]))
+        ctx = click.Context(command, parent=parent, info_name=path[-1], terminal_width=100,
+                            max_content_width=100,
+                            **(cli.context_settings if parent is None else {}))
+        contexts[tuple(path)] = ctx
+        parts.append(f"\n## `{' '.join(path)}`\n\n```text\n{command.get_help(ctx)}\n```\n")
     return "".join(parts)
 
 
