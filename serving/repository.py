@@ -348,7 +348,13 @@ class ModelRepository:
         loaded and unchanged on disk are kept as they are; the others are loaded or dropped."""
         text = self._config_text(vdir, versions)
         path = self.model_dir / "config.pbtxt"
-        if not path.is_file() or path.read_text(encoding="utf-8") != text:
+        if path.is_file() and path.read_text(encoding="utf-8") == text:
+            if all(client.model_ready(v) for v in versions):
+                # Nothing to do. A load is not free here: the pointer may now name a newer
+                # version than at the last load, which makes older loaded versions look
+                # modified (e.g. rolling back to the warm previous version would reload it).
+                return
+        else:
             write_atomic(path, text)
         client.load()
 

@@ -157,11 +157,14 @@ def test_rollback_returns_to_previous_healthy_version_and_prunes_failed(swap_rep
     # Retention after the switch: failed versions are removed first, healthy ones kept (keep=3).
     left = swap_repo.versions()
     assert [v["version"] for v in left] == [back_to, serving]
-    # Rolling forward again is instant: that version is still loaded, nothing is loaded.
+    # Both are loaded now: rolling forward and back again loads nothing.
     loads_before = _instance_loads(triton_server)
     assert swap_repo.rollback(to=serving) == serving and swap_repo.current() == serving
-    assert _instance_loads(triton_server) == loads_before
     resp = requests.post(f"{swap_proxy}/v1/completions", json=PROMPT, timeout=30)
     assert resp.status_code == 200 and resp.headers[VERSION_HEADER] == str(serving)
+    assert swap_repo.rollback() == back_to and swap_repo.current() == back_to
+    resp = requests.post(f"{swap_proxy}/v1/completions", json=PROMPT, timeout=30)
+    assert resp.status_code == 200 and resp.headers[VERSION_HEADER] == str(back_to)
+    assert _instance_loads(triton_server) == loads_before
     # Version numbers are never reused, even after the failed ones were deleted.
     assert swap_repo.publish(python_artifact) == max(failed) + 1
