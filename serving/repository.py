@@ -28,7 +28,9 @@ folder is rewritten after a load: the pointer is a symlink re-pointed to an immu
 written with its version, the lock file is never truncated, and the bookkeeping lives outside
 the model folder; and ``model.py`` is byte-compiled at publish time, because the python stub
 writing ``<N>/__pycache__`` during the first load would make version N look modified at the next
-one.
+one. Loads happen only while the pointer names the serving version (whose own folder holds the
+link's target), and none at all when the wanted versions are already loaded: the target of a
+newer pointer would make an older loaded version look modified.
 
 Why a pointer file and explicit versions instead of Triton's "latest": the proxy names the
 pointer's version on every request, so requests go to the new version the moment the pointer
