@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures.base import free_port
 from tests.fixtures.training import Shards
 from trainer.errors import TokenOutOfRange
 from trainer.finetune import FinetuneConfig, last_complete_checkpoint, launch, train
@@ -78,8 +79,11 @@ def test_two_rank_launcher_run_saves_a_loadable_checkpoint(tiny_model, corpus_sh
     events: list[dict] = []
     log = tmp_path / "logs" / "train.log"
     cfg = _config(tiny_model, corpus_shards, tmp_path / "run", max_steps=10, eval_every=5, save_every=100)
+    port = free_port()
     result = launch(cfg, gpus=2, log_path=log, env={"DS_ACCELERATOR": "cpu", "NCCL_DEBUG": "INFO"},
-                    progress=events.append, timeout_s=240)
+                    progress=events.append, timeout_s=240, master_port=port)
+    # DeepSpeed's CPU all-reduce buffers (~66 MB per rank) must not outlive the run.
+    assert not list(Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_{port}_*"))
 
     assert result.extras["world_size"] == 2
     assert result.steps == 10 and result.tokens == 10 * 4 * 2 * 256

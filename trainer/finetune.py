@@ -571,8 +571,9 @@ def launch(
     out.mkdir(parents=True, exist_ok=True)
     config_path = out / "launch-config.json"
     _atomic_write_json(config_path, cfg.to_dict())
+    master_port = master_port or _free_port()
     cmd = build_launch_command(config_path, gpus=gpus, include=include, hostfile=hostfile,
-                               master_port=master_port or _free_port())
+                               master_port=master_port)
     child_env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
     for key in _DIST_VARS:
         child_env.pop(key, None)  # the launcher assigns these per rank
@@ -600,6 +601,7 @@ def launch(
         finally:
             if proc.poll() is None:
                 _kill_group(proc)
+            _remove_shm_buffers(master_port)
     if rc != 0:
         raise FinetuneError(f"the deepspeed launcher exited with status {rc}. Last lines:\n  "
                             + "\n  ".join(tail[-8:]) + f"\nFull log: {log_path}")
@@ -607,6 +609,19 @@ def launch(
     if not summary.is_file():
         raise FinetuneError(f"training finished but wrote no {summary}; see {log_path}")
     return TrainResult.from_dict(json.loads(summary.read_text()))
+
+
+def _remove_shm_buffers(master_port: int, shm: Path = Path("/dev/shm")) -> list[Path]:
+    """Delete the shared-memory all-reduce buffers DeepSpeed's CPU backend leaves behind.
+
+    They are named ``deepspeed_allreduce_buffer_<n>_<addr>_<port>_<rank>`` (about 66 MB per
+    rank) and outlive the ranks; without this every launch on a CPU host leaks them."""
+    removed = []
+    for path in shm.glob(f"deepspeed_allreduce_buffer_*_{int(master_port)}_*"):
+        with contextlib.suppress(OSError):
+            path.unlink()
+            removed.append(path)
+    return removed
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
