@@ -188,7 +188,7 @@ class RepoConfig:
     heldout_fraction: float = _f(0.05, "Share of files held out for evaluation.")
     heldout_min: int = _f(1, "Least number of held-out files.")
     secrets: str = _f("redact", "redact (replace detected secrets) or drop (skip the file).")
-    num_shards: int = _f(8, "Shards per split.")
+    num_shards: int = _f(8, "Least shards per split (more as the corpus grows, about 128 KB each).")
 
     def __post_init__(self) -> None:
         if not self.name or not self.url:
