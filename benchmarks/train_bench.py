@@ -159,9 +159,11 @@ def main() -> None:
         # The recipe runs before and after RepoTune and keeps its faster run, so warm-up and
         # machine load cannot flatter RepoTune.
         rec_a = recipe(model, jsonl, root / "recipe-a", block, steps, batch, lr)
-        cold = repotune(model, train_files, heldout_files, root / "rt-cold", root / "cache", block, steps, batch,
+        # Same work on both sides: the recipe trains on the train split only (run_clm.py
+        # --do_train, no evaluation), so RepoTune gets no held-out files here either.
+        cold = repotune(model, train_files, [], root / "rt-cold", root / "cache", block, steps, batch,
                         lr, args.deepspeed)
-        warm = repotune(model, train_files, heldout_files, root / "rt-warm", root / "cache", block, steps, batch,
+        warm = repotune(model, train_files, [], root / "rt-warm", root / "cache", block, steps, batch,
                         lr, args.deepspeed)
         rec_b = recipe(model, jsonl, root / "recipe-b", block, steps, batch, lr)
         rec = min(rec_a, rec_b, key=lambda r: r["total_s"])
