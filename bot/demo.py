@@ -70,10 +70,12 @@ continue_from_serving = true
 [evaluation]
 # A model this small barely changes its greedy completions between consecutive runs, while its
 # held-out loss measures every gain precisely: the demo gates on loss and still refuses a
-# candidate whose completions get worse. Production keeps edit similarity as the primary metric.
+# candidate whose completions get clearly worse (the tolerances are about twice the noise of
+# 120 tasks: a paired 95% interval is roughly ±0.02 wide). Production keeps edit similarity as
+# the primary metric.
 primary_metric = "loss"
 margin = 0.02
-tolerances = {{ edit_similarity = 0.02, identifier_match = 0.02 }}
+tolerances = {{ edit_similarity = 0.04, identifier_match = 0.04 }}
 num_tasks = {num_tasks}
 max_new_tokens = 24
 

@@ -8,10 +8,12 @@ import shutil
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from rq import SimpleWorker
 from rq.job import Job
 
 from bot import freshness, jobs, runs, scheduler, status
+from bot.cli import cli
 from bot.queue import get_queue
 from bot.webhook import create_app
 from tests.fixtures.bot import github_headers, github_push, work
@@ -101,6 +103,10 @@ def test_a_push_while_a_model_serves_is_scored_on_exactly_its_new_code(
     chart = client.get("/charts/freshness/hello.png")
     assert chart.status_code == 200 and chart.data.startswith(b"\x89PNG")
     assert client.get("/charts/freshness/nothing.png").status_code == 404
+    # And the terminal: `repotune status` prints the last point.
+    result = CliRunner().invoke(cli, ["status", "--config", str(settings.source)])
+    assert result.exit_code == 0, result.output
+    assert f"freshness hello: 1 pushes scored; last {head[:12]} on version 2: edit_similarity" in result.output
 
 
 def test_pushes_without_new_corpus_code_or_without_a_model_queue_nothing(

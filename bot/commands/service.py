@@ -162,6 +162,13 @@ def status_command(config_path, home, as_json) -> None:
         click.echo(f"redis: {data.get('redis', {}).get('error')}")
     for run in data["runs"][:5]:
         click.echo(f"run {run['id']}: {run['status']}")
+    for corpus, points in (data.get("freshness") or {}).items():
+        if not isinstance(points, list) or not points:
+            continue
+        last = points[-1]
+        scores = ", ".join(f"{k} {v:.3f}" for k, v in last["scores"].items() if isinstance(v, (int, float)))
+        click.echo(f"freshness {corpus}: {len(points)} pushes scored; last {str(last['commit'])[:12]} "
+                   f"on version {last['serving_version']}: {scores or last.get('error') or 'no score'}")
 
 
 @click.command("runs")
