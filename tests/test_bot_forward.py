@@ -104,7 +104,7 @@ def test_a_push_while_a_model_serves_is_scored_on_exactly_its_new_code(
     assert chart.status_code == 200 and chart.data.startswith(b"\x89PNG")
     assert client.get("/charts/freshness/nothing.png").status_code == 404
     # And the terminal: `repotune status` prints the last point.
-    result = CliRunner().invoke(cli, ["status", "--config", str(settings.source)])
+    result = CliRunner().invoke(cli, ["status", "--config", str(settings.source), "--home", str(settings.home)])
     assert result.exit_code == 0, result.output
     assert f"freshness hello: 1 pushes scored; last {head[:12]} on version 2: edit_similarity" in result.output
 

@@ -91,19 +91,28 @@ def worker_command(config_path, home, queues, burst, simple) -> None:
 
     settings = _settings(config_path, home)
     connection = _redis(settings)
-    # Jobs load settings themselves (config.current), so an edited repotune.toml applies to the
-    # next job without restarting workers; the environment carries what the flags chose.
-    os.environ["REPOTUNE_HOME"] = str(settings.home)
-    if settings.source:
-        os.environ[config.CONFIG_ENV] = str(settings.source)
-    config.set_current(None)
     names = [n.strip() for n in queues.split(",") if n.strip()]
     try:
         qs = [q.get_queue(n, connection) for n in names]
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--queues") from exc
     cls = SimpleWorker if simple else Worker
-    cls(qs, connection=connection).work(burst=burst, with_scheduler=True)
+    # Jobs load settings themselves (config.current), so an edited repotune.toml applies to the
+    # next job without restarting workers; the environment carries what the flags chose.
+    chosen = {"REPOTUNE_HOME": str(settings.home)}
+    if settings.source:
+        chosen[config.CONFIG_ENV] = str(settings.source)
+    saved = {key: os.environ.get(key) for key in chosen}
+    os.environ.update(chosen)
+    config.set_current(None)
+    try:
+        cls(qs, connection=connection).work(burst=burst, with_scheduler=True)
+    finally:  # a burst worker run in-process must not leave its choices behind
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 @click.command("up")
