@@ -58,18 +58,26 @@ class VerifyReport:
 
 # ---------------------------------------------------------------- python backend smoke check
 
-def smoke_check_hf(model_dir: str | Path) -> VerifyReport:
-    """Load a packaged Hugging Face checkpoint and check its logits are finite on sample inputs."""
+def _load_hf(folder: Path, error: type[Exception], message: str):
+    """(tokenizer, fp32 model in eval mode) of a Hugging Face folder; loader errors become
+    ``error`` with ``message`` (``{}`` = the folder) and the loader's own words."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model_dir = Path(model_dir)
     try:
-        tok = AutoTokenizer.from_pretrained(str(model_dir))
-        model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+        tok = AutoTokenizer.from_pretrained(str(folder))
+        model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
     except Exception as exc:
-        raise VerificationFailed(f"the packaged checkpoint {model_dir} does not load: {exc}") from exc
-    model.eval()
+        raise error(f"{message.format(folder)}: {exc}") from exc
+    return tok, model.eval()
+
+
+def smoke_check_hf(model_dir: str | Path) -> VerifyReport:
+    """Load a packaged Hugging Face checkpoint and check its logits are finite on sample inputs."""
+    import torch
+
+    model_dir = Path(model_dir)
+    tok, model = _load_hf(model_dir, VerificationFailed, "the packaged checkpoint {} does not load")
     inputs, diffs = [], []
     with torch.no_grad():
         for text in SAMPLE_TEXTS:
@@ -95,19 +103,13 @@ def verify(ft_dir: str | Path, reference_ckpt: str | Path, *, texts: tuple[str, 
     any exceeds the tolerance (``TOLERANCE`` by weight type, scaled by the logits' magnitude).
     """
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from converter.fastertransformer import check_ft_files
 
     ft_dir = _find_ft_dir(Path(ft_dir))
     cfg = check_ft_files(ft_dir)
     reference_ckpt = Path(reference_ckpt)
-    try:
-        tok = AutoTokenizer.from_pretrained(str(reference_ckpt))
-        model = AutoModelForCausalLM.from_pretrained(str(reference_ckpt), dtype=torch.float32)
-    except Exception as exc:
-        raise ConversionError(f"cannot load the reference model {reference_ckpt}: {exc}") from exc
-    model.eval()
+    tok, model = _load_hf(reference_ckpt, ConversionError, "cannot load the reference model {}")
     _repack_reference_qkv(model, reference_ckpt)
     ref_rows = model.get_input_embeddings().weight.shape[0]
     if ref_rows != cfg.vocab_size:
