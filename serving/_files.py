@@ -1,63 +1,11 @@
-"""Small file helpers: atomic writes, fsync'd copies, and reading a version folder."""
+"""Reading a version folder: where its checkpoint lives and its context window.
+
+Durable writes live in the leaf package :mod:`durable`."""
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
-from typing import Any
-
-
-def fsync_dir(path: Path) -> None:
-    """fsync a directory so a rename inside it survives a crash."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path: Path, data: str | bytes) -> None:
-    """Write ``data`` to ``path`` via a temp file in the same folder, fsync, rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data.encode("utf-8") if isinstance(data, str) else data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    fsync_dir(path.parent)
-
-
-def write_json_atomic(path: Path, value: Any) -> None:
-    write_atomic(path, json.dumps(value, indent=2, sort_keys=True) + "\n")
-
-
-def copytree_fsync(src: Path, dst: Path) -> None:
-    """Copy a tree and fsync every file and folder written."""
-    shutil.copytree(src, dst, symlinks=False)
-    fsync_tree(dst)
-
-
-def fsync_tree(dst: Path) -> None:
-    """fsync every file and folder under ``dst``."""
-    for folder, _dirs, files in os.walk(dst):
-        for name in files:
-            fd = os.open(os.path.join(folder, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        fsync_dir(Path(folder))
 
 
 def checkpoint_dir(version_dir: Path) -> Path | None:

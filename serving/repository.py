@@ -54,14 +54,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from serving._files import (
-    checkpoint_dir,
-    copytree_fsync,
-    fsync_dir,
-    fsync_tree,
-    write_atomic,
-    write_json_atomic,
-)
+from durable import copytree_fsync, fsync_dir, fsync_tree, write_atomic, write_json_atomic
+from serving._files import checkpoint_dir
 from serving.client import TritonClient
 from serving.errors import (
     ModelLoadFailed,
