@@ -326,7 +326,7 @@ def test_long_replies_are_cut_politely(chat: Chat):
 
 
 def test_a_failed_acknowledgement_does_not_lose_the_reply(chat: Chat, caplog):
-    chat.forge.fail_next(1, 502)  # the reaction / award-emoji call
+    chat.forge.fail_next(1, 502, r"/reactions$|/award_emoji$")  # the reaction / award-emoji call
     (reply,) = chat.say("alice", "/repotune help status")
     assert reply == "@alice `/repotune status` — Serving version, last runs, corpus size and " \
         f"queues. (needs {'write' if chat.forge_name == 'github' else 'Developer (30)'})"
