@@ -84,7 +84,14 @@ class CommentEvent:
 
     @classmethod
     def from_dict(cls, data: t.Mapping[str, t.Any]) -> CommentEvent:
-        return cls(**{f.name: data.get(f.name) for f in dataclasses.fields(cls)})
+        """The event back from :meth:`as_dict` (how the chat-ops job receives it); every field
+        must be there, so a hand-made dict that forgot one fails here, not as a None later."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        missing = [n for n in names if n not in data]
+        if missing:
+            raise MalformedDelivery(f"a comment event needs {', '.join(missing)} (build it with "
+                                    "CommentEvent.as_dict())")
+        return cls(**{n: data[n] for n in names})
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,9 @@ def test_octokit_tag_pushes_and_comments():
     assert comment.author == "Codertocat" and comment.on_review is False and comment.action == "created"
     assert comment.body.startswith("You are totally right")
     assert events.CommentEvent.from_dict(comment.as_dict()) == comment
+    partial = {k: v for k, v in comment.as_dict().items() if k not in ("author", "on_review")}
+    with pytest.raises(events.MalformedDelivery, match="needs author, on_review"):
+        events.CommentEvent.from_dict(partial)
     edited = events.parse_github("issue_comment", "d", load_payload("github", "issue_comment-edited"))
     assert edited.action == "edited"
     assert isinstance(events.parse_github("ping", "d", load_payload("github", "ping")), events.Ping)
