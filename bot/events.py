@@ -14,13 +14,14 @@ import hmac
 import json
 import typing as t
 from dataclasses import dataclass
+from enum import Enum
 from urllib.parse import parse_qs
+
+from bot._payload import MalformedDelivery, count, integer, obj, text
 
 ZERO_SHA = "0" * 40
 
 
-class MalformedDelivery(ValueError):
-    """The body or headers cannot be understood (the webhook answers 400 with this message)."""
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,14 @@ class CommentEvent:
 
     @classmethod
     def from_dict(cls, data: t.Mapping[str, t.Any]) -> CommentEvent:
-        return cls(**{f.name: data.get(f.name) for f in dataclasses.fields(cls)})
+        """The event back from :meth:`as_dict` (how the chat-ops job receives it); every field
+        must be there, so a hand-made dict that forgot one fails here, not as a None later."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        missing = [n for n in names if n not in data]
+        if missing:
+            raise MalformedDelivery(f"a comment event needs {', '.join(missing)} (build it with "
+                                    "CommentEvent.as_dict())")
+        return cls(**{n: data[n] for n in names})
 
 
 @dataclass(frozen=True)
@@ -103,6 +111,93 @@ class Ignored:
 
 
 Event = PushEvent | CommentEvent | Ping | Ignored
+
+
+# --- is this comment for the bot? ---------------------------------------------------------
+# One definition, used by the webhook (to decide whether to queue a chat-ops job) and by the job
+# (which checks again: a job may be queued by other means). They used to disagree; see
+# docs/chatops.md "Grammar" for the rules and tests/test_bot_events.py for the pinned cases.
+
+
+class NotForBot(str, Enum):
+    """Why a comment is not a command for the bot; the value is the category, and
+    :func:`not_for_bot_reason` the sentence a person reads."""
+
+    NOT_NEW = "edit or deletion"
+    NOT_ON_REVIEW = "not on a review"
+    BY_BOT = "comment by a bot"
+    NOT_CONFIGURED = "repository not configured"
+    NOT_A_COMMAND = "not a command"
+
+
+_NEW_COMMENT = ("created", "create")
+"""GitHub ``issue_comment`` action / GitLab note action of a new comment."""
+
+
+def first_line(body: str) -> str:
+    """The only line a command may occupy: the comment's literal first line (a leading BOM
+    dropped, surrounding spaces stripped). A blank first line means no command."""
+    text = (body or "").lstrip("\ufeff")
+    return text.splitlines()[0].strip() if text.strip() else ""
+
+
+def addressed(body: str, prefix: str = "/repotune", bot_username: str = "repotune") -> bool:
+    """Whether the comment's first WORD is the prefix or an @mention of the bot (``@bot``,
+    ``@bot:``, ``@bot,``, ``@bot[bot]``, any case). ``/repotunes`` or ``@bot-two`` are not."""
+    line = first_line(body)
+    if not line:
+        return False
+    head = line.split(None, 1)[0]
+    return head == prefix or _is_mention(head, bot_username)
+
+
+def _is_mention(word: str, bot_username: str) -> bool:
+    if not word.startswith("@") or not bot_username:
+        return False
+    name = word[1:].rstrip(":,").lower()
+    bot = bot_username.lower()
+    return name in (bot, f"{bot}[bot]")
+
+
+def is_bot_author(author: str, bot_username: str) -> bool:
+    """The bot itself (``bot`` or ``bot[bot]``, any case) or any GitHub App (``…[bot]``)."""
+    name, bot = (author or "").lower(), (bot_username or "").lower()
+    return name in (bot, f"{bot}[bot]") or name.endswith("[bot]")
+
+
+def for_bot(event: CommentEvent, *, prefix: str, bot_username: str,
+            repo_configured: bool) -> NotForBot | None:
+    """None when ``event`` is a chat-ops command for the bot; otherwise why it is not.
+
+    Checked in this order (the first that applies is the answer): a new comment, on a
+    pull/merge request, not written by a bot, in a configured repository, addressed to the bot.
+    """
+    if event.action not in _NEW_COMMENT:
+        return NotForBot.NOT_NEW
+    if not event.on_review:
+        return NotForBot.NOT_ON_REVIEW
+    if is_bot_author(event.author, bot_username):
+        return NotForBot.BY_BOT
+    if not repo_configured:
+        return NotForBot.NOT_CONFIGURED
+    if not addressed(event.body, prefix, bot_username):
+        return NotForBot.NOT_A_COMMAND
+    return None
+
+
+def not_for_bot_reason(why: NotForBot, event: CommentEvent, bot_username: str) -> str:
+    """The sentence for an ignored comment (the webhook's ``reason``)."""
+    if why is NotForBot.NOT_NEW:
+        return f"comment {event.action}: only new comments are commands (edits and deletions are ignored)"
+    if why is NotForBot.NOT_ON_REVIEW:
+        return "comment is not on a pull/merge request"
+    if why is NotForBot.BY_BOT:
+        if (event.author or "").lower().removesuffix("[bot]") == (bot_username or "").lower():
+            return "comment by the bot itself"
+        return f"comment by a bot ({event.author})"
+    if why is NotForBot.NOT_CONFIGURED:
+        return f"repository {event.repo} is not configured"
+    return "comment is not a command"
 
 
 # --- verification --------------------------------------------------------------------------
@@ -155,20 +250,11 @@ def decode_json(raw: str | bytes) -> dict[str, t.Any]:
         payload = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise MalformedDelivery(f"body is not valid JSON: {exc}") from exc
+    except RecursionError as exc:  # json's decoder recurses once per nesting level
+        raise MalformedDelivery("body is JSON nested too deeply to read") from exc
     if not isinstance(payload, dict):
         raise MalformedDelivery("body is JSON but not an object")
     return payload
-
-
-def _get(payload: t.Mapping[str, t.Any], *path: str, required: bool = True) -> t.Any:
-    node: t.Any = payload
-    for part in path:
-        if not isinstance(node, dict) or part not in node:
-            if required:
-                raise MalformedDelivery(f"payload lacks `{'.'.join(path)}`")
-            return None
-        node = node[part]
-    return node
 
 
 def _branch_of(ref: str) -> str | None:
@@ -185,36 +271,42 @@ def parse_github(event: str, delivery_id: str, payload: t.Mapping[str, t.Any]) -
     if event == "ping":
         return Ping("github", delivery_id, str(payload.get("zen") or ""))
     if event == "push":
-        ref = str(_get(payload, "ref"))
-        if ref.startswith("refs/tags/"):
-            return Ignored(f"tag push ({ref}) is not ingested")
-        branch = _branch_of(ref)
-        if branch is None:
-            return Ignored(f"push to {ref} is not a branch")
-        after = str(_get(payload, "after"))
-        if payload.get("deleted") or after == ZERO_SHA:
-            return Ignored(f"branch {branch} was deleted")
-        repo = _get(payload, "repository")
-        return PushEvent(
-            forge="github", repo=str(_get(repo, "full_name")),
-            clone_url=str(repo.get("clone_url") or ""), ref=ref, branch=branch,
-            before=str(payload.get("before") or ZERO_SHA), after=after,
-            pusher=str((payload.get("pusher") or {}).get("name") or (payload.get("sender") or {}).get("login") or ""),
-            commit_count=len(payload.get("commits") or []), delivery_id=delivery_id,
-            default_branch=repo.get("default_branch"), forced=bool(payload.get("forced")),
-        )
+        return _github_push(delivery_id, payload)
     if event == "issue_comment":
-        issue = _get(payload, "issue")
-        comment = _get(payload, "comment")
-        user = comment.get("user") or {}
+        issue = obj(payload, "issue")
+        comment = obj(payload, "comment")
         return CommentEvent(
-            forge="github", repo=str(_get(payload, "repository", "full_name")), project_id=None,
-            number=int(_get(issue, "number")), comment_id=int(_get(comment, "id")),
-            author=str(user.get("login") or ""), author_id=user.get("id"),
-            body=str(comment.get("body") or ""), action=str(payload.get("action") or ""),
+            forge="github", repo=text(payload, "repository", "full_name"), project_id=None,
+            number=t.cast(int, integer(issue, "number")), comment_id=t.cast(int, integer(comment, "id")),
+            author=text(comment, "user", "login", required=False),
+            author_id=integer(comment, "user", "id", required=False),
+            body=text(comment, "body", required=False), action=text(payload, "action", required=False),
             on_review="pull_request" in issue, head_sha=None, delivery_id=delivery_id,
         )
     return Ignored(f"GitHub event {event!r} is not used (handled: {', '.join(GITHUB_EVENTS)})")
+
+
+def _github_push(delivery_id: str, payload: t.Mapping[str, t.Any]) -> Event:
+    ref = text(payload, "ref")
+    if ref.startswith("refs/tags/"):
+        return Ignored(f"tag push ({ref}) is not ingested")
+    branch = _branch_of(ref)
+    if branch is None:
+        return Ignored(f"push to {ref} is not a branch")
+    after = text(payload, "after")
+    if payload.get("deleted") or after == ZERO_SHA:
+        return Ignored(f"branch {branch} was deleted")
+    repo = obj(payload, "repository")
+    pusher = (text(payload, "pusher", "name", required=False)
+              or text(payload, "sender", "login", required=False))
+    return PushEvent(
+        forge="github", repo=text(repo, "full_name"),
+        clone_url=text(repo, "clone_url", required=False), ref=ref, branch=branch,
+        before=text(payload, "before", required=False) or ZERO_SHA, after=after,
+        pusher=pusher, commit_count=count(payload, "commits"), delivery_id=delivery_id,
+        default_branch=text(repo, "default_branch", required=False) or None,
+        forced=bool(payload.get("forced")),
+    )
 
 
 # --- GitLab --------------------------------------------------------------------------------
@@ -225,44 +317,54 @@ GITLAB_EVENTS = ("Push Hook", "Note Hook", "Merge Request Hook")
 def parse_gitlab(event: str, delivery_id: str, payload: t.Mapping[str, t.Any]) -> Event:
     """Normalise one GitLab delivery (``X-Gitlab-Event`` = ``event``)."""
     if event == "Push Hook":
-        ref = str(_get(payload, "ref"))
-        branch = _branch_of(ref)
-        if branch is None:
-            return Ignored(f"push to {ref} is not a branch")
-        after = str(_get(payload, "after"))
-        if after == ZERO_SHA:
-            return Ignored(f"branch {branch} was deleted")
-        project = _get(payload, "project")
-        return PushEvent(
-            forge="gitlab", repo=str(_get(project, "path_with_namespace")),
-            clone_url=str(project.get("git_http_url") or ""), ref=ref, branch=branch,
-            before=str(payload.get("before") or ZERO_SHA), after=after,
-            pusher=str(payload.get("user_username") or payload.get("user_name") or ""),
-            commit_count=int(payload.get("total_commits_count") or len(payload.get("commits") or [])),
-            delivery_id=delivery_id, default_branch=project.get("default_branch"),
-            project_id=payload.get("project_id") or project.get("id"),
-        )
+        return _gitlab_push(delivery_id, payload)
     if event == "Tag Push Hook":
         return Ignored("tag push is not ingested")
     if event == "Note Hook":
-        attrs = _get(payload, "object_attributes")
-        user = payload.get("user") or {}
-        project = _get(payload, "project")
-        on_mr = attrs.get("noteable_type") == "MergeRequest"
-        mr = payload.get("merge_request") or {}
-        return CommentEvent(
-            forge="gitlab", repo=str(_get(project, "path_with_namespace")),
-            project_id=payload.get("project_id") or project.get("id"),
-            number=int(mr.get("iid") or 0), comment_id=int(_get(attrs, "id")),
-            author=str(user.get("username") or ""), author_id=user.get("id"),
-            body=str(attrs.get("note") or ""), action=str(attrs.get("action") or "create"),
-            on_review=on_mr and bool(mr), head_sha=(mr.get("last_commit") or {}).get("id"),
-            delivery_id=delivery_id,
-        )
+        return _gitlab_note(delivery_id, payload)
     if event == "Merge Request Hook":
-        _get(payload, "object_attributes")
+        obj(payload, "object_attributes")
         return Ignored("merge request events need no action: a merge arrives as a Push Hook")
     return Ignored(f"GitLab event {event!r} is not used (handled: {', '.join(GITLAB_EVENTS)})")
+
+
+def _gitlab_push(delivery_id: str, payload: t.Mapping[str, t.Any]) -> Event:
+    ref = text(payload, "ref")
+    branch = _branch_of(ref)
+    if branch is None:
+        return Ignored(f"push to {ref} is not a branch")
+    after = text(payload, "after")
+    if after == ZERO_SHA:
+        return Ignored(f"branch {branch} was deleted")
+    project = obj(payload, "project")
+    pusher = (text(payload, "user_username", required=False)
+              or text(payload, "user_name", required=False))
+    return PushEvent(
+        forge="gitlab", repo=text(project, "path_with_namespace"),
+        clone_url=text(project, "git_http_url", required=False), ref=ref, branch=branch,
+        before=text(payload, "before", required=False) or ZERO_SHA, after=after, pusher=pusher,
+        commit_count=integer(payload, "total_commits_count", required=False) or count(payload, "commits"),
+        delivery_id=delivery_id, default_branch=text(project, "default_branch", required=False) or None,
+        project_id=integer(payload, "project_id", required=False) or integer(project, "id", required=False),
+    )
+
+
+def _gitlab_note(delivery_id: str, payload: t.Mapping[str, t.Any]) -> CommentEvent:
+    attrs = obj(payload, "object_attributes")
+    project = obj(payload, "project")
+    mr = obj(payload, "merge_request", required=False)
+    on_mr = attrs.get("noteable_type") == "MergeRequest"
+    return CommentEvent(
+        forge="gitlab", repo=text(project, "path_with_namespace"),
+        project_id=integer(payload, "project_id", required=False) or integer(project, "id", required=False),
+        number=integer(mr, "iid", required=False) or 0, comment_id=t.cast(int, integer(attrs, "id")),
+        author=text(payload, "user", "username", required=False),
+        author_id=integer(payload, "user", "id", required=False),
+        body=text(attrs, "note", required=False),
+        action=text(attrs, "action", required=False) or "create",
+        on_review=on_mr and bool(mr),
+        head_sha=text(mr, "last_commit", "id", required=False) or None, delivery_id=delivery_id,
+    )
 
 
 def gitlab_delivery_id(headers: t.Mapping[str, str], body: bytes) -> str:

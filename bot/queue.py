@@ -65,9 +65,11 @@ class JobSpec:
     """Passed to :meth:`rq.Queue.enqueue_call` (timeout, retry, meta, job_id, description …)."""
 
 
-def enqueue_once(connection: redis.Redis, marker: str, ttl_seconds: int,
+def enqueue_once(connection: redis.Redis, marker: str | t.Sequence[str], ttl_seconds: int,
                  jobs: t.Sequence[JobSpec]) -> list[str] | None:
     """Set ``marker`` and enqueue ``jobs`` in one MULTI/EXEC; None if ``marker`` already exists.
+    ``marker`` may be several keys: None if any exists, else all are set (a delivery id, and the
+    body digest or comment id that recognise a replay under a new delivery id).
 
     Either the marker is set *and* every job is queued, or nothing is: a connection lost before
     EXEC leaves no marker behind, so the forge's redelivery is processed normally. Raises
@@ -76,11 +78,13 @@ def enqueue_once(connection: redis.Redis, marker: str, ttl_seconds: int,
     try:
         with connection.pipeline(transaction=True) as pipe:
             try:
-                pipe.watch(marker)
-                if pipe.exists(marker):
+                markers = [marker] if isinstance(marker, str) else list(marker)
+                pipe.watch(*markers)
+                if pipe.exists(*markers):
                     return None
                 pipe.multi()
-                pipe.set(marker, "1", ex=ttl_seconds)
+                for name in markers:
+                    pipe.set(name, "1", ex=ttl_seconds)
                 ids = []
                 for spec in jobs:
                     queue = get_queue(spec.queue, connection)

@@ -1,4 +1,10 @@
-"""The webhook HTTP edge: verify → normalise → dedupe → enqueue. No git or model work here.
+"""The webhook HTTP edge: verify → normalise → route → enqueue. No git or model work here.
+
+Both forges go through one :class:`Pipeline`, one method per step (like
+:mod:`serving.repository`): :meth:`Pipeline.verify` (secret, required headers, delivery id),
+:meth:`Pipeline.normalise` (bytes → a typed :mod:`bot.events` event), :meth:`Pipeline.route`
+(which jobs, if any, and which dedupe markers), :meth:`Pipeline.enqueue` (markers and jobs in
+one Redis transaction). A step that decides the answer early raises :class:`_Stop`.
 
 Routes::
 
@@ -8,22 +14,27 @@ Routes::
     GET  /metrics           Prometheus text format
     GET  /api/status        :func:`bot.status.collect` as JSON
 
-Answers: 202 accepted (delivery id and the jobs queued), 200 ignored (with the reason) or duplicate,
-401 bad or missing signature/token, 400 malformed body or missing headers, 413 body over
+Answers: 202 accepted (delivery id and the jobs queued), 200 ignored (with the reason) or duplicate
+(the same delivery id, or a replay of an accepted delivery under a new id: the same body, or the
+same forge comment/note id), 401 bad or missing signature/token, 400 malformed body (wrong JSON
+types and deep nesting included) or missing headers, 413 body over
 ``webhook.max_body_bytes``, 503 Redis unreachable (nothing was recorded, so the forge's
 redelivery will be processed).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 import typing as t
+from dataclasses import dataclass, field
 
 import redis as redis_lib
 from flask import Flask, Response, jsonify, request
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from werkzeug.datastructures import Headers
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from bot import config, events
@@ -47,6 +58,183 @@ class _Metrics:
 
 def _reply(code: int, status: str, **extra: t.Any) -> tuple[Response, int]:
     return jsonify({"status": status, **extra}), code
+
+
+@dataclass(frozen=True)
+class Answer:
+    """The HTTP answer to a delivery: status code, metrics outcome, JSON body."""
+
+    code: int
+    outcome: str
+    body: dict[str, t.Any]
+
+
+class _Stop(Exception):
+    """A step decided the answer (401, 400, ignored, ping); later steps do not run."""
+
+    def __init__(self, answer: Answer) -> None:
+        super().__init__(answer.outcome)
+        self.answer = answer
+
+
+def _stop(code: int, outcome: str, **body: t.Any) -> _Stop:
+    return _Stop(Answer(code, outcome, body))
+
+
+def _ignored(reason: str, delivery_id: str | None) -> _Stop:
+    return _stop(200, "ignored", status="ignored", reason=reason, delivery=delivery_id)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """A verified delivery, still bytes."""
+
+    forge: str
+    name: str
+    """The forge's event name (``X-GitHub-Event`` / ``X-Gitlab-Event``)."""
+    delivery_id: str
+    body: bytes
+    content_type: str | None
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What :meth:`Pipeline.route` decided to queue, and how a replay is recognised."""
+
+    jobs: list[q.JobSpec]
+    describe: list[dict[str, t.Any]]
+    replay_keys: list[str] = field(default_factory=list)
+    """Dedupe markers besides the delivery id: the body digest, and the comment/note id."""
+
+
+class Pipeline:
+    """verify → normalise → route → enqueue for one forge delivery."""
+
+    def __init__(self, settings: config.Settings, connection: redis_lib.Redis, metrics: _Metrics) -> None:
+        self.settings = settings
+        self.connection = connection
+        self.metrics = metrics
+
+    def handle(self, forge: str, headers: Headers, body: bytes, content_type: str | None) -> Answer:
+        """Run the steps; count and time the answer."""
+        started = time.perf_counter()
+        try:
+            delivery = self.verify(forge, headers, body, content_type)
+            answer = self.enqueue(delivery, self.route(delivery, self.normalise(delivery)))
+        except _Stop as stop:
+            answer = stop.answer
+        self.metrics.deliveries.labels(forge, answer.outcome).inc()
+        self.metrics.latency.labels(forge).observe(time.perf_counter() - started)
+        return answer
+
+    def verify(self, forge: str, headers: Headers, body: bytes, content_type: str | None) -> Delivery:
+        """Check the signature (GitHub) or token (GitLab) against the raw body, then the headers."""
+        if forge == "github":
+            secret, header, what = (self.settings.github.webhook_secret,
+                                    headers.get("X-Hub-Signature-256"), "X-Hub-Signature-256")
+            ok = bool(secret) and events.verify_github_signature(secret or "", body, header)
+        else:
+            secret, header, what = (self.settings.gitlab.webhook_token,
+                                    headers.get("X-Gitlab-Token"), "X-Gitlab-Token")
+            ok = bool(secret) and events.verify_gitlab_token(secret or "", header)
+        if secret and not ok:
+            raise _stop(401, "unauthorized", status="unauthorized", error=f"missing or bad {what}")
+        if not secret and not self.settings.insecure_no_webhook_secret:
+            label = "GitHub" if forge == "github" else "GitLab"
+            raise _stop(401, "unauthorized", status="unauthorized",
+                        error=f"{label} webhooks are not configured")
+        if forge == "github":
+            name, delivery_id = headers.get("X-GitHub-Event"), headers.get("X-GitHub-Delivery")
+            if not name or not delivery_id:
+                raise _stop(400, "malformed", status="malformed",
+                            error="X-GitHub-Event and X-GitHub-Delivery headers are required")
+        else:
+            name = headers.get("X-Gitlab-Event")
+            if not name:
+                raise _stop(400, "malformed", status="malformed",
+                            error="X-Gitlab-Event header is required")
+            delivery_id = events.gitlab_delivery_id(headers, body)
+        return Delivery(forge, name, delivery_id, body, content_type)
+
+    def normalise(self, delivery: Delivery) -> events.Event:
+        """Bytes → a typed event; any malformed shape is a 400 with the reason, never a 500."""
+        try:
+            if delivery.forge == "github":
+                payload = events.decode_github_body(delivery.body, delivery.content_type)
+                return events.parse_github(delivery.name, delivery.delivery_id, payload)
+            payload = events.decode_json(delivery.body)
+            return events.parse_gitlab(delivery.name, delivery.delivery_id, payload)
+        except events.MalformedDelivery as exc:
+            raise _stop(400, "malformed", status="malformed", error=str(exc)) from exc
+        except (TypeError, ValueError, AttributeError, KeyError, RecursionError) as exc:
+            # The typed reads should catch every shape; this is the net for one they miss.
+            log.warning("%s delivery %s: unexpected payload shape", delivery.forge,
+                        delivery.delivery_id, exc_info=True)
+            raise _stop(400, "malformed", status="malformed",
+                        error=f"payload has an unexpected shape ({type(exc).__name__}: {exc})") from exc
+
+    def route(self, delivery: Delivery, event: events.Event) -> Plan:
+        """Which jobs the event asks for; a ping or an ignored event stops here."""
+        if isinstance(event, events.Ignored):
+            raise _ignored(event.reason, delivery.delivery_id)
+        if isinstance(event, events.Ping):
+            raise _stop(200, "ping", status="pong", delivery=delivery.delivery_id, zen=event.zen)
+        digest = q.key("body", delivery.forge, hashlib.sha256(delivery.body).hexdigest())
+        if isinstance(event, events.PushEvent):
+            return self._route_push(delivery, event, digest)
+        if isinstance(event, events.CommentEvent):
+            return self._route_comment(delivery, event, digest)
+        raise _ignored("unhandled event", delivery.delivery_id)
+
+    def _route_push(self, delivery: Delivery, event: events.PushEvent, digest: str) -> Plan:
+        repo = self.settings.repo_for(delivery.forge, event.repo, event.project_id)
+        if repo is None:
+            raise _ignored(f"repository {event.repo} is not configured", delivery.delivery_id)
+        if not repo.tracks(event.branch):
+            patterns = ", ".join(repo.branches or [repo.branch])
+            raise _ignored(f"branch {event.branch} is not tracked (tracked: {patterns})",
+                           delivery.delivery_id)
+        from bot.jobs import ingest_spec
+
+        spec = ingest_spec(repo.name, event.branch, dict(event.as_dict(), kind="push"))
+        return Plan([spec], [{"queue": "ingest", "kind": "ingest", "repo": repo.name,
+                              "branch": event.branch, "after": event.after}], [digest])
+
+    def _route_comment(self, delivery: Delivery, event: events.CommentEvent, digest: str) -> Plan:
+        chatops = self.settings.chatops
+        repo = self.settings.repo_for(delivery.forge, event.repo, event.project_id)
+        why = events.for_bot(event, prefix=chatops.prefix, bot_username=chatops.bot_username,
+                             repo_configured=repo is not None)
+        if why is not None:
+            raise _ignored(events.not_for_bot_reason(why, event, chatops.bot_username),
+                           delivery.delivery_id)
+        assert repo is not None  # for_bot said the repository is configured
+        spec = q.JobSpec("control", "bot.chatops.handle_comment_job", (event.as_dict(),), {},
+                         {"timeout": 300, "description": f"chat-ops {event.repo}#{event.number}"})
+        comment = q.key("comment", delivery.forge, event.repo, str(event.comment_id))
+        return Plan([spec], [{"queue": "control", "kind": "chatops", "repo": repo.name,
+                              "number": event.number}], [comment, digest])
+
+    def enqueue(self, delivery: Delivery, plan: Plan) -> Answer:
+        """Set the delivery marker and the replay markers and queue the jobs, all or nothing."""
+        forge, delivery_id = delivery.forge, delivery.delivery_id
+        markers = [q.delivery_key(forge, delivery_id), *plan.replay_keys]
+        try:
+            ids = q.enqueue_once(self.connection, markers,
+                                 self.settings.webhook.delivery_ttl_seconds, plan.jobs)
+        except QueueUnavailable as exc:
+            log.error("%s delivery %s: %s", forge, delivery_id, exc)
+            return Answer(503, "unavailable", {
+                "status": "unavailable", "delivery": delivery_id,
+                "error": "the job queue is unreachable; nothing was queued, redeliver later"})
+        if ids is None:
+            return Answer(200, "duplicate", {
+                "status": "duplicate", "delivery": delivery_id,
+                "reason": "this delivery (or a replay of it: the same body, or the same comment) "
+                          "was already accepted"})
+        queued = [dict(d, job=i) for d, i in zip(plan.describe, ids, strict=True)]
+        log.info("%s delivery %s accepted: %s", forge, delivery_id, queued)
+        return Answer(202, "accepted", {"status": "accepted", "delivery": delivery_id, "queued": queued})
 
 
 def check_secrets(settings: config.Settings) -> None:
@@ -85,128 +273,20 @@ def create_app(settings: config.Settings | None = None, redis: redis_lib.Redis |
     app.config["MAX_CONTENT_LENGTH"] = settings.webhook.max_body_bytes
     app.extensions["repotune"] = {"settings": settings, "redis": connection, "metrics": metrics}
 
-    def handled(forge: str, code: int, outcome: str, started: float, body: Response) -> tuple[Response, int]:
-        metrics.deliveries.labels(forge, outcome).inc()
-        metrics.latency.labels(forge).observe(time.perf_counter() - started)
-        return body, code
+    pipeline = Pipeline(settings, connection, metrics)
 
-    def enqueue(forge: str, delivery_id: str, jobs: list[q.JobSpec],
-                describe: list[dict[str, t.Any]], started: float) -> tuple[Response, int]:
-        try:
-            ids = q.enqueue_once(connection, q.delivery_key(forge, delivery_id),
-                                 settings.webhook.delivery_ttl_seconds, jobs)
-        except QueueUnavailable as exc:
-            log.error("%s delivery %s: %s", forge, delivery_id, exc)
-            return handled(forge, 503, "unavailable", started,
-                           jsonify({"status": "unavailable", "delivery": delivery_id,
-                                    "error": "the job queue is unreachable; nothing was queued, "
-                                             "redeliver later"}))
-        if ids is None:
-            return handled(forge, 200, "duplicate", started,
-                           jsonify({"status": "duplicate", "delivery": delivery_id,
-                                    "reason": "this delivery was already accepted"}))
-        queued = [dict(d, job=i) for d, i in zip(describe, ids, strict=True)]
-        log.info("%s delivery %s accepted: %s", forge, delivery_id, queued)
-        return handled(forge, 202, "accepted", started,
-                       jsonify({"status": "accepted", "delivery": delivery_id, "queued": queued}))
-
-    def ignore(forge: str, reason: str, started: float, delivery_id: str | None = None):
-        return handled(forge, 200, "ignored", started,
-                       jsonify({"status": "ignored", "reason": reason, "delivery": delivery_id}))
-
-    def route_event(forge: str, event: events.Event, started: float, delivery_id: str):
-        if isinstance(event, events.Ignored):
-            return ignore(forge, event.reason, started, delivery_id)
-        if isinstance(event, events.Ping):
-            return handled(forge, 200, "ping", started,
-                           jsonify({"status": "pong", "delivery": delivery_id, "zen": event.zen}))
-        if isinstance(event, events.PushEvent):
-            repo = settings.repo_for(forge, event.repo, event.project_id)
-            if repo is None:
-                return ignore(forge, f"repository {event.repo} is not configured", started, delivery_id)
-            if not repo.tracks(event.branch):
-                patterns = ", ".join(repo.branches or [repo.branch])
-                return ignore(forge, f"branch {event.branch} is not tracked (tracked: {patterns})",
-                              started, delivery_id)
-            from bot.jobs import ingest_spec
-
-            push = dict(event.as_dict(), kind="push")
-            spec = ingest_spec(repo.name, event.branch, push)
-            return enqueue(forge, delivery_id, [spec],
-                           [{"queue": "ingest", "kind": "ingest", "repo": repo.name,
-                             "branch": event.branch, "after": event.after}], started)
-        if isinstance(event, events.CommentEvent):
-            if not event.on_review:
-                return ignore(forge, "comment is not on a pull/merge request", started, delivery_id)
-            if event.action not in ("created", "create"):
-                return ignore(forge, f"comment {event.action}: only new comments are commands",
-                              started, delivery_id)
-            repo = settings.repo_for(forge, event.repo, event.project_id)
-            if repo is None:
-                return ignore(forge, f"repository {event.repo} is not configured", started, delivery_id)
-            if event.author.lower() == settings.chatops.bot_username.lower():
-                return ignore(forge, "comment by the bot itself", started, delivery_id)
-            first = (event.body.strip().splitlines() or [""])[0].strip()
-            if not (first.startswith(settings.chatops.prefix)
-                    or first.lower().startswith(f"@{settings.chatops.bot_username.lower()}")):
-                return ignore(forge, "comment is not a command", started, delivery_id)
-            spec = q.JobSpec("control", "bot.chatops.handle_comment_job", (event.as_dict(),), {},
-                             {"timeout": 300, "description": f"chat-ops {event.repo}#{event.number}"})
-            return enqueue(forge, delivery_id, [spec],
-                           [{"queue": "control", "kind": "chatops", "repo": repo.name,
-                             "number": event.number}], started)
-        return ignore(forge, "unhandled event", started, delivery_id)
+    def deliver(forge: str) -> tuple[Response, int]:
+        answer = pipeline.handle(forge, request.headers, request.get_data(cache=False),
+                                 request.content_type)
+        return jsonify(answer.body), answer.code
 
     @app.post("/webhooks/github")
     def github() -> tuple[Response, int]:
-        started = time.perf_counter()
-        body = request.get_data(cache=False)
-        name = request.headers.get("X-GitHub-Event")
-        delivery_id = request.headers.get("X-GitHub-Delivery")
-        secret = settings.github.webhook_secret
-        if secret:
-            if not events.verify_github_signature(secret, body, request.headers.get("X-Hub-Signature-256")):
-                return handled("github", 401, "unauthorized", started,
-                               jsonify({"status": "unauthorized",
-                                        "error": "missing or bad X-Hub-Signature-256"}))
-        elif not settings.insecure_no_webhook_secret:
-            return handled("github", 401, "unauthorized", started,
-                           jsonify({"status": "unauthorized", "error": "GitHub webhooks are not configured"}))
-        if not name or not delivery_id:
-            return handled("github", 400, "malformed", started,
-                           jsonify({"status": "malformed",
-                                    "error": "X-GitHub-Event and X-GitHub-Delivery headers are required"}))
-        try:
-            payload = events.decode_github_body(body, request.content_type)
-            event = events.parse_github(name, delivery_id, payload)
-        except events.MalformedDelivery as exc:
-            return handled("github", 400, "malformed", started,
-                           jsonify({"status": "malformed", "error": str(exc)}))
-        return route_event("github", event, started, delivery_id)
+        return deliver("github")
 
     @app.post("/webhooks/gitlab")
     def gitlab() -> tuple[Response, int]:
-        started = time.perf_counter()
-        body = request.get_data(cache=False)
-        token = settings.gitlab.webhook_token
-        if token:
-            if not events.verify_gitlab_token(token, request.headers.get("X-Gitlab-Token")):
-                return handled("gitlab", 401, "unauthorized", started,
-                               jsonify({"status": "unauthorized", "error": "missing or bad X-Gitlab-Token"}))
-        elif not settings.insecure_no_webhook_secret:
-            return handled("gitlab", 401, "unauthorized", started,
-                           jsonify({"status": "unauthorized", "error": "GitLab webhooks are not configured"}))
-        name = request.headers.get("X-Gitlab-Event")
-        if not name:
-            return handled("gitlab", 400, "malformed", started,
-                           jsonify({"status": "malformed", "error": "X-Gitlab-Event header is required"}))
-        delivery_id = events.gitlab_delivery_id(request.headers, body)
-        try:
-            event = events.parse_gitlab(name, delivery_id, events.decode_json(body))
-        except events.MalformedDelivery as exc:
-            return handled("gitlab", 400, "malformed", started,
-                           jsonify({"status": "malformed", "error": str(exc)}))
-        return route_event("gitlab", event, started, delivery_id)
+        return deliver("gitlab")
 
     @app.errorhandler(RequestEntityTooLarge)
     def too_large(_exc: RequestEntityTooLarge) -> tuple[Response, int]:

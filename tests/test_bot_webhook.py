@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from urllib.parse import urlencode
 
 import pytest
@@ -221,3 +222,82 @@ def test_gitlab_token_is_required_when_configured(app):
     headers = gitlab_headers("Push Hook", "g-9", token=None)
     assert app.test_client().post("/webhooks/gitlab", data=body, headers=headers).status_code == 401
     assert GITLAB_TOKEN  # the fixture's token is what the app was configured with
+
+
+def test_a_push_replayed_under_a_new_delivery_id_queues_nothing(app, redis_conn):
+    # An attacker who captured one signed delivery can resend it with any X-GitHub-Delivery
+    # (the signature covers the body only): the body digest recognises it.
+    client = app.test_client()
+    assert post_github(client, "push", github_push(A, B), "orig").status_code == 202
+    replay = post_github(client, "push", github_push(A, B), "forged-new-id")
+    assert replay.status_code == 200 and replay.json["status"] == "duplicate", replay.json
+    assert get_queue("ingest", redis_conn).count == 1
+    # A different push (another commit) is still accepted.
+    assert post_github(client, "push", github_push(B, "c" * 40), "next").status_code == 202
+    assert get_queue("ingest", redis_conn).count == 2
+    # GitLab: same body, new event UUID.
+    body = json.dumps(gitlab_push(A, B)).encode()
+    assert client.post("/webhooks/gitlab", data=body, headers=gitlab_headers("Push Hook", "u1")).status_code == 202
+    again = client.post("/webhooks/gitlab", data=body, headers=gitlab_headers("Push Hook", "u2"))
+    assert again.json["status"] == "duplicate"
+    assert get_queue("ingest", redis_conn).count == 3
+
+
+def test_a_comment_replayed_under_a_new_delivery_id_or_body_queues_nothing(app, redis_conn):
+    client = app.test_client()
+    first = post_github(client, "issue_comment", github_pr_comment("/repotune retrain"), "c-a")
+    assert first.status_code == 202, first.json
+    # Same comment, new delivery id, and bytes changed (the JSON re-serialised with an extra
+    # field), so only the forge's comment id can tell: still one job.
+    payload = github_pr_comment("/repotune retrain")
+    payload["replayed"] = True
+    replay = post_github(client, "issue_comment", payload, "c-b")
+    assert replay.json["status"] == "duplicate", replay.json
+    assert get_queue("control", redis_conn).count == 1
+    other = github_pr_comment("/repotune retrain")
+    other["comment"]["id"] += 1  # a new comment with the same words is a new command
+    assert post_github(client, "issue_comment", other, "c-c").status_code == 202
+    assert get_queue("control", redis_conn).count == 2
+
+
+def _deep(levels: int) -> bytes:
+    return b'{"ref":' + b"[" * levels + b"]" * levels + b"}"
+
+
+@pytest.mark.parametrize("event, body, reason", [
+    ("push", json.dumps({"ref": ["refs/heads/main"], "after": B}).encode(), "`ref` is an array"),
+    ("push", json.dumps(dict(github_push(A, B), repository="hello")).encode(), "`repository` is a string"),
+    ("push", json.dumps(dict(github_push(A, B), pusher="x")).encode(), "`pusher` is a string"),
+    ("push", json.dumps(dict(github_push(A, B), commits=3)).encode(), "`commits` is a number"),
+    ("push", _deep(50_000), "nested too deeply"),
+    ("push", b"[" * 100_000, "not valid JSON|nested too deeply"),
+    ("issue_comment", json.dumps(dict(github_pr_comment("/repotune status"), comment=[1])).encode(),
+     "`comment` is an array"),
+    ("issue_comment", json.dumps(dict(github_pr_comment("/repotune status"), issue={"number": {}})).encode(),
+     "`number` is an object"),
+    ("issue_comment", json.dumps(dict(github_pr_comment("/repotune status"), repository=None)).encode(),
+     "lacks `repository.full_name`"),
+])
+def test_signed_but_malformed_github_payloads_are_400_with_the_reason(app, redis_conn, event, body, reason):
+    resp = app.test_client().post("/webhooks/github", data=body, headers=github_headers(event, body, "bad"))
+    assert resp.status_code == 400, resp.get_data(as_text=True)
+    assert resp.json["status"] == "malformed"
+    assert re.search(reason, resp.json["error"]), resp.json
+    assert not redis_conn.exists(delivery_key("github", "bad"))
+
+
+@pytest.mark.parametrize("event, change, reason", [
+    ("Push Hook", {"project": "acme/web"}, "`project` is a string"),
+    ("Push Hook", {"total_commits_count": "many"}, "`total_commits_count` is a string"),
+    ("Note Hook", {"object_attributes": [1]}, "`object_attributes` is an array"),
+    ("Note Hook", {"merge_request": "!1"}, "`merge_request` is a string"),
+    ("Note Hook", {"user": {"username": 7}}, "`user.username` is a number"),
+    ("Merge Request Hook", {"object_attributes": 1}, "`object_attributes` is a number"),
+])
+def test_signed_but_malformed_gitlab_payloads_are_400_with_the_reason(app, event, change, reason):
+    base = gitlab_push(A, B) if event == "Push Hook" else load_payload(
+        "gitlab", "note-merge-request" if event == "Note Hook" else "merge-request")
+    body = json.dumps(dict(base, **change)).encode()
+    resp = app.test_client().post("/webhooks/gitlab", data=body, headers=gitlab_headers(event, "gbad"))
+    assert resp.status_code == 400 and resp.json["status"] == "malformed", resp.get_data(as_text=True)
+    assert reason in resp.json["error"]

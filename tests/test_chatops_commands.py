@@ -79,11 +79,10 @@ class Chat:
         headers = {"X-Gitlab-Event": "Note Hook", "Idempotency-Key": f"d-{next(self._ids)}"}
         return data, headers
 
-    def say(self, user: str, body: str, action: str | None = None) -> list[str]:
-        """Comment as ``user``, deliver the signed webhook, run the queued job; new replies."""
-        before = len(self.replies())
-        data, headers = self.payload(user, body, action)
+    def deliver(self, data: dict, headers: dict) -> Any:
+        """Sign and post one delivery to the webhook app; the response."""
         raw = json.dumps(data).encode()
+        headers = dict(headers)
         if self.forge_name == "github":
             mac = hmac.new(GH_SECRET.encode(), raw, hashlib.sha256).hexdigest()
             headers["X-Hub-Signature-256"] = f"sha256={mac}"
@@ -91,17 +90,26 @@ class Chat:
         else:
             headers["X-Gitlab-Token"] = GL_SECRET
             url = "/webhooks/gitlab"
-        control = Queue("control", connection=self.conn)
-        response = self.app.test_client().post(url, data=raw, headers=headers,
-                                               content_type="application/json")
+        return self.app.test_client().post(url, data=raw, headers=headers,
+                                           content_type="application/json")
+
+    def say(self, user: str, body: str, action: str | None = None) -> list[str]:
+        """Comment as ``user``, deliver the signed webhook, run the queued job; new replies."""
+        before = len(self.replies())
+        response = self.deliver(*self.payload(user, body, action))
         assert response.status_code in (200, 202), response.get_data(as_text=True)
+        self.work()
+        return self.replies()[before:]
+
+    def work(self) -> None:
+        """Run the queued chat-ops jobs with a real burst worker; each must finish."""
+        control = Queue("control", connection=self.conn)
         jobs = [control.fetch_job(j) for j in control.job_ids]
         SimpleWorker([control], connection=self.conn).work(burst=True)
         for job in jobs:
             job.refresh()
             assert job.is_finished, job.latest_result().exc_string if job.latest_result() else job
             self.results.append(job.return_value())
-        return self.replies()[before:]
 
 
 @pytest.fixture(params=["github", "gitlab"])
@@ -326,10 +334,52 @@ def test_long_replies_are_cut_politely(chat: Chat):
 
 
 def test_a_failed_acknowledgement_does_not_lose_the_reply(chat: Chat, caplog):
-    chat.forge.fail_next(1, 502)  # the reaction / award-emoji call
+    chat.forge.fail_next(1, 502, r"/reactions$|/award_emoji$")  # the reaction / award-emoji call
     (reply,) = chat.say("alice", "/repotune help status")
     assert reply == "@alice `/repotune status` — Serving version, last runs, corpus size and " \
         f"queues. (needs {'write' if chat.forge_name == 'github' else 'Developer (30)'})"
     assert chat.acks() == []
     assert "could not acknowledge comment" in caplog.text
     assert GITHUB_TOKEN not in caplog.text and GITLAB_TOKEN not in caplog.text
+
+
+def test_a_stranger_gets_no_reaction_and_no_reply(chat: Chat, caplog):
+    """No amplification: someone who may not even run ``help`` (not a collaborator / not a
+    member) cannot make the bot write anything to the forge, whatever the comment says."""
+    chat.forge.github_users.setdefault("eve", 990)  # a forge account, but no access to acme/web
+    for body in ("/repotune help", "/repotune pause", "/repotune retrian", "/repotune promote ../x"):
+        assert chat.say("eve", body) == []
+    assert chat.acks() == []
+    assert all(r == {"handled": True, "command": r["command"], "allowed": False,
+                     "answered": False} for r in chat.results)
+    assert not any(c.method == "POST" for c in chat.forge.calls)  # only the permission lookups
+    assert "may not even run help" in caplog.text
+    from bot import scheduler
+
+    assert not scheduler.is_paused(chat.conn)
+
+
+def test_permission_is_asked_before_the_reaction(chat: Chat):
+    (reply,) = chat.say("bob", "/repotune pause")  # a collaborator below the level: refused
+    assert ":no_entry:" in reply and chat.acks() == ["eyes"]
+    api = chat.forge.calls
+    lookup = next(i for i, c in enumerate(api) if "/collaborators/" in c.path or "/members/" in c.path)
+    react = next(i for i, c in enumerate(api) if c.path.endswith(("/reactions", "/award_emoji")))
+    assert lookup < react
+
+
+def test_a_replayed_command_runs_once(chat: Chat):
+    """The same signed comment delivered again under a new delivery id: one job, one reply."""
+    from bot import scheduler
+
+    data, headers = chat.payload("mia", "/repotune pause")
+    first = chat.deliver(data, headers)
+    assert first.status_code == 202, first.json
+    key = "X-GitHub-Delivery" if chat.forge_name == "github" else "Idempotency-Key"
+    replay = chat.deliver(data, dict(headers, **{key: "replayed-under-a-new-id"}))
+    assert replay.status_code == 200 and replay.json["status"] == "duplicate", replay.json
+    chat.work()
+    assert len(chat.results) == 1 and chat.results[0]["command"] == "pause"
+    (reply,) = chat.replies()  # the bot's comments: exactly one answer
+    assert reply.startswith("@mia :pause_button:")
+    assert scheduler.is_paused(chat.conn)

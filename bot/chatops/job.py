@@ -1,0 +1,147 @@
+"""The chat-ops RQ job: one comment event → at most one reply.
+
+Order, and why: decide whether the comment is for the bot at all (:func:`bot.events.for_bot`,
+the same rule the webhook applied) → parse → ask the forge for the commenter's level → only
+then acknowledge (a reaction) and answer. Someone below the level ``help`` needs (not a
+collaborator / not a member) gets neither a reaction nor a reply, so a stranger's comments
+cannot make the bot write to the forge (no amplification); a collaborator below the command's
+level gets the one-line refusal.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from bot.chatops.auth import allowed, level_name, required_level
+from bot.chatops.grammar import Command, parse_command
+from bot.chatops.handlers import Context, execute, help_text
+from bot.chatops.render import truncate
+from bot.errors import BotError, CommandError
+from bot.events import CommentEvent, for_bot, not_for_bot_reason
+
+if TYPE_CHECKING:
+    import redis
+
+    from bot.config import Settings
+    from bot.forge import Forge
+
+log = logging.getLogger(__name__)
+
+
+def should_handle(settings: Settings, event: CommentEvent) -> str | None:
+    """None when the comment is a command for us; otherwise the reason it is ignored
+    (``<category>: <sentence>``, e.g. ``comment by a bot: comment by the bot itself``)."""
+    chatops = settings.chatops
+    configured = settings.repo_for(event.forge, event.repo, event.project_id) is not None
+    why = for_bot(event, prefix=chatops.prefix, bot_username=chatops.bot_username,
+                  repo_configured=configured)
+    if why is None:
+        return None
+    return f"{why.value}: {not_for_bot_reason(why, event, chatops.bot_username)}"
+
+
+def _redis(settings: Settings) -> redis.Redis:
+    from rq import get_current_job
+
+    job = get_current_job()
+    if job is not None:
+        return job.connection
+    import redis as redis_lib
+
+    if not settings.redis_url:
+        raise BotError("no Redis to run chat-ops against: set REDIS_URL or run under a worker")
+    return redis_lib.Redis.from_url(settings.redis_url)
+
+
+def _where(event: CommentEvent) -> str:
+    return f"{event.repo}{'#' if event.forge == 'github' else '!'}{event.number}"
+
+
+def _level(forge: Forge, event: CommentEvent) -> Any:
+    """The commenter's level; GitLab by numeric user id when the payload has one (exact)."""
+    user: str | int = event.author
+    if event.forge == "gitlab" and event.author_id:
+        user = int(event.author_id)
+    return forge.permission(event.repo, user, project_id=event.project_id)
+
+
+def _acknowledge(forge: Forge, event: CommentEvent) -> None:
+    try:
+        forge.react(event, "eyes")
+    except BotError as exc:  # the reply matters more than the acknowledgement
+        log.warning("could not acknowledge comment %s on %s: %s", event.comment_id,
+                    _where(event), exc)
+
+
+def handle_comment_job(event_dict: Mapping[str, Any], settings: Settings | None = None) -> dict:
+    """RQ job (queue ``control``): handle one comment event (a :class:`CommentEvent` as a dict).
+
+    Ignore what is not for us → parse → check the commenter's level (strangers: silence) →
+    acknowledge with a reaction → refuse, explain the error, or run the command → reply.
+    Returns a small summary (kept as the job result).
+    """
+    from bot import config
+    from bot.forge import forge_for
+
+    settings = settings or config.current()
+    event = CommentEvent.from_dict(event_dict)
+    reason = should_handle(settings, event)
+    if reason is not None:
+        log.debug("comment %s ignored: %s", event.comment_id, reason)
+        return {"handled": False, "reason": reason}
+    chatops = settings.chatops
+    try:
+        command = parse_command(event.body, chatops.prefix, chatops.bot_username)
+        error: CommandError | None = None
+    except CommandError as exc:
+        command, error = None, exc
+    if command is None and error is None:
+        return {"handled": False, "reason": "not a command"}
+
+    forge = forge_for(settings, event.forge)
+    name = command.name if command is not None else "help"
+    have = _level(forge, event)
+    if not allowed(event.forge, have, required_level(settings, event.forge, "help")):
+        log.warning("chat-ops %s by %s on %s ignored: %s may not even run help", name,
+                    event.author, _where(event), level_name(event.forge, have))
+        return {"handled": True, "command": name, "allowed": False, "answered": False}
+    _acknowledge(forge, event)
+    need = required_level(settings, event.forge, name)
+    if not allowed(event.forge, have, need):
+        return _refuse(forge, event, name, have, need)
+    if error is not None:
+        body = f"@{event.author} {error}\n\n{help_text(settings, event.forge)}"
+        forge.comment(event, truncate(body))
+        return {"handled": True, "command": None, "allowed": True, "error": str(error)}
+    assert command is not None
+    return _run(settings, forge, event, command)
+
+
+def _refuse(forge: Forge, event: CommentEvent, name: str, have: Any, need: Any) -> dict:
+    where, f = _where(event), event.forge
+    log.warning("chat-ops %s denied: %s on %s has %s, needs %s", name, event.author, where,
+                level_name(f, have), level_name(f, need))
+    forge.comment(event, f"@{event.author} :no_entry: `{name}` needs {level_name(f, need)} "
+                         f"access to {event.repo}; you have {level_name(f, have)}.")
+    return {"handled": True, "command": name, "allowed": False}
+
+
+def _run(settings: Settings, forge: Forge, event: CommentEvent, command: Command) -> dict:
+    repo = settings.repo_for(event.forge, event.repo, event.project_id)
+    assert repo is not None  # should_handle checked it
+    reply_to = {"forge": event.forge, "repo": event.repo, "number": int(event.number),
+                "project_id": event.project_id}
+    ctx = Context(settings, _redis(settings), event.forge, repo, event.author, _where(event),
+                  reply_to)
+    mention = f"@{event.author}"
+    log.info("chat-ops %s by %s on %s", command.name, event.author, ctx.where)
+    try:
+        reply = execute(ctx, command)
+    except Exception:
+        forge.comment(event, f"{mention} :boom: `{command.name}` hit an internal error; "
+                             "the bot's log has the details.")
+        raise
+    forge.comment(event, truncate(f"{mention} {reply}", more_url=settings.status_page_url))
+    return {"handled": True, "command": command.name, "allowed": True}
