@@ -11,7 +11,6 @@ import click
 
 from bot import config
 from bot.commands._common import home_option
-from bot.errors import BotError
 
 config_option = click.option(
     "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -19,10 +18,7 @@ config_option = click.option(
 
 
 def _settings(config_path: Path | None, home: Path | None = None, **overrides: t.Any) -> config.Settings:
-    try:
-        settings = config.load(config_path)
-    except BotError as exc:
-        raise click.ClickException(str(exc)) from exc
+    settings = config.load(config_path)
     if home is not None:
         settings.home = Path(home).expanduser().resolve()
     for key, value in overrides.items():
@@ -56,10 +52,7 @@ def webhook_command(config_path, home, host, port, workers, insecure_no_webhook_
     from bot.webhook import create_app
 
     settings = _settings(config_path, home, insecure_no_webhook_secret=insecure_no_webhook_secret)
-    try:
-        app = create_app(settings)
-    except BotError as exc:
-        raise click.ClickException(str(exc)) from exc
+    app = create_app(settings)
     bind = f"{host or settings.webhook.host}:{port or settings.webhook.port}"
 
     class _Gunicorn(BaseApplication):
@@ -125,10 +118,7 @@ def up_command(config_path, home, insecure_no_webhook_secret) -> None:
     from bot import up
 
     settings = _settings(config_path, home, insecure_no_webhook_secret=insecure_no_webhook_secret)
-    try:
-        up.run(settings, bootstrap=BOOTSTRAP)
-    except BotError as exc:
-        raise click.ClickException(str(exc)) from exc
+    up.run(settings, bootstrap=BOOTSTRAP)
 
 
 def _bootstrap(settings: config.Settings) -> None:
