@@ -139,29 +139,34 @@ the corpus when none is configured; the base model as the first serving version.
 @click.option("--json", "as_json", is_flag=True, help="Print the full status as JSON.")
 def status_command(config_path, home, as_json) -> None:
     """Repositories, serving version, recent runs, queues."""
-    from bot.status import collect
+    from bot.status import snapshot
 
     settings = _settings(config_path, home)
     connection = _redis(settings) if settings.redis_url else None
-    data = collect(settings, connection)
+    status = snapshot(settings, connection)
     if as_json:
-        click.echo(json.dumps(data, indent=2, default=str))
+        click.echo(json.dumps(status.to_dict(), indent=2, default=str))
         return
-    sv = data["serving"]
-    click.echo(f"serving: {sv['model']} version {sv['version'] or '—'} (versions {sv['versions'] or 'none'})")
-    for repo in data["repositories"]:
-        c = repo.get("corpus") or {}
-        click.echo(f"repo {repo['name']}: commit {str(c.get('commit') or '—')[:12]} "
+    sv = status.serving
+    click.echo(f"serving: {sv.model} version {sv.version or '—'} (versions {sv.versions or 'none'})")
+    for repo in status.repositories:
+        c = repo.corpus or {}
+        click.echo(f"repo {repo.name}: commit {str(c.get('commit') or '—')[:12]} "
                    f"version {c.get('version', '—')} files {c.get('train_files', '—')}+{c.get('heldout_files', '—')}")
-    if data.get("redis", {}).get("ok"):
-        queues = ", ".join(f"{n} {v['queued']}/{v['started']}" for n, v in data["queues"].items())
-        click.echo(f"queues (queued/running): {queues}; paused: {data['paused']}; "
-                   f"pending files: {data['pending']['files']}")
+    queue = status.queue
+    if queue.ok:
+        queues = ", ".join(f"{n} {v['queued']}/{v['started']}" for n, v in queue.queues.items())
+        click.echo(f"queues (queued/running): {queues}; paused: {queue.paused}; "
+                   f"pending files: {queue.pending['files']}")
     else:
-        click.echo(f"redis: {data.get('redis', {}).get('error')}")
-    for run in data["runs"][:5]:
-        click.echo(f"run {run['id']}: {run['status']}")
-    for corpus, points in (data.get("freshness") or {}).items():
+        click.echo(f"redis: {queue.error}")
+    for run in status.runs[:5]:
+        click.echo(f"run {run.id}: {run.status.value}")
+    _echo_freshness(status.freshness)
+
+
+def _echo_freshness(history: dict[str, t.Any]) -> None:
+    for corpus, points in history.items():
         if not isinstance(points, list) or not points:
             continue
         last = points[-1]
