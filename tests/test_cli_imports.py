@@ -19,18 +19,32 @@ HEAVY = ("torch", "transformers", "flask", "rq", "redis", "tritonclient", "numpy
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _loaded_after(code: str) -> set[str]:
+def _loaded_modules(code: str) -> set[str]:
+    """Every module a fresh interpreter has loaded after running ``code``."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     out = subprocess.run([sys.executable, "-c", f"{code}\nimport json, sys\n"
                           "print(json.dumps(sorted(sys.modules)))"],
                          capture_output=True, text=True, env=env, check=True, cwd=ROOT).stdout
-    return {name.split(".")[0] for name in json.loads(out.splitlines()[-1])}
+    return set(json.loads(out.splitlines()[-1]))
+
+
+def _loaded_after(code: str) -> set[str]:
+    """The top-level packages of :func:`_loaded_modules`."""
+    return {name.split(".")[0] for name in _loaded_modules(code)}
 
 
 def test_importing_the_cli_loads_no_heavy_package() -> None:
     loaded = _loaded_after("import bot.cli")
     assert "click" in loaded  # the probe sees what the import loaded
+    assert "bot.config" not in _loaded_modules("import bot.cli")  # the settings table waits too
     assert loaded.isdisjoint(HEAVY), sorted(loaded & set(HEAVY))
+
+
+def test_cli_spells_config_names_as_the_settings_module_does() -> None:
+    from bot import config
+    from bot.commands import service
+
+    assert (service.CONFIG_ENV, service.CONFIG_FILENAME) == (config.CONFIG_ENV, config.CONFIG_FILENAME)
 
 
 def test_help_loads_no_heavy_package() -> None:

@@ -9,15 +9,25 @@ from pathlib import Path
 
 import click
 
-from bot import config
 from bot.commands._common import home_option
+
+if t.TYPE_CHECKING:
+    from bot import config
+
+CONFIG_ENV = "REPOTUNE_CONFIG"
+"""``bot.config.CONFIG_ENV``, spelled out so ``--help`` need not import the settings table
+(``tests/test_cli_imports.py`` checks the two agree)."""
+CONFIG_FILENAME = "repotune.toml"
+"""``bot.config.CONFIG_FILENAME``, for the same reason."""
 
 config_option = click.option(
     "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-    envvar=config.CONFIG_ENV, help="repotune.toml to read (default: ./repotune.toml if present).")
+    envvar=CONFIG_ENV, help="repotune.toml to read (default: ./repotune.toml if present).")
 
 
 def _settings(config_path: Path | None, home: Path | None = None, **overrides: t.Any) -> config.Settings:
+    from bot import config
+
     settings = config.load(config_path)
     if home is not None:
         settings.home = Path(home).expanduser().resolve()
@@ -80,6 +90,7 @@ def worker_command(config_path, home, queues, burst, simple) -> None:
     """Run an RQ worker for RepoTune's jobs."""
     from rq import SimpleWorker, Worker
 
+    from bot import config
     from bot import queue as q
 
     settings = _settings(config_path, home)
@@ -94,7 +105,7 @@ def worker_command(config_path, home, queues, burst, simple) -> None:
     # next job without restarting workers; the environment carries what the flags chose.
     chosen = {"REPOTUNE_HOME": str(settings.home)}
     if settings.source:
-        chosen[config.CONFIG_ENV] = str(settings.source)
+        chosen[CONFIG_ENV] = str(settings.source)
     saved = {key: os.environ.get(key) for key in chosen}
     os.environ.update(chosen)
     config.set_current(None)
@@ -200,11 +211,13 @@ def runs_command(config_path, home, as_json, limit) -> None:
 
 
 @click.command("init")
-@click.option("--path", type=click.Path(dir_okay=False, path_type=Path), default=Path(config.CONFIG_FILENAME),
+@click.option("--path", type=click.Path(dir_okay=False, path_type=Path), default=Path(CONFIG_FILENAME),
               show_default=True, help="Where to write the example.")
 @click.option("--force", is_flag=True, help="Overwrite an existing file.")
 def init_command(path, force) -> None:
     """Write a commented example repotune.toml (every setting at its default)."""
+    from bot import config
+
     if path.exists() and not force:
         raise click.ClickException(f"{path} exists; pass --force to overwrite it")
     path.write_text(config.example_toml(), encoding="utf-8")
@@ -217,6 +230,8 @@ def init_command(path, force) -> None:
 @click.option("--help-settings", "help_settings", is_flag=True, help="Every key with its default and help.")
 def config_command(config_path, home, help_settings) -> None:
     """Show the effective configuration (secrets masked), or every key's help."""
+    from bot import config
+
     if help_settings:
         for row in config.SETTINGS:
             env = f" [env {row.env}]" if row.env else ""
