@@ -4,12 +4,12 @@ Routes (``bot.webhook.create_app`` registers :data:`blueprint`):
 
 ``/`` and ``/status``
     Repositories with corpus stats, model versions with the serving one, recent runs with their
-    status and reports, the metric-history chart, queue state. Data: :func:`bot.status.collect`.
+    status and reports, the metric-history chart, queue state. Data: :func:`bot.status.snapshot`.
 ``/runs/<run_id>``
     One run: HTML for a browser (the links in commit statuses and MR comments land here), the
     ``run.json`` record as JSON for anything else (``?format=json`` forces JSON).
 ``/runs/<run_id>/report``
-    The evaluation's ``report.md`` rendered as HTML (a small, escaping Markdown subset).
+    The evaluation's ``report.md`` rendered as HTML (markdown-it-py, raw HTML escaped).
 ``/charts/history.png``
     :func:`trainer.evaluate.plot_history` over the listed runs' ``eval.json`` files. Without
     evaluations (or without the evaluator) the page says so in words; it never draws a fake chart.
@@ -19,11 +19,12 @@ Routes (``bot.webhook.create_app`` registers :data:`blueprint`):
     last points as a table next to it.
 
 The page reads; it never changes state, so it needs no authentication beyond what the network
-allows. Nothing secret reaches it: :func:`bot.status.collect` strips credentials from clone URLs.
+allows. Nothing secret reaches it: :func:`bot.status.snapshot` strips credentials from clone URLs.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -34,7 +35,7 @@ import typing as t
 from pathlib import Path
 
 from flask import Blueprint, Response, abort, current_app, jsonify, render_template, request
-from markupsafe import Markup, escape
+from markupsafe import Markup
 
 from bot.runs import RunRecord, RunStatus, list_runs, load_run, run_dir
 
@@ -68,7 +69,7 @@ def _context() -> tuple[t.Any, t.Any]:
 
 def _model_versions(settings: t.Any, status: dict[str, t.Any]) -> list[dict[str, t.Any]]:
     """Published versions, newest first, with serving/failed/source; from the model repository
-    when ``serving`` is importable, else the bare numbers ``collect`` found."""
+    when ``serving`` is importable, else the bare numbers the snapshot found."""
     serving = status.get("serving") or {}
     current = serving.get("version")
     try:
@@ -77,7 +78,7 @@ def _model_versions(settings: t.Any, status: dict[str, t.Any]) -> list[dict[str,
         repo = ModelRepository(Path(settings.home) / "triton", settings.serving.model_name, None,
                                keep=max(1, int(settings.serving.keep_versions)))
         versions = repo.versions()
-    except Exception:  # serving missing or a half-written version folder: show what collect saw
+    except Exception:  # serving missing or a half-written version folder: show what the snapshot saw
         versions = [{"version": v, "serving": v == current, "failed": None} for v in serving.get("versions", [])]
     return sorted(versions, key=lambda v: v["version"], reverse=True)
 
@@ -222,83 +223,28 @@ def _render_freshness_chart(home: Path, corpus: str) -> bytes | None:
         return png
 
 
-# --- Markdown (the subset report.md uses), escaped ------------------------------------------
-
-_INLINE_CODE = re.compile(r"`([^`]+)`")
-_BOLD = re.compile(r"\*\*(.+?)\*\*")
-_BULLET = re.compile(r"^\s*[-*]\s+")
-_LINK = re.compile(r"\[([^\]]+)\]\((https?://[^)\s]+)\)")
+# --- Markdown ------------------------------------------------------------------------------
 
 
-def _inline(text: str) -> str:
-    """Escape, then turn `code`, **bold** and [text](http…) links into tags."""
-    html = str(escape(text))
-    parts = re.split(r"(<code>.*?</code>)", _INLINE_CODE.sub(lambda m: f"<code>{m.group(1)}</code>", html))
-    out = []
-    for part in parts:
-        if not part.startswith("<code>"):
-            part = _BOLD.sub(r"<strong>\1</strong>", part)
-            part = _LINK.sub(r'<a href="\2" rel="nofollow noopener">\1</a>', part)
-        out.append(part)
-    return "".join(out)
+@functools.cache
+def _markdown() -> t.Any:
+    """CommonMark plus pipe tables (markdown-it-py). Raw HTML in a report is shown as text
+    (``html=False``) and links with unsafe schemes (``javascript:`` …) are not made links, so a
+    report can never inject markup."""
+    from markdown_it import MarkdownIt
 
+    md = MarkdownIt("commonmark", {"html": False}).enable("table")
+    def link_open(renderer, tokens, idx, options, env):  # markdown-it's rule signature
+        tokens[idx].attrSet("rel", "nofollow noopener")
+        return renderer.renderToken(tokens, idx, options, env)
 
-def _cells(line: str) -> list[str]:
-    return [c.strip() for c in line.strip().strip("|").split("|")]
+    md.add_render_rule("link_open", link_open)
+    return md
 
 
 def markdown_to_html(text: str) -> Markup:
-    """Render the Markdown subset of ``report.md`` (headings, paragraphs, lists, pipe tables,
-    fenced code, inline code/bold/links). Every piece of text is HTML-escaped first, so a report
-    can never inject markup; anything unrecognised is shown as a plain paragraph."""
-    lines = text.splitlines()
-    out: list[str] = []
-    i = 0
-    while i < len(lines):
-        line = lines[i]
-        stripped = line.strip()
-        if not stripped:
-            i += 1
-        elif stripped.startswith("```"):
-            j = i + 1
-            while j < len(lines) and not lines[j].strip().startswith("```"):
-                j += 1
-            out.append("<pre><code>" + str(escape("\n".join(lines[i + 1:j]))) + "</code></pre>")
-            i = j + 1
-        elif m := re.match(r"^(#{1,6})\s+(.*)$", stripped):
-            level = len(m.group(1))
-            out.append(f"<h{level}>{_inline(m.group(2))}</h{level}>")
-            i += 1
-        elif (stripped.startswith("|") and i + 1 < len(lines)
-              and re.match(r"^\|?\s*:?-{2,}:?\s*(\|\s*:?-{2,}:?\s*)*\|?$", lines[i + 1].strip())):
-            aligns = ["right" if c.endswith(":") else "left" for c in _cells(lines[i + 1])]
-            head = "".join(f"<th>{_inline(c)}</th>" for c in _cells(line))
-            rows = []
-            j = i + 2
-            while j < len(lines) and lines[j].strip().startswith("|"):
-                cells = _cells(lines[j])
-                rows.append("<tr>" + "".join(
-                    f'<td class="{aligns[k] if k < len(aligns) else "left"}">{_inline(c)}</td>'
-                    for k, c in enumerate(cells)) + "</tr>")
-                j += 1
-            out.append(f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>")
-            i = j
-        elif re.match(r"^[-*]\s+", stripped):
-            items = []
-            while i < len(lines) and _BULLET.match(lines[i]):
-                items.append("<li>" + _inline(_BULLET.sub("", lines[i])) + "</li>")
-                i += 1
-            out.append("<ul>" + "".join(items) + "</ul>")
-        else:
-            para = []
-            while i < len(lines) and lines[i].strip() and not re.match(r"^(#{1,6}\s|```|\||[-*]\s)", lines[i].strip()):
-                para.append(lines[i].strip())
-                i += 1
-            if not para:  # a line the loop above refused to take: show it as text
-                para.append(stripped)
-                i += 1
-            out.append("<p>" + _inline(" ".join(para)) + "</p>")
-    return Markup("\n".join(out))
+    """Render ``report.md`` (headings, lists, pipe tables, code, links) as escaped HTML."""
+    return Markup(_markdown().render(text))
 
 
 # --- template helpers ----------------------------------------------------------------------
@@ -345,11 +291,11 @@ def _fmt_ago(value: t.Any) -> str:
 @blueprint.get("/")
 @blueprint.get("/status")
 def index() -> str:
-    from bot.status import collect
+    from bot.status import snapshot
 
     settings, connection = _context()
     home = Path(settings.home)
-    status = collect(settings, connection)
+    status = snapshot(settings, connection).to_dict()
     serving = status.get("serving") or {}
     return render_template(
         "status_page/index.html",

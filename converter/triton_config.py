@@ -10,8 +10,9 @@ completion proxy speaks one protocol whatever the backend:
 * :func:`python_backend_config` for RepoTune's own python-backend model
   (``serving/python_backend/model.py``), which runs the Hugging Face checkpoint.
 
-The text is generated here (no template file to drift) and :func:`parse_model_config`
-checks it against Triton's own ``ModelConfig`` protobuf.
+Each configuration is built as Triton's own ``ModelConfig`` protobuf
+(``tritonclient.grpc.model_config_pb2``) and printed with ``google.protobuf.text_format``, so
+a field name or type Triton does not know fails here, not when Triton loads the model.
 """
 
 from __future__ import annotations
@@ -122,20 +123,14 @@ def fastertransformer_config(
         "model_checkpoint_path": checkpoint,
         "enable_custom_all_reduce": 0,
     }
-    extra = ""
     if schema != "v1.1":
         params["data_type"] = "fp16" if is_half else "fp32"
-        extra = "model_transaction_policy {\n  decoupled: false\n}\n"
-    return _render(
-        name=model_name,
-        backend="fastertransformer",
-        max_batch_size=max_batch_size,
-        inputs=gptj_inputs(schema),
-        outputs=GPTJ_OUTPUTS,
-        params=params,
-        extra=extra,
-        default_model_filename=model_name,
-    )
+    cfg = _model_config(model_name, "fastertransformer", max_batch_size, gptj_inputs(schema), params,
+                        default_model_filename=model_name)
+    if schema != "v1.1":
+        cfg.model_transaction_policy.decoupled = False
+        cfg.model_transaction_policy.SetInParent()  # written out even though False is the default
+    return _to_text(cfg)
 
 
 def python_backend_config(
@@ -155,21 +150,11 @@ def python_backend_config(
     """
     if max_batch_size < 1:
         raise ValueError(f"max_batch_size must be positive, got {max_batch_size}")
-    extra = (
-        "dynamic_batching {\n"
-        f"  max_queue_delay_microseconds: {max_queue_delay_us}\n"
-        "}\n"
-    )
-    return _render(
-        name=model_name,
-        backend="python",
-        max_batch_size=max_batch_size,
-        inputs=gptj_inputs(schema),
-        outputs=GPTJ_OUTPUTS,
-        params={"model_dir": model_dir},
-        extra=extra,
-        instance_count=instance_count,
-    )
+    cfg = _model_config(model_name, "python", max_batch_size, gptj_inputs(schema), {"model_dir": model_dir},
+                        instance_count=instance_count)
+    cfg.dynamic_batching.max_queue_delay_microseconds = max_queue_delay_us
+    cfg.dynamic_batching.SetInParent()
+    return _to_text(cfg)
 
 
 def parse_model_config(text: str):
@@ -220,52 +205,42 @@ def _check_schema(schema: str) -> None:
         raise ValueError(f"unknown FasterTransformer backend schema {schema!r}; choose one of {SCHEMAS}")
 
 
-def _render(
-    *,
-    name: str,
-    backend: str,
-    max_batch_size: int,
-    inputs: list[TensorSpec],
-    outputs: tuple[TensorSpec, ...],
-    params: dict[str, Any],
-    extra: str = "",
-    instance_count: int = 1,
-    default_model_filename: str | None = None,
-) -> str:
-    lines = [f'name: "{_escape(name)}"', f'backend: "{backend}"']
+def _model_config(name: str, backend: str, max_batch_size: int, inputs: list[TensorSpec],
+                  params: dict[str, Any], *, instance_count: int = 1,
+                  default_model_filename: str | None = None) -> Any:
+    """The ``ModelConfig`` both backends share: the GPT-J tensors, CPU instances, parameters."""
+    from tritonclient.grpc import model_config_pb2 as pb
+
+    cfg = pb.ModelConfig(name=name, backend=backend, max_batch_size=max_batch_size)
     if default_model_filename:
-        lines.append(f'default_model_filename: "{_escape(default_model_filename)}"')
-    lines.append(f"max_batch_size: {max_batch_size}")
-    lines.append("input [")
-    lines.append(",\n".join(_tensor(t) for t in inputs))
-    lines.append("]")
-    lines.append("output [")
-    lines.append(",\n".join(_tensor(t) for t in outputs))
-    lines.append("]")
-    lines.append(f"instance_group [\n  {{\n    count: {instance_count}\n    kind: KIND_CPU\n  }}\n]")
-    text = "\n".join(lines) + "\n" + extra
+        cfg.default_model_filename = default_model_filename
+    for spec in inputs:
+        _tensor(cfg.input.add(), spec, pb)
+    for spec in GPTJ_OUTPUTS:
+        _tensor(cfg.output.add(), spec, pb)
+    cfg.instance_group.add(count=instance_count, kind=pb.ModelInstanceGroup.KIND_CPU)
+    _set_parameters(cfg, params)
+    return cfg
+
+
+def _tensor(message: Any, spec: TensorSpec, pb: Any) -> None:
+    """Fill a ``ModelInput`` / ``ModelOutput`` from ``spec``."""
+    message.name = spec.name
+    message.data_type = pb.DataType.Value(f"TYPE_{spec.data_type}")
+    message.dims.extend(spec.dims)
+    if spec.scalar:
+        message.reshape.SetInParent()  # an empty shape: one value per request, not a [1] tensor
+    if spec.optional:
+        message.optional = True
+
+
+def _set_parameters(cfg: Any, params: dict[str, Any]) -> None:
+    """Triton parameters are strings: ``is_half`` 1 becomes ``"1"``."""
     for key, value in params.items():
-        text += (
-            "parameters {\n"
-            f'  key: "{key}"\n'
-            f'  value: {{\n    string_value: "{_escape(str(value))}"\n  }}\n'
-            "}\n"
-        )
-    return text
+        cfg.parameters[key].string_value = str(value)
 
 
-def _tensor(t: TensorSpec) -> str:
-    body = [
-        f'    name: "{t.name}"',
-        f"    data_type: TYPE_{t.data_type}",
-        f"    dims: [ {', '.join(str(d) for d in t.dims)} ]",
-    ]
-    if t.scalar:
-        body.append("    reshape: { shape: [ ] }")
-    if t.optional:
-        body.append("    optional: true")
-    return "  {\n" + "\n".join(body) + "\n  }"
+def _to_text(cfg: Any) -> str:
+    from google.protobuf import text_format
 
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"')
+    return text_format.MessageToString(cfg)

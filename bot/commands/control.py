@@ -10,7 +10,6 @@ import click
 
 from bot.commands._common import home_option
 from bot.commands.service import _redis, _settings, config_option
-from bot.errors import BotError
 
 
 @click.command("retrain")
@@ -23,12 +22,8 @@ def retrain_command(config_path, home, repo, full) -> None:
     from bot import scheduler
 
     settings = _settings(config_path, home)
-    try:
-        run_id = scheduler.request_training(settings, _redis(settings), repo, full=full,
-                                            reason="requested from the command line",
-                                            requested_by="cli")
-    except BotError as exc:
-        raise click.ClickException(str(exc)) from exc
+    run_id = scheduler.request_training(settings, _redis(settings), repo, full=full,
+                                        reason="requested from the command line", requested_by="cli")
     if run_id is None:
         raise click.ClickException("a training run is already in progress; try again when it ends")
     click.echo(f"run {run_id} queued")
@@ -43,10 +38,7 @@ def promote_command(config_path, home, run_id) -> None:
     from bot import jobs
 
     settings = _settings(config_path, home)
-    try:
-        job = jobs.enqueue_promote(settings, _redis(settings), run_id)
-    except (BotError, FileNotFoundError) as exc:
-        raise click.ClickException(str(exc)) from exc
+    job = jobs.enqueue_promote(settings, _redis(settings), run_id)
     click.echo(f"promotion of {run_id} queued (job {job})")
 
 

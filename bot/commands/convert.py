@@ -75,15 +75,12 @@ def convert_checkpoint(checkpoint: Path, to: str, out: Path, gpus: int, dtype: s
     logits of an independent NumPy forward pass over the written files with the checkpoint.
     `--to python` packages the checkpoint for RepoTune's Triton python-backend model.
     """
-    from converter import ConversionError, convert
+    from converter import convert
 
-    try:
-        with progress_bar("convert") as progress:
-            result = convert(checkpoint, out, to=to, gpus=gpus, dtype=dtype,
-                             model_name=model_name, verify=not no_verify, progress=progress,
-                             schema=schema, mp=mp, model_mount=model_mount)
-    except ConversionError as exc:
-        raise click.ClickException(str(exc)) from exc
+    with progress_bar("convert") as progress:
+        result = convert(checkpoint, out, to=to, gpus=gpus, dtype=dtype,
+                         model_name=model_name, verify=not no_verify, progress=progress,
+                         schema=schema, mp=mp, model_mount=model_mount)
     click.echo(f"artifact: {result.artifact}")
     click.echo(f"backend: {result.backend}  tensor_parallel: {result.tensor_parallel}  "
                f"vocab_size: {result.vocab_size}  time: {result.duration_s:.1f}s")
@@ -102,12 +99,9 @@ def convert_checkpoint(checkpoint: Path, to: str, out: Path, gpus: int, dtype: s
               help="The Hugging Face checkpoint the files were converted from.")
 def verify_command(ft_dir: Path, reference: Path) -> None:
     """Compare FasterTransformer files (an <N>-gpu folder or an artifact) with a checkpoint."""
-    from converter import ConversionError, verify
+    from converter import verify
 
-    try:
-        report = verify(ft_dir, reference)
-    except ConversionError as exc:
-        raise click.ClickException(str(exc)) from exc
+    report = verify(ft_dir, reference)
     click.echo(json.dumps(report.as_dict() | {"inputs": len(report.inputs)}, indent=2))
 
 
@@ -115,12 +109,9 @@ def verify_command(ft_dir: Path, reference: Path) -> None:
 @click.argument("artifact", type=click.Path(exists=True, file_okay=False, path_type=Path))
 def check_command(artifact: Path) -> None:
     """Re-check an artifact: every FT file's size and config.pbtxt against config.ini."""
-    from converter import ConversionError, check_artifact
+    from converter import check_artifact
 
-    try:
-        meta = check_artifact(artifact)
-    except ConversionError as exc:
-        raise click.ClickException(str(exc)) from exc
+    meta = check_artifact(artifact)
     click.echo(f"ok: {meta['backend']} artifact, vocab_size {meta['vocab_size']}, "
                f"tensor_parallel {meta['tensor_parallel']}")
 

@@ -15,10 +15,6 @@ def corpus() -> None:
     """Build and update training corpora from git repositories."""
 
 
-def _fail(exc: Exception) -> click.ClickException:
-    return click.ClickException(str(exc))
-
-
 def _print_result(result) -> None:
     click.echo(f"{result.name}: {'full build' if result.full else 'update'} at {result.commit[:12]} "
                f"(version {result.version}): +{result.added} ~{result.modified} -{result.deleted}; "
@@ -36,14 +32,10 @@ def _print_result(result) -> None:
 def build(source: str, name: str | None, branch: str | None, num_shards: int, home: Path | None) -> None:
     """Mirror SOURCE (clone URL or local path) and build its corpus from scratch."""
     from trainer.corpus import CorpusSpec, name_from_url, update
-    from trainer.errors import TrainerError
 
     spec = CorpusSpec(name=name or name_from_url(source), url=source, branch=branch, num_shards=num_shards)
     with progress_bar(f"corpus {spec.name}") as bar:
-        try:
-            result = update(spec, resolve_home(home), full=True, progress=bar)
-        except TrainerError as exc:
-            raise _fail(exc) from exc
+        result = update(spec, resolve_home(home), full=True, progress=bar)
     _print_result(result)
 
 
@@ -55,14 +47,10 @@ def build(source: str, name: str | None, branch: str | None, num_shards: int, ho
 def update_cmd(name: str, to_rev: str | None, full: bool, home: Path | None) -> None:
     """Fetch and apply the changes since the last ingested commit."""
     from trainer.corpus import load_spec, update
-    from trainer.errors import TrainerError
 
     home_dir = resolve_home(home)
     with progress_bar(f"corpus {name}") as bar:
-        try:
-            result = update(load_spec(home_dir, name), home_dir, to_rev, full=full, progress=bar)
-        except TrainerError as exc:
-            raise _fail(exc) from exc
+        result = update(load_spec(home_dir, name), home_dir, to_rev, full=full, progress=bar)
     _print_result(result)
 
 
@@ -73,12 +61,8 @@ def update_cmd(name: str, to_rev: str | None, full: bool, home: Path | None) -> 
 def stats_cmd(name: str, as_json: bool, home: Path | None) -> None:
     """Show a corpus's summary."""
     from trainer.corpus import stats
-    from trainer.errors import TrainerError
 
-    try:
-        data = stats(resolve_home(home), name)
-    except TrainerError as exc:
-        raise _fail(exc) from exc
+    data = stats(resolve_home(home), name)
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
@@ -95,6 +79,48 @@ def stats_cmd(name: str, as_json: bool, home: Path | None) -> None:
         click.echo(f"{k:<{width}}  {v}")
 
 
+def _size(nbytes: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if nbytes < 1000 or unit == "GB":
+            return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
+        nbytes /= 1000
+    raise AssertionError("unreachable")
+
+
+@corpus.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print one corpus.json summary per corpus.")
+@home_option
+def list_cmd(as_json: bool, home: Path | None) -> None:
+    """The corpora under --home: name, version, commit, files (train + held-out) and size."""
+    from trainer.corpus import stats
+    from trainer.errors import CorpusError
+
+    root = resolve_home(home) / "corpus"
+    names = sorted(p.name for p in root.iterdir() if (p / "manifest.sqlite").is_file()) if root.is_dir() else []
+    summaries: dict[str, dict | None] = {}
+    for name in names:
+        try:
+            summaries[name] = stats(root.parent, name)
+        except CorpusError:  # mirrored, but no update has completed yet
+            summaries[name] = None
+    if as_json:
+        click.echo(json.dumps(summaries, indent=2))
+        return
+    if not summaries:
+        click.echo(f"no corpora under {root}; build one with `repotune corpus build <url-or-path> --name NAME`")
+        return
+    rows = [("NAME", "VERSION", "COMMIT", "FILES", "SIZE")]
+    for name, data in summaries.items():
+        if data is None:
+            rows.append((name, "-", "not built yet", "-", "-"))
+            continue
+        rows.append((name, str(data["version"]), str(data["commit"])[:12],
+                     str(data["train_files"] + data["heldout_files"]), _size(data["bytes"])))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+
+
 @corpus.command("export")
 @click.argument("name")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
@@ -104,12 +130,8 @@ def stats_cmd(name: str, as_json: bool, home: Path | None) -> None:
 def export_cmd(name: str, out: Path, split: str, home: Path | None) -> None:
     """Export a split as plain JSONL for run_clm.py --train_file."""
     from trainer.corpus import export
-    from trainer.errors import TrainerError
 
-    try:
-        n = export(resolve_home(home), name, out, split=split)
-    except TrainerError as exc:
-        raise _fail(exc) from exc
+    n = export(resolve_home(home), name, out, split=split)
     click.echo(f"wrote {n} records to {out}")
 
 

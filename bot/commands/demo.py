@@ -7,7 +7,6 @@ from pathlib import Path
 import click
 
 from bot.commands._common import home_option, resolve_home
-from bot.errors import BotError
 
 
 @click.command("demo")
@@ -34,8 +33,8 @@ def demo_command(home: Path | None, webhook_url: str | None, completions_url: st
     try:
         run = demo.run_demo(home_path, webhook_url, completions_url, files=files, timeout=timeout,
                             echo=click.echo)
-    except (BotError, OSError) as exc:
-        raise click.ClickException(str(exc)) from exc
+    except OSError as exc:  # the webhook or proxy of `repotune up` is not reachable
+        raise click.ClickException(f"{exc}; is `repotune up` running?") from exc
     if run.status.value not in ("serving", "rejected"):
         raise click.ClickException(f"run {run.id} ended {run.status.value}: {run.error}")
 

@@ -41,25 +41,18 @@ def eval_cmd(model: Path, baseline: Path | None, corpus: str, num_tasks: int, se
     With --baseline the promotion gate is applied and its verdict printed; the exit status is
     0 either way (read "gate.passed" from --json output in scripts).
     """
-    from trainer.errors import TrainerError
     from trainer.evaluate import EvalConfig, compare
     from trainer.evaluate.report import render_markdown, to_json
 
     home_dir = resolve_home(home)
-    try:
-        records, version = _heldout(home_dir, corpus)
-    except TrainerError as exc:
-        raise click.ClickException(str(exc)) from exc
+    records, version = _heldout(home_dir, corpus)
     if not records:
         raise click.ClickException(
             f"corpus {corpus!r} has no held-out files; update it (`repotune corpus update {corpus}`) "
             "or raise its heldout_fraction")
     cfg = EvalConfig(num_tasks=num_tasks, seed=seed, device=device, num_threads=threads)
     with progress_bar("eval") as bar:
-        try:
-            result = compare(model, baseline, records, cfg, corpus_version=version, out_dir=out_dir, progress=bar)
-        except TrainerError as exc:
-            raise click.ClickException(str(exc)) from exc
+        result = compare(model, baseline, records, cfg, corpus_version=version, out_dir=out_dir, progress=bar)
     click.echo(to_json(result) if as_json else render_markdown(result))
     if out_dir is not None and not as_json:
         click.echo(f"Wrote {out_dir / 'eval.json'} and {out_dir / 'report.md'}", err=True)

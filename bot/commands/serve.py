@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from bot.commands._common import home_option, progress_bar, resolve_home
+from bot.commands.service import _settings, config_option
 
 URL_FILE = "triton.url"
 """Written under ``<home>/triton/`` by ``repotune serve`` so deploy/rollback find the embedded Triton."""
@@ -36,10 +37,6 @@ def _find_triton(root: Path, triton_url: str | None) -> str:
         f"(it records its address in {url_file})")
 
 
-def _fail(exc: Exception) -> click.ClickException:
-    return click.ClickException(str(exc))
-
-
 @click.command("serve")
 @home_option
 @triton_url_option
@@ -58,7 +55,6 @@ def serve_command(home, triton_url, model_name, host, port, timeout_s, api_keys,
     from serving import (
         ModelRepository,
         ProxyConfig,
-        ServingError,
         TritonServer,
         create_proxy_app,
         tritonserver_binary,
@@ -96,8 +92,6 @@ def serve_command(home, triton_url, model_name, host, port, timeout_s, api_keys,
         click.echo(f"completions on http://{host}:{port}/v1 (model {model_name!r}, version {version})",
                    err=True)
         http.serve_forever()
-    except ServingError as exc:
-        raise _fail(exc) from exc
     except KeyboardInterrupt:
         pass
     finally:
@@ -118,40 +112,41 @@ def serve_command(home, triton_url, model_name, host, port, timeout_s, api_keys,
 def deploy_command(checkpoint, home, triton_url, model_name, backend, gpus, publish_only) -> None:
     """Convert CHECKPOINT, publish it as the next version and hot-swap it in."""
     import converter
-    from serving import ModelRepository, ServingError
+    from serving import ModelRepository
 
     root = _repo_root(home)
     out = resolve_home(home) / "artifacts" / f"{model_name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     url = None if publish_only else _find_triton(root, triton_url)
-    try:
-        with progress_bar("deploy") as progress:
-            result = converter.convert(checkpoint, out, to=backend, gpus=gpus, model_name=model_name,
-                                       progress=progress)
-            repo = ModelRepository(root, model_name, url)
-            version = repo.publish(result.artifact, progress=progress)
-            if not publish_only:
-                repo.activate(version, progress=progress)
-    except (converter.ConversionError, ServingError) as exc:
-        raise _fail(exc) from exc
+    with progress_bar("deploy") as progress:
+        result = converter.convert(checkpoint, out, to=backend, gpus=gpus, model_name=model_name,
+                                   progress=progress)
+        repo = ModelRepository(root, model_name, url)
+        version = repo.publish(result.artifact, progress=progress)
+        if not publish_only:
+            repo.activate(version, progress=progress)
     state = "published" if publish_only else "serving"
     click.echo(f"{model_name} version {version} {state}")
 
 
 @click.command("rollback")
+@config_option
 @home_option
 @triton_url_option
 @model_option
 @click.option("--to", "to_version", type=int, default=None,
               help="Version to serve. Default: the newest healthy version older than the current one.")
-def rollback_command(home, triton_url, model_name, to_version) -> None:
-    """Serve an earlier version again (loaded and smoke-tested before the switch)."""
-    from serving import ModelRepository, ServingError
+def rollback_command(config_path, home, triton_url, model_name, to_version) -> None:
+    """Serve an earlier version again (loaded and smoke-tested before the switch).
 
-    root = _repo_root(home)
-    try:
-        version = ModelRepository(root, model_name, _find_triton(root, triton_url)).rollback(to=to_version)
-    except ServingError as exc:
-        raise _fail(exc) from exc
+    Runs here and now the function the chat-ops `rollback` job runs on a worker
+    (:func:`bot.jobs.rollback`), so both keep the same number of old versions.
+    """
+    from bot import jobs
+
+    settings = _settings(config_path, home)
+    settings.serving.model_name = model_name
+    settings.serving.triton_url = _find_triton(_repo_root(settings.home), triton_url)
+    version = jobs.rollback(to_version)
     click.echo(f"{model_name} version {version} serving")
 
 

@@ -9,20 +9,26 @@ from pathlib import Path
 
 import click
 
-from bot import config
 from bot.commands._common import home_option
-from bot.errors import BotError
+
+if t.TYPE_CHECKING:
+    from bot import config
+
+CONFIG_ENV = "REPOTUNE_CONFIG"
+"""``bot.config.CONFIG_ENV``, spelled out so ``--help`` need not import the settings table
+(``tests/test_cli_imports.py`` checks the two agree)."""
+CONFIG_FILENAME = "repotune.toml"
+"""``bot.config.CONFIG_FILENAME``, for the same reason."""
 
 config_option = click.option(
     "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-    envvar=config.CONFIG_ENV, help="repotune.toml to read (default: ./repotune.toml if present).")
+    envvar=CONFIG_ENV, help="repotune.toml to read (default: ./repotune.toml if present).")
 
 
 def _settings(config_path: Path | None, home: Path | None = None, **overrides: t.Any) -> config.Settings:
-    try:
-        settings = config.load(config_path)
-    except BotError as exc:
-        raise click.ClickException(str(exc)) from exc
+    from bot import config
+
+    settings = config.load(config_path)
     if home is not None:
         settings.home = Path(home).expanduser().resolve()
     for key, value in overrides.items():
@@ -56,10 +62,7 @@ def webhook_command(config_path, home, host, port, workers, insecure_no_webhook_
     from bot.webhook import create_app
 
     settings = _settings(config_path, home, insecure_no_webhook_secret=insecure_no_webhook_secret)
-    try:
-        app = create_app(settings)
-    except BotError as exc:
-        raise click.ClickException(str(exc)) from exc
+    app = create_app(settings)
     bind = f"{host or settings.webhook.host}:{port or settings.webhook.port}"
 
     class _Gunicorn(BaseApplication):
@@ -87,6 +90,7 @@ def worker_command(config_path, home, queues, burst, simple) -> None:
     """Run an RQ worker for RepoTune's jobs."""
     from rq import SimpleWorker, Worker
 
+    from bot import config
     from bot import queue as q
 
     settings = _settings(config_path, home)
@@ -101,7 +105,7 @@ def worker_command(config_path, home, queues, burst, simple) -> None:
     # next job without restarting workers; the environment carries what the flags chose.
     chosen = {"REPOTUNE_HOME": str(settings.home)}
     if settings.source:
-        chosen[config.CONFIG_ENV] = str(settings.source)
+        chosen[CONFIG_ENV] = str(settings.source)
     saved = {key: os.environ.get(key) for key in chosen}
     os.environ.update(chosen)
     config.set_current(None)
@@ -125,10 +129,7 @@ def up_command(config_path, home, insecure_no_webhook_secret) -> None:
     from bot import up
 
     settings = _settings(config_path, home, insecure_no_webhook_secret=insecure_no_webhook_secret)
-    try:
-        up.run(settings, bootstrap=BOOTSTRAP)
-    except BotError as exc:
-        raise click.ClickException(str(exc)) from exc
+    up.run(settings, bootstrap=BOOTSTRAP)
 
 
 def _bootstrap(settings: config.Settings) -> None:
@@ -149,29 +150,34 @@ the corpus when none is configured; the base model as the first serving version.
 @click.option("--json", "as_json", is_flag=True, help="Print the full status as JSON.")
 def status_command(config_path, home, as_json) -> None:
     """Repositories, serving version, recent runs, queues."""
-    from bot.status import collect
+    from bot.status import snapshot
 
     settings = _settings(config_path, home)
     connection = _redis(settings) if settings.redis_url else None
-    data = collect(settings, connection)
+    status = snapshot(settings, connection)
     if as_json:
-        click.echo(json.dumps(data, indent=2, default=str))
+        click.echo(json.dumps(status.to_dict(), indent=2, default=str))
         return
-    sv = data["serving"]
-    click.echo(f"serving: {sv['model']} version {sv['version'] or '—'} (versions {sv['versions'] or 'none'})")
-    for repo in data["repositories"]:
-        c = repo.get("corpus") or {}
-        click.echo(f"repo {repo['name']}: commit {str(c.get('commit') or '—')[:12]} "
+    sv = status.serving
+    click.echo(f"serving: {sv.model} version {sv.version or '—'} (versions {sv.versions or 'none'})")
+    for repo in status.repositories:
+        c = repo.corpus or {}
+        click.echo(f"repo {repo.name}: commit {str(c.get('commit') or '—')[:12]} "
                    f"version {c.get('version', '—')} files {c.get('train_files', '—')}+{c.get('heldout_files', '—')}")
-    if data.get("redis", {}).get("ok"):
-        queues = ", ".join(f"{n} {v['queued']}/{v['started']}" for n, v in data["queues"].items())
-        click.echo(f"queues (queued/running): {queues}; paused: {data['paused']}; "
-                   f"pending files: {data['pending']['files']}")
+    queue = status.queue
+    if queue.ok:
+        queues = ", ".join(f"{n} {v['queued']}/{v['started']}" for n, v in queue.queues.items())
+        click.echo(f"queues (queued/running): {queues}; paused: {queue.paused}; "
+                   f"pending files: {queue.pending['files']}")
     else:
-        click.echo(f"redis: {data.get('redis', {}).get('error')}")
-    for run in data["runs"][:5]:
-        click.echo(f"run {run['id']}: {run['status']}")
-    for corpus, points in (data.get("freshness") or {}).items():
+        click.echo(f"redis: {queue.error}")
+    for run in status.runs[:5]:
+        click.echo(f"run {run.id}: {run.status.value}")
+    _echo_freshness(status.freshness)
+
+
+def _echo_freshness(history: dict[str, t.Any]) -> None:
+    for corpus, points in history.items():
         if not isinstance(points, list) or not points:
             continue
         last = points[-1]
@@ -205,11 +211,13 @@ def runs_command(config_path, home, as_json, limit) -> None:
 
 
 @click.command("init")
-@click.option("--path", type=click.Path(dir_okay=False, path_type=Path), default=Path(config.CONFIG_FILENAME),
+@click.option("--path", type=click.Path(dir_okay=False, path_type=Path), default=Path(CONFIG_FILENAME),
               show_default=True, help="Where to write the example.")
 @click.option("--force", is_flag=True, help="Overwrite an existing file.")
 def init_command(path, force) -> None:
     """Write a commented example repotune.toml (every setting at its default)."""
+    from bot import config
+
     if path.exists() and not force:
         raise click.ClickException(f"{path} exists; pass --force to overwrite it")
     path.write_text(config.example_toml(), encoding="utf-8")
@@ -222,6 +230,8 @@ def init_command(path, force) -> None:
 @click.option("--help-settings", "help_settings", is_flag=True, help="Every key with its default and help.")
 def config_command(config_path, home, help_settings) -> None:
     """Show the effective configuration (secrets masked), or every key's help."""
+    from bot import config
+
     if help_settings:
         for row in config.SETTINGS:
             env = f" [env {row.env}]" if row.env else ""

@@ -55,7 +55,6 @@ def train_cmd(corpus_name: str, base: str, out_dir: Path, deepspeed: str, max_st
               env_pairs: tuple[str, ...], home: Path | None) -> None:
     """Fine-tune BASE on a corpus; in-process on CPU, or through the deepspeed launcher with
     --gpus/--include/--hostfile. Rerunning with the same --out resumes from the last checkpoint."""
-    from trainer.errors import TrainerError
     from trainer.finetune import FinetuneConfig, launch, train
 
     home_dir = resolve_home(home)
@@ -75,14 +74,11 @@ def train_cmd(corpus_name: str, base: str, out_dir: Path, deepspeed: str, max_st
     )
     launcher = gpus is not None or include is not None or hostfile is not None
     with progress_bar(f"train {corpus_name}") as bar:
-        try:
-            if launcher:
-                result = launch(cfg, gpus=gpus, include=include, hostfile=hostfile, env=env,
-                                log_path=out_dir / "logs" / "train.log", progress=bar)
-            else:
-                result = train(cfg, progress=bar)
-        except TrainerError as exc:
-            raise click.ClickException(str(exc)) from exc
+        if launcher:
+            result = launch(cfg, gpus=gpus, include=include, hostfile=hostfile, env=env,
+                            log_path=out_dir / "logs" / "train.log", progress=bar)
+        else:
+            result = train(cfg, progress=bar)
     heldout = f"{result.heldout_loss:.4f}" if result.heldout_loss is not None else "n/a"
     first = f"{result.heldout_curve[0][1]:.4f} → " if len(result.heldout_curve) > 1 else ""
     resumed = f", resumed from {result.resumed_from}" if result.resumed_from else ""
@@ -106,16 +102,12 @@ def model() -> None:
 def init_tiny_cmd(corpus_name: str, out_dir: Path, vocab_size: int, n_positions: int, home: Path | None) -> None:
     """Write a tiny CodeGen (BPE tokenizer trained on the corpus) usable as --base offline."""
     from trainer.corpus import read_records
-    from trainer.errors import TrainerError
     from trainer.tiny import TinyModelConfig, init_tiny
 
     home_dir = resolve_home(home)
     train_files, _ = _corpus_files(home_dir, corpus_name)
-    try:
-        path = init_tiny((r["text"] for r in read_records(train_files)), out_dir,
-                         TinyModelConfig(vocab_size=vocab_size, n_positions=n_positions))
-    except TrainerError as exc:
-        raise click.ClickException(str(exc)) from exc
+    path = init_tiny((r["text"] for r in read_records(train_files)), out_dir,
+                     TinyModelConfig(vocab_size=vocab_size, n_positions=n_positions))
     click.echo(f"tiny CodeGen written to {path} (use it as --base)")
 
 
