@@ -168,6 +168,9 @@ class ServingSettings:
     dtype: str = _f("fp32", "Weights dtype of the converted model (fp32, fp16, bf16).")
     proxy_host: str = _f(defaults.PROXY_HOST, "Interface of the completion proxy.")
     proxy_port: int = _f(defaults.PROXY_PORT, "TCP port of the completion proxy.")
+    api_keys: str | None = _f(None, "Comma-separated Bearer keys the completion proxy accepts (compared in constant time); required to listen beyond loopback.",
+                              env="REPOTUNE_API_KEYS", secret=True)
+    insecure_no_api_keys: bool = _f(False, "Development only: let the proxy listen on a non-loopback address without API keys.")
 
 
 @dataclass

@@ -37,21 +37,56 @@ def _find_triton(root: Path, triton_url: str | None) -> str:
         f"(it records its address in {url_file})")
 
 
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+"""Addresses only this machine reaches; anything else needs API keys (or an explicit insecure flag)."""
+
+
+def _api_keys(raw: str | None) -> tuple[str, ...]:
+    """``serving.api_keys`` (env ``REPOTUNE_API_KEYS`` or ``REPOTUNE_API_KEYS_FILE``), comma-separated."""
+    return tuple(k.strip() for k in (raw or "").split(",") if k.strip())
+
+
+def _check_exposure(host: str, keys: tuple[str, ...], insecure: bool) -> None:
+    """Refuse to put an unauthenticated model on the network: its completions reveal the code it learnt."""
+    if keys or insecure or host in LOOPBACK or host.startswith("127."):
+        return
+    raise click.ClickException(
+        f"refusing to listen on {host} without API keys: anyone who reaches it could read completions of "
+        "your private code. Set REPOTUNE_API_KEYS (or REPOTUNE_API_KEYS_FILE=/run/secrets/...), or pass "
+        "--insecure-no-api-keys for a trusted network.")
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM (docker stop, kubectl delete, systemd) unwinds like Ctrl-C, so ``finally`` stops Triton."""
+    import signal
+
+    def _raise(signum, frame):  # noqa: ARG001 - signal handler signature
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, _raise)
+
+
 @click.command("serve")
+@config_option
 @home_option
 @triton_url_option
-@model_option
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address the proxy listens on.")
-@click.option("--port", default=5000, show_default=True, help="Port the proxy listens on.")
+@click.option("--model", "model_name", default=None,
+              help="Triton model name (and the engine name editors send). Default: serving.model_name.")
+@click.option("--host", default=None, help="Address the proxy listens on. Default: serving.proxy_host.")
+@click.option("--port", type=int, default=None, help="Port the proxy listens on. Default: serving.proxy_port.")
 @click.option("--timeout", "timeout_s", default=30.0, show_default=True, help="Per-request deadline (s).")
-@click.option("--api-key", "api_keys", multiple=True, envvar="REPOTUNE_API_KEYS",
-              help="Accepted Bearer key (repeatable; env REPOTUNE_API_KEYS, comma-separated). "
-                   "None: no authentication.")
+@click.option("--insecure-no-api-keys", is_flag=True, default=None,
+              help="Listen on a non-loopback address without API keys (trusted networks only).")
 @click.option("--get", "get_path", default=None,
               help="Run one GET request in-process (e.g. /v1/models), print the body and exit "
                    "(non-zero unless 200). For scripts and health checks.")
-def serve_command(home, triton_url, model_name, host, port, timeout_s, api_keys, get_path) -> None:
-    """Serve OpenAI/FauxPilot-compatible completions (embedded Triton unless --triton-url)."""
+def serve_command(config_path, home, triton_url, model_name, host, port, timeout_s, insecure_no_api_keys,
+                  get_path) -> None:
+    """Serve OpenAI/FauxPilot-compatible completions (embedded Triton unless a Triton URL is set).
+
+    Settings come from repotune.toml and the environment (``REPOTUNE_SERVING_TRITON_URL``,
+    ``REPOTUNE_SERVING_PROXY_HOST``/``_PORT``, ``REPOTUNE_SERVING_MODEL_NAME``, ``REPOTUNE_API_KEYS``);
+    the options override them. API keys are never taken on the command line (``ps`` shows it)."""
     from serving import (
         ModelRepository,
         ProxyConfig,
@@ -59,10 +94,19 @@ def serve_command(home, triton_url, model_name, host, port, timeout_s, api_keys,
         create_proxy_app,
         tritonserver_binary,
     )
+    from serving.http import HttpServer
 
+    sv = _settings(config_path, home).serving
+    triton_url = triton_url or sv.triton_url
+    model_name = model_name or sv.model_name
+    host = host or sv.proxy_host
+    port = sv.proxy_port if port is None else port
+    keys = _api_keys(sv.api_keys)
+    if not get_path:
+        _check_exposure(host, keys, bool(insecure_no_api_keys or sv.insecure_no_api_keys))
     root = _repo_root(home)
     root.mkdir(parents=True, exist_ok=True)
-    keys = tuple(k.strip() for key in api_keys for k in key.split(",") if k.strip())
+    _stop_on_sigterm()
     server = None
     try:
         if not triton_url:
@@ -86,11 +130,9 @@ def serve_command(home, triton_url, model_name, host, port, timeout_s, api_keys,
             if resp.status_code != 200:
                 raise click.ClickException(f"GET {get_path} answered {resp.status_code}")
             return
-        from werkzeug.serving import make_server
-
-        http = make_server(host, port, app, threaded=True)
-        click.echo(f"completions on http://{host}:{port}/v1 (model {model_name!r}, version {version})",
-                   err=True)
+        http = HttpServer(app, host, port, name="proxy").bind()
+        click.echo(f"completions on {http.url}/v1 (model {model_name!r}, version {version}, "
+                   f"{'API keys required' if keys else 'no API keys'})", err=True)
         http.serve_forever()
     except KeyboardInterrupt:
         pass
