@@ -154,22 +154,26 @@ def _matches_at(ids: list[int], piece: str | tuple[int, ...], at: int) -> bool:
 
 
 def _split(ids: list[int], fmt: tuple[str | tuple[int, ...], ...], sentinels: set[int]) -> dict[str, list[int]]:
-    """Cut ``ids`` along ``fmt``: each literal group is found by its (unique) sentinel."""
-    parts: dict[str, list[int]] = {}
-    cursor, pending = 0, None
+    """Cut ``ids`` along ``fmt``: each literal group is found by its (unique) sentinel.
+
+    Adjacent placeholders (SPM's prefix+middle) cannot be told apart and need not be: they are
+    adjacent in the original file too, so the first takes the run and the others stay empty.
+    """
+    parts = dict.fromkeys(PLACEHOLDERS, [])
+    cursor, pending = 0, []
     for piece in fmt:
         if isinstance(piece, str):
-            pending = piece
+            pending.append(piece)
             continue
-        start = cursor if pending is None else _find_group(ids, piece, cursor, sentinels)
+        start = _find_group(ids, piece, cursor, sentinels) if pending else cursor
         if not _matches_at(ids, piece, start):
             raise ValueError(f"not a FIM example of this format: expected {piece} at token {start}")
-        if pending is not None:
-            parts[pending] = ids[cursor:start]
-            pending = None
+        if pending:
+            parts[pending[0]] = ids[cursor:start]
+            pending = []
         cursor = start + len(piece)
-    if pending is not None:
-        parts[pending] = ids[cursor:]
+    if pending:
+        parts[pending[0]] = ids[cursor:]
     return parts
 
 
