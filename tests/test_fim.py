@@ -113,7 +113,16 @@ def test_summary_records_settings_and_psm_only_families(tiny_tokenizers) -> None
     applier(list(range(10, 40)), "s", 0)
     summary = applier.summary()
     assert summary == {"family": "deepseek-coder", "fim_rate": 1.0, "spm_rate": 0.0, "seed": 3,
-                       "documents": {"plain": 0, "psm": 1, "spm": 0}, "sentinel_tokens_added": 3}
+                       "documents": {"plain": 0, "psm": 1, "spm": 0}, "sentinel_tokens_added": 3,
+                       "files_with_sentinels": 0}
+
+
+def test_files_that_already_hold_a_sentinel_stay_left_to_right(tiny_tokenizers) -> None:
+    tok = tiny_tokenizers["starcoder2"]
+    applier = FimApplier.create(FimSettings("starcoder2", 1.0, 0.5), tok)
+    doc = tok('PROMPT = "<fim_prefix>" + prefix\n', add_special_tokens=False)["input_ids"]
+    assert applier(doc, "s", 0) == doc
+    assert applier.summary()["files_with_sentinels"] == 1 and applier.summary()["documents"]["plain"] == 1
 
 
 def test_bad_settings_and_wrong_tokenizers_fail_clearly(tiny_tokenizers) -> None:

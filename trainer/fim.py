@@ -22,6 +22,7 @@ import hashlib
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from trainer.errors import FamilyError
@@ -73,6 +74,11 @@ class FimIds:
     """Ids of the prefix, suffix and middle sentinels, in that order."""
     psm: tuple[str | tuple[int, ...], ...]
     spm: tuple[str | tuple[int, ...], ...] | None
+
+    @cached_property
+    def sentinel_set(self) -> frozenset[int]:
+        """The sentinel ids as a set (checked against every training file)."""
+        return frozenset(self.sentinel_ids)
 
     @classmethod
     def from_tokenizer(cls, family: str | Family, tokenizer) -> FimIds:
@@ -145,7 +151,7 @@ def undo_fim(ids: Sequence[int], fim_ids: FimIds) -> list[int]:
         return ids
     suffix_first = fim_ids.spm is not None and _matches_at(ids, fim_ids.spm[0], 0)
     fmt = fim_ids.spm if suffix_first else fim_ids.psm
-    parts = _split(ids, fmt or (), set(fim_ids.sentinel_ids))
+    parts = _split(ids, fmt or (), fim_ids.sentinel_set)
     return [*parts[PREFIX], *parts[MIDDLE], *parts[SUFFIX]]
 
 
@@ -153,7 +159,7 @@ def _matches_at(ids: list[int], piece: str | tuple[int, ...], at: int) -> bool:
     return isinstance(piece, tuple) and tuple(ids[at:at + len(piece)]) == piece
 
 
-def _split(ids: list[int], fmt: tuple[str | tuple[int, ...], ...], sentinels: set[int]) -> dict[str, list[int]]:
+def _split(ids: list[int], fmt: tuple[str | tuple[int, ...], ...], sentinels: frozenset[int]) -> dict[str, list[int]]:
     """Cut ``ids`` along ``fmt``: each literal group is found by its (unique) sentinel.
 
     Adjacent placeholders (SPM's prefix+middle) cannot be told apart and need not be: they are
@@ -177,7 +183,7 @@ def _split(ids: list[int], fmt: tuple[str | tuple[int, ...], ...], sentinels: se
     return parts
 
 
-def _find_group(ids: list[int], group: tuple[int, ...], cursor: int, sentinels: set[int]) -> int:
+def _find_group(ids: list[int], group: tuple[int, ...], cursor: int, sentinels: frozenset[int]) -> int:
     # Spacing tokens also occur inside code; a sentinel does not, so the group is found by its own.
     anchor = next(i for i, token in enumerate(group) if token in sentinels)
     try:
@@ -195,6 +201,9 @@ class FimApplier:
     """``None`` when ``fim_rate`` is 0 (then the family needs no sentinels at all)."""
     counts: dict[str, int] = field(default_factory=lambda: {"plain": 0, "psm": 0, "spm": 0})
     added_tokens: int = 0
+    with_sentinels: int = 0
+    """Files whose own text already held a sentinel (e.g. code about FIM); kept left to right,
+    because a second ``<fim_suffix>`` would make the example ambiguous to learn from."""
 
     @classmethod
     def create(cls, settings: FimSettings, tokenizer) -> FimApplier:
@@ -209,6 +218,10 @@ class FimApplier:
     def __call__(self, ids: Sequence[int], key: str, index: int) -> list[int]:
         """Transform document ``index`` of the shard named ``key`` (ids without end-of-text)."""
         if self.fim_ids is None:
+            self.counts["plain"] += 1
+            return list(ids)
+        if not self.fim_ids.sentinel_set.isdisjoint(ids):
+            self.with_sentinels += 1
             self.counts["plain"] += 1
             return list(ids)
         rng = random.Random(_seed_int(self.settings.seed, key, index))
@@ -227,6 +240,7 @@ class FimApplier:
             "seed": self.settings.seed,
             "documents": dict(self.counts),
             "sentinel_tokens_added": self.added_tokens,
+            "files_with_sentinels": self.with_sentinels,
         }
 
 
