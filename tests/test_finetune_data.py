@@ -76,3 +76,74 @@ def test_too_little_text_for_one_block_fails_clearly(tokenizer, tmp_path: Path) 
         prepare([shard], [], tokenizer, tmp_path / "c", 2048)
     with pytest.raises(FinetuneError, match="not found"):
         prepare([tmp_path / "nope.jsonl.zst"], [], tokenizer, tmp_path / "c", 16)
+
+
+@pytest.fixture(scope="module")
+def starcoder_tiny_tokenizer(tmp_path_factory: pytest.TempPathFactory):
+    from transformers import AutoTokenizer
+
+    from trainer import sample_code
+    from trainer.tiny import init_tiny
+
+    root = tmp_path_factory.mktemp("sc2")
+    files = sample_code.generate(root / "src", files=40, seed=1)
+    return AutoTokenizer.from_pretrained(init_tiny((p.read_text() for p in files), root / "model",
+                                                   family="starcoder2"))
+
+
+def _documents(flat: list[int], eos: int) -> list[list[int]]:
+    """Complete documents of a packed stream (the partial one at the end is left out)."""
+    docs, current = [], []
+    for token in flat:
+        current.append(token)
+        if token == eos:
+            docs.append(current)
+            current = []
+    return docs
+
+
+def test_fim_examples_are_packed_recorded_and_reversible(corpus_shards, starcoder_tiny_tokenizer,
+                                                         tmp_path: Path) -> None:
+    from trainer.fim import FimIds, FimSettings, undo_fim
+
+    tok = starcoder_tiny_tokenizer
+    cache = tmp_path / "tokenized"
+    settings = FimSettings("starcoder2", fim_rate=0.5, spm_rate=0.5, seed=1)
+    data = prepare(corpus_shards.train, corpus_shards.heldout, tok, cache, 128, fim=settings)
+    assert all(len(block) == 128 <= tok.model_max_length for block in data.train["input_ids"])
+    fim = data.summary()["fim"]
+    assert fim["family"] == "starcoder2" and fim["fim_rate"] == 0.5 and fim["seed"] == 1
+    assert sum(fim["documents"].values()) == data.summary()["train_documents"]
+    assert fim["documents"]["psm"] > 0 and fim["documents"]["spm"] > 0 and fim["documents"]["plain"] > 0
+
+    fim_ids = FimIds.from_tokenizer("starcoder2", tok)
+    flat = [t for block in data.train["input_ids"] for t in block]
+    originals = [d for s in data.train_shards for d in s.load()["input_ids"]]
+    packed = _documents(flat, tok.eos_token_id)
+    assert len(packed) >= len(originals) - 2
+    for example, original in zip(packed, originals, strict=False):
+        counts = [example.count(s) for s in fim_ids.sentinel_ids]
+        assert counts in ([0, 0, 0], [1, 1, 1])
+        assert undo_fim(example[:-1], fim_ids) + [tok.eos_token_id] == original
+    heldout = {t for block in data.heldout["input_ids"] for t in block}
+    assert not heldout & set(fim_ids.sentinel_ids)  # held-out loss stays left to right
+
+    # Same settings: same blocks, from the cache. Other settings: other blocks, still no re-tokenising.
+    again = prepare(corpus_shards.train, corpus_shards.heldout, tok, cache, 128, fim=settings)
+    assert again.retokenized == [] and again.train["input_ids"] == data.train["input_ids"]
+    other = prepare(corpus_shards.train, corpus_shards.heldout, tok, cache, 128,
+                    fim=FimSettings("starcoder2", seed=2))
+    assert other.retokenized == [] and other.train["input_ids"] != data.train["input_ids"]
+    plain = prepare(corpus_shards.train, corpus_shards.heldout, tok, cache, 128)
+    assert plain.summary()["fim"] is None
+    assert not {t for block in plain.train["input_ids"] for t in block} & set(fim_ids.sentinel_ids)
+
+
+def test_fim_on_a_tokenizer_without_sentinels_fails_before_tokenising(corpus_shards, tokenizer,
+                                                                      tmp_path: Path) -> None:
+    from trainer.errors import FamilyError
+    from trainer.fim import FimSettings
+
+    with pytest.raises(FamilyError, match="not one token"):
+        prepare(corpus_shards.train, [], tokenizer, tmp_path / "c", 128, fim=FimSettings("starcoder2"))
+    assert not (tmp_path / "c").exists()

@@ -2,7 +2,8 @@
 
 Subpackages: :mod:`trainer.corpus` (git → clean, deduplicated, secret-free zstd JSONL shards,
 updated incrementally) and :mod:`trainer.evaluate` (held-out completion tasks, metrics and the
-promotion gate). Heavy libraries (torch, transformers, deepspeed, datasets) are imported inside
+promotion gate). :mod:`trainer.families` is the model-family registry (FIM sentinels, prompt
+formats, stop tokens) that the completion proxy calls too. Heavy libraries (torch, transformers, deepspeed, datasets) are imported inside
 the functions that need them, so ``import trainer`` is cheap.
 """
 
@@ -10,11 +11,20 @@ from __future__ import annotations
 
 from trainer.errors import CorpusError as CorpusError
 from trainer.errors import EvaluationError as EvaluationError
+from trainer.errors import FamilyError as FamilyError
 from trainer.errors import FinetuneError as FinetuneError
 from trainer.errors import RepositoryError as RepositoryError
 from trainer.errors import ShardCorrupt as ShardCorrupt
 from trainer.errors import TokenOutOfRange as TokenOutOfRange
 from trainer.errors import TrainerError as TrainerError
+from trainer.families import FAMILIES as FAMILIES
+from trainer.families import Family as Family
+from trainer.families import build_fim_prompt as build_fim_prompt
+from trainer.families import detect_checkpoint_family as detect_checkpoint_family
+from trainer.families import detect_family as detect_family
+from trainer.families import get_family as get_family
+from trainer.families import stop_tokens as stop_tokens
+from trainer.fim import FimSettings as FimSettings
 from trainer.finetune import FinetuneConfig as FinetuneConfig
 from trainer.finetune import TrainResult as TrainResult
 from trainer.finetune import launch as launch
@@ -23,8 +33,12 @@ from trainer.tiny import TinyModelConfig as TinyModelConfig
 from trainer.tiny import init_tiny as init_tiny
 
 __all__ = [
+    "FAMILIES",
     "CorpusError",
     "EvaluationError",
+    "Family",
+    "FamilyError",
+    "FimSettings",
     "FinetuneConfig",
     "FinetuneError",
     "RepositoryError",
@@ -33,7 +47,12 @@ __all__ = [
     "TokenOutOfRange",
     "TrainResult",
     "TrainerError",
+    "build_fim_prompt",
+    "detect_checkpoint_family",
+    "detect_family",
+    "get_family",
     "init_tiny",
     "launch",
+    "stop_tokens",
     "train",
 ]

@@ -9,6 +9,9 @@ Two steps, kept apart so that a push touching 2 of 64 shards re-tokenises only t
 2. :func:`pack` concatenates the cached documents of all shards and cuts them into
    ``block_size`` blocks (the original recipe's ``group_texts``, done once over the whole corpus
    with Arrow/numpy instead of per 1000-document batch, so at most one partial block is dropped).
+   With FIM settings (:class:`trainer.fim.FimSettings`), each training document is first turned
+   into a fill-in-the-middle example by :mod:`trainer.fim` (token level, per file, seeded), so the
+   transform lives after the cache: changing ``fim_rate`` never re-tokenises.
 
 The block size is not part of the cache key: packing is cheap, tokenising is not.
 
@@ -28,7 +31,10 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from trainer.fim import FimApplier, FimSettings
 
 ProgressFn = Callable[[dict[str, Any]], None]
 
@@ -74,6 +80,8 @@ class PreparedData:
     heldout_shards: list[TokenizedShard] = field(default_factory=list)
     seconds: float = 0.0
     """Wall time spent tokenising and packing."""
+    fim: dict[str, Any] | None = None
+    """What the fill-in-the-middle transform did to the training documents (``None``: not asked)."""
 
     @property
     def shards(self) -> list[TokenizedShard]:
@@ -104,6 +112,7 @@ class PreparedData:
             "retokenized": [str(p) for p in self.retokenized],
             "reused": [str(p) for p in self.reused],
             "seconds": round(self.seconds, 3),
+            "fim": self.fim,
         }
 
 
@@ -288,12 +297,15 @@ def _fsync_dir(folder: Path) -> None:
                 os.fsync(fh.fileno())
 
 
-def pack(shards: Sequence[TokenizedShard], block_size: int, max_blocks: int | None = None):
+def pack(shards: Sequence[TokenizedShard], block_size: int, max_blocks: int | None = None,
+         fim: FimApplier | None = None, eos: int | None = None):
     """Concatenate every shard's documents and cut them into ``block_size`` blocks.
 
     Returns a ``datasets.Dataset`` with one fixed-size ``input_ids`` list per row (int32).
     The trailing partial block is dropped (at most ``block_size - 1`` tokens for the corpus).
     ``max_blocks`` keeps only the first blocks (used to bound held-out evaluation time).
+    With ``fim`` (and the tokenizer's ``eos`` id), every document is passed through the FIM
+    transform first; its end-of-text token stays last.
     """
     import datasets
     import numpy as np
@@ -302,9 +314,13 @@ def pack(shards: Sequence[TokenizedShard], block_size: int, max_blocks: int | No
 
     parts = []
     for shard in shards:
-        if shard.tokens:
-            column = shard.load().data.column("input_ids")
+        if not shard.tokens:
+            continue
+        column = shard.load().data.column("input_ids")
+        if fim is None:
             parts.extend(pc.list_flatten(chunk).to_numpy(zero_copy_only=False) for chunk in column.chunks)
+        else:
+            parts.extend(_fim_documents(column, shard.sha256, fim, eos))
     flat = np.concatenate(parts).astype(np.int32, copy=False) if parts else np.zeros(0, np.int32)
     n_blocks = len(flat) // block_size
     if max_blocks is not None:
@@ -312,6 +328,19 @@ def pack(shards: Sequence[TokenizedShard], block_size: int, max_blocks: int | No
     values = pa.array(flat[: n_blocks * block_size], type=pa.int32())
     blocks = pa.FixedSizeListArray.from_arrays(values, block_size)
     return datasets.Dataset(pa.table({"input_ids": blocks}))
+
+
+def _fim_documents(column, key: str, fim: FimApplier, eos: int | None):
+    """Each cached document of one shard as a FIM-transformed numpy array (end-of-text kept last)."""
+    import numpy as np
+
+    index = 0
+    for chunk in column.chunks:
+        for ids in chunk.to_pylist():
+            tail = ids[-1:] if ids and ids[-1] == eos else []
+            body = ids[:-1] if tail else ids
+            yield np.asarray(fim(body, key, index) + tail, dtype=np.int32)
+            index += 1
 
 
 def prepare(
@@ -324,11 +353,20 @@ def prepare(
     num_proc: int = 1,
     max_eval_blocks: int | None = None,
     progress: ProgressFn | None = None,
+    fim: FimSettings | None = None,
 ) -> PreparedData:
-    """Tokenise (through the cache) and pack the train and held-out shards."""
+    """Tokenise (through the cache) and pack the train and held-out shards.
+
+    ``fim`` turns training documents into fill-in-the-middle examples before packing (see
+    :mod:`trainer.fim`); held-out blocks stay left to right, so their loss stays comparable
+    between runs and with the production model. The settings and counts land in
+    :attr:`PreparedData.fim`.
+    """
     from trainer.errors import FinetuneError
+    from trainer.fim import FimApplier
 
     started = time.perf_counter()
+    applier = FimApplier.create(fim, tokenizer) if fim is not None else None
     train_files = sorted(Path(p) for p in train_files)
     heldout_files = sorted(Path(p) for p in heldout_files)
     missing = [str(p) for p in (*train_files, *heldout_files) if not p.is_file()]
@@ -339,7 +377,7 @@ def prepare(
                                  progress=progress)
     train_shards = all_shards[: len(train_files)]
     heldout_shards = all_shards[len(train_files):]
-    train = pack(train_shards, block_size)
+    train = pack(train_shards, block_size, fim=applier, eos=_eos_id(tokenizer))
     if len(train) == 0:
         tokens = sum(s.tokens for s in train_shards)
         raise FinetuneError(
@@ -352,4 +390,5 @@ def prepare(
         tokens = sum(s.tokens for s in heldout_shards)
         heldout = pack(heldout_shards, tokens, 1) if tokens > 1 else None
     return PreparedData(train=train, heldout=heldout, block_size=block_size, train_shards=train_shards,
-                        heldout_shards=heldout_shards, seconds=time.perf_counter() - started)
+                        heldout_shards=heldout_shards, seconds=time.perf_counter() - started,
+                        fim=applier.summary() if applier is not None else None)

@@ -6,7 +6,8 @@
     │   └── ShardCorrupt       a shard's checksum does not match the manifest
     ├── FinetuneError          training could not start or finish
     │   └── TokenOutOfRange    a token id does not fit the model's embedding rows
-    └── EvaluationError        evaluation could not run
+    ├── EvaluationError        evaluation could not run
+    └── FamilyError            unknown or undetectable model family, or a family lacks what was asked
 """
 
 from __future__ import annotations
@@ -38,3 +39,7 @@ class TokenOutOfRange(FinetuneError):
 
 class EvaluationError(TrainerError):
     """Evaluation could not run."""
+
+
+class FamilyError(TrainerError):
+    """The model family is unknown, cannot be detected, or cannot do what was asked (e.g. FIM)."""

@@ -90,3 +90,25 @@ def aggregate_loss(parts: Iterable[tuple[float, int]]) -> dict[str, float]:
         return {"loss": math.nan, "perplexity": math.nan, "tokens": 0}
     loss = total_nll / total_tokens
     return {"loss": loss, "perplexity": math.exp(loss), "tokens": total_tokens}
+
+
+def breakdown(rows: Sequence[Mapping[str, object]], outer: str = "kind", inner: str = "lang",
+              names: Iterable[str] = STRING_METRICS) -> dict[str, dict[str, dict[str, float]]]:
+    """Mean of each named metric per ``outer`` value and, within it, per ``inner`` value.
+
+    ``rows`` are scored tasks (``{"kind", "lang", "exact_match", …}``). Each group also carries
+    ``n_tasks``; ``"*"`` under an outer value is that value over every ``inner`` value. The
+    FIM report reads it as per task kind, per language: where a model fills a hole inside a
+    line well but a missing block badly, the overall mean would hide it.
+    """
+    names = list(names)
+    groups: dict[str, dict[str, list[Mapping[str, object]]]] = {}
+    for row in rows:
+        by_inner = groups.setdefault(str(row.get(outer, "unknown")), {})
+        by_inner.setdefault(str(row.get(inner, "unknown")), []).append(row)
+        by_inner.setdefault("*", []).append(row)
+    return {
+        out_key: {in_key: {**mean_scores(members, names), "n_tasks": len(members)}
+                  for in_key, members in sorted(by_inner.items())}
+        for out_key, by_inner in sorted(groups.items())
+    }

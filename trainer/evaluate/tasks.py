@@ -8,6 +8,18 @@ A task is (prompt, target): the code before a cut point and what a developer typ
   (blank lines in between stay in the prompt).
 - ``block``: like ``next_line`` but the target is up to ``block_lines`` lines.
 
+Fill-in-the-middle kinds (:data:`FIM_TASK_KINDS`) cut a hole the way editors ask for one, and
+carry the real code after the hole as ``suffix`` (``prompt + target + suffix`` is the file):
+
+- ``fim_inline``: the cursor inside a line; the hole is part of that line and the rest of the
+  line (``)``, ``, timeout=5)``) is in the suffix.
+- ``fim_line_end``: the cursor after some characters of a line; the hole is the rest of it.
+- ``fim_line``: a whole missing line (the prompt ends at a line break).
+- ``fim_block``: up to ``block_lines`` missing lines.
+
+A FIM task needs non-blank code on both sides of the hole. The left-to-right kinds are
+untouched by them (CodeGen keeps exactly today's tasks); a FIM model is asked both.
+
 Targets without a letter or digit (blank, ``}``, ``)``, ``]);``) are skipped: any model gets
 them right and they would only dilute the differences we measure.
 
@@ -30,6 +42,10 @@ from typing import Any
 
 from trainer.evaluate.config import TASK_KINDS
 
+FIM_TASK_KINDS = ("fim_inline", "fim_line_end", "fim_line", "fim_block")
+"""Fill-in-the-middle task kinds, in the order they are dealt (for FIM families only)."""
+ALL_TASK_KINDS = TASK_KINDS + FIM_TASK_KINDS
+
 _NONTRIVIAL = re.compile(r"[A-Za-z0-9]")
 
 
@@ -40,7 +56,7 @@ class Task:
     task_id: str
     """Stable id: ``repo:path:kind:line:column``."""
     kind: str
-    """``line``, ``next_line`` or ``block``."""
+    """``line``, ``next_line``, ``block`` or one of :data:`FIM_TASK_KINDS`."""
     prompt: str
     """Code before the cut (left-truncated to the model context when a tokenizer was given)."""
     target: str
@@ -50,6 +66,8 @@ class Task:
     repo: str
     line: int
     """0-based line of the cut."""
+    suffix: str = ""
+    """FIM kinds: the code after the hole (right-truncated when a tokenizer was given); else empty."""
 
     @property
     def target_lines(self) -> int:
@@ -88,6 +106,8 @@ class _Cut:
     offset: int
     target: str
     line: int
+    end: int = 0
+    """FIM kinds: offset where the suffix starts (``offset + len(target)``)."""
 
 
 def _file_candidates(record: Mapping[str, Any], index: int, kind: str, *, seed: int, corpus_version: str,
@@ -105,6 +125,17 @@ def _file_candidates(record: Mapping[str, Any], index: int, kind: str, *, seed: 
         if len(found) >= limit:
             break
         line = lines[i]
+        if kind in FIM_TASK_KINDS:
+            cut = _fim_cut(kind, lines, i, rng, block_lines, min_prefix_chars)
+            if cut is None:
+                continue
+            col, target = cut
+            offset = starts[i] + col
+            if is_trivial(target) or not text[:offset].strip() or not text[offset + len(target):].strip():
+                continue
+            found.append(_Cut(task_id=f"{repo}:{path}:{kind}:{i}:{col}", kind=kind, record=index,
+                              offset=offset, target=target, line=i, end=offset + len(target)))
+            continue
         if kind == "line":
             indent = len(line) - len(line.lstrip())
             body = len(line) - indent
@@ -125,20 +156,49 @@ def _file_candidates(record: Mapping[str, Any], index: int, kind: str, *, seed: 
     return found
 
 
+def _fim_cut(kind: str, lines: list[str], i: int, rng: random.Random, block_lines: int,
+             min_prefix_chars: int) -> tuple[int, str] | None:
+    """(column, hole text) of a FIM cut on line ``i``, or ``None`` when the line does not fit the kind.
+
+    The hole is an exact slice of the file (only trailing blanks are left to the suffix), so
+    ``prompt + target + suffix`` reproduces the file.
+    """
+    line = lines[i].rstrip()
+    indent = len(line) - len(line.lstrip())
+    body = len(line) - indent
+    if kind == "fim_inline":
+        if body < min_prefix_chars + 3:
+            return None
+        col = indent + rng.randint(min_prefix_chars, body - 2)
+        return col, line[col:rng.randint(col + 1, len(line) - 1)]
+    if kind == "fim_line_end":
+        if body < min_prefix_chars + 2:
+            return None
+        col = indent + rng.randint(min_prefix_chars, body - 1)
+        return col, line[col:]
+    if i == 0 or not line.strip():
+        return None
+    if kind == "fim_line":
+        return 0, line
+    return 0, "\n".join(lines[i:i + block_lines]).rstrip()
+
+
 def build_tasks(records: Iterable[Mapping[str, Any]], *, seed: int, n: int, corpus_version: str | int,
                 kinds: tuple[str, ...] = TASK_KINDS, block_lines: int = 5, min_prefix_chars: int = 3,
-                tokenizer: Any = None, max_prompt_tokens: int | None = None) -> list[Task]:
+                tokenizer: Any = None, max_prompt_tokens: int | None = None,
+                max_suffix_tokens: int | None = None) -> list[Task]:
     """Draw ``n`` tasks (split as evenly as possible over ``kinds``) from ``records``.
 
     ``records`` are corpus lines (``{"text", "path", "lang", "repo", "sha"}``). The same
     records, seed and corpus version always give the same tasks in the same order. With a
     ``tokenizer`` and ``max_prompt_tokens``, each prompt keeps only its last
-    ``max_prompt_tokens`` tokens (cut on a token boundary of the original text).
+    ``max_prompt_tokens`` tokens (cut on a token boundary of the original text); with
+    ``max_suffix_tokens``, a FIM task's suffix keeps only its first ``max_suffix_tokens`` tokens.
     A kind with too few candidates leaves its share to the others.
     """
-    unknown = [k for k in kinds if k not in TASK_KINDS]
+    unknown = [k for k in kinds if k not in ALL_TASK_KINDS]
     if unknown:
-        raise ValueError(f"unknown task kinds {unknown}; use a subset of {TASK_KINDS}")
+        raise ValueError(f"unknown task kinds {unknown}; use a subset of {ALL_TASK_KINDS}")
     ordered = sorted((r for r in records if isinstance(r.get("text"), str)),
                      key=lambda r: (r.get("repo", ""), r["path"]))
     version = str(corpus_version)
@@ -158,9 +218,12 @@ def build_tasks(records: Iterable[Mapping[str, Any]], *, seed: int, n: int, corp
         prompt = record["text"][:cut.offset]
         if tokenizer is not None and max_prompt_tokens is not None:
             prompt = truncate_left(prompt, tokenizer, max_prompt_tokens)
+        suffix = record["text"][cut.end:] if cut.kind in FIM_TASK_KINDS else ""
+        if suffix and tokenizer is not None and max_suffix_tokens is not None:
+            suffix = truncate_right(suffix, tokenizer, max_suffix_tokens)
         tasks.append(Task(task_id=cut.task_id, kind=cut.kind, prompt=prompt, target=cut.target,
                           path=record["path"], lang=record.get("lang", "unknown"),
-                          repo=record.get("repo", ""), line=cut.line))
+                          repo=record.get("repo", ""), line=cut.line, suffix=suffix))
     return tasks
 
 
@@ -199,3 +262,19 @@ def truncate_left(text: str, tokenizer: Any, max_tokens: int) -> str:
             return text
     start = offsets[len(offsets) - max_tokens][0]
     return window[start:]
+
+
+def truncate_right(text: str, tokenizer: Any, max_tokens: int) -> str:
+    """The longest prefix of ``text`` ending on a token boundary with at most ``max_tokens`` tokens."""
+    if max_tokens <= 0:
+        return ""
+    window = text[:max_tokens * 16]
+    offsets = tokenizer(window, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    if len(offsets) <= max_tokens and len(window) == len(text):
+        return text
+    if len(offsets) <= max_tokens:  # a window of long tokens: look at the whole text
+        window = text
+        offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        if len(offsets) <= max_tokens:
+            return text
+    return window[:offsets[max_tokens - 1][1]]
