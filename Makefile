@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test install browser vocab lint bench clean
+.PHONY: run test install browser editors vocab lint bench clean
 
 install: $(STAMP)
 
@@ -16,11 +16,22 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-# Headless Chromium for the status-page test (Debian's package; Playwright drives it).
+# Debian packages the tests drive: headless Chromium (status page, through Playwright) and
+# node + npm (the real editor clients in tests/node). Installed only when missing.
 browser:
-	@command -v chromium >/dev/null 2>&1 || { \
+	@missing=""; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	command -v node >/dev/null 2>&1 || missing="$$missing nodejs"; \
+	command -v npm >/dev/null 2>&1 || missing="$$missing npm"; \
+	if [ -n "$$missing" ]; then \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium >/dev/null; }
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq $$missing >/dev/null; fi
+
+# The editor clients (tabby-agent, openai npm) at the versions pinned in tests/node/package-lock.json.
+editors: tests/node/node_modules/.installed
+tests/node/node_modules/.installed: tests/node/package-lock.json | browser
+	cd tests/node && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
 
 # A real StarCoder2 vocabulary for the FIM tests, from the pinned llama-cpp-python sdist
 # (downloaded once into .cache/vocab; a no-op when the file is already there).
@@ -32,7 +43,7 @@ run: install
 	$(BIN)/repotune up
 
 ## test: install, then lint and run the whole test suite
-test: install browser
+test: install browser editors vocab
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
