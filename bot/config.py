@@ -104,6 +104,8 @@ class ChatopsSettings:
                                        factory=_github_levels)
     gitlab_levels: dict[str, int] = _f(None, "Least GitLab access level per command (10 guest, 20 reporter, 30 developer, 40 maintainer, 50 owner).",
                                        factory=_gitlab_levels)
+    operators: list[str] = _f(None, "Usernames (`name`, or `github:name` / `gitlab:name` for one forge) who may run promote, rollback, pause and resume without the level on every repository feeding the model.",
+                              factory=list)
 
 
 @dataclass

@@ -14,7 +14,9 @@ an @mention of the bot (``@repotune``); every later line is free text and never 
 
 One module per layer: :mod:`~bot.chatops.grammar` (pure: text → :class:`Command` or
 :class:`~bot.errors.CommandError`), :mod:`~bot.chatops.auth` (pure: forge level vs the
-configured least level), :mod:`~bot.chatops.handlers` (one function per command, calling the
+configured least level, and on every repository feeding the model for the commands that act on
+it), :mod:`~bot.chatops.scope` (pure: what a ``status`` / ``eval`` reply may show a commenter
+of one repository), :mod:`~bot.chatops.handlers` (one function per command, calling the
 bot core), :mod:`~bot.chatops.render` (markdown), and :mod:`~bot.chatops.job`
 (:func:`handle_comment_job`, the RQ job the webhook enqueues as
 ``bot.chatops.handle_comment_job``).
@@ -24,8 +26,13 @@ from __future__ import annotations
 
 from bot.chatops.auth import GITHUB_ROLES as GITHUB_ROLES
 from bot.chatops.auth import GITLAB_NAMES as GITLAB_NAMES
+from bot.chatops.auth import SHARED_MODEL_COMMANDS as SHARED_MODEL_COMMANDS
+from bot.chatops.auth import Decision as Decision
 from bot.chatops.auth import allowed as allowed
+from bot.chatops.auth import decide_shared as decide_shared
+from bot.chatops.auth import is_operator as is_operator
 from bot.chatops.auth import level_name as level_name
+from bot.chatops.auth import model_feeders as model_feeders
 from bot.chatops.auth import required_level as required_level
 from bot.chatops.grammar import _PARSERS as _PARSERS
 from bot.chatops.grammar import RUN_ID_RE as RUN_ID_RE
@@ -48,3 +55,5 @@ from bot.chatops.render import MAX_COMMENT_CHARS as MAX_COMMENT_CHARS
 from bot.chatops.render import render_status as render_status
 from bot.chatops.render import table as table
 from bot.chatops.render import truncate as truncate
+from bot.chatops.scope import redact as redact
+from bot.chatops.scope import scope_status as scope_status

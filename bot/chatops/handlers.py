@@ -2,7 +2,9 @@
 
 Handlers call the bot core (:mod:`bot.scheduler`, :mod:`bot.jobs`, :mod:`bot.runs`,
 :mod:`bot.status`), imported inside the handler so the grammar and the webhook import none of
-it. A :class:`~bot.errors.BotError` becomes a ``:x:`` reply, not a crash.
+it. A :class:`~bot.errors.BotError` becomes a ``:x:`` reply, not a crash. ``status`` and ``eval``
+replies pass through :mod:`~bot.chatops.scope`: a commenter sees their repository and the
+model-wide facts, never another repository's details.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from bot.chatops.auth import level_name, required_level
 from bot.chatops.grammar import SPECS, Command, shown, suggest
 from bot.chatops.render import render_status
+from bot.chatops.scope import hidden_names, redact, scope_status
 from bot.errors import BotError, CommandError
 
 if TYPE_CHECKING:
@@ -81,7 +84,8 @@ def _help(ctx: Context, cmd: Command) -> str:
 def _status(ctx: Context, cmd: Command) -> str:
     from bot import status
 
-    return render_status(status.collect(ctx.settings, ctx.redis), ctx.settings)
+    snapshot = scope_status(status.collect(ctx.settings, ctx.redis), ctx.repo.name)
+    return render_status(snapshot, ctx.settings)
 
 
 def _retrain(ctx: Context, cmd: Command) -> str:
@@ -111,6 +115,8 @@ def _eval(ctx: Context, cmd: Command) -> str:
         run = _load_run(ctx, run_id)
     report = _read_report(run)
     if report is not None:
+        report = redact(report, hidden_names(ctx.settings.repos, ctx.repo.name),
+                        str(ctx.settings.home))
         header = f"**Evaluation of run `{run.id}`** ({_value(run.status)})"
         return f"{header}{_run_link(ctx, run.id)}\n\n{report}"
     if _value(run.status) in ("queued", "ingesting", "training", "evaluating"):

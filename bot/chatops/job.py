@@ -5,7 +5,9 @@ the same rule the webhook applied) → parse → ask the forge for the commenter
 then acknowledge (a reaction) and answer. Someone below the level ``help`` needs (not a
 collaborator / not a member) gets neither a reaction nor a reply, so a stranger's comments
 cannot make the bot write to the forge (no amplification); a collaborator below the command's
-level gets the one-line refusal.
+level gets the one-line refusal. A command on the shared model (promote, rollback, pause,
+resume) then needs the same level on every repository feeding the model, or an operator
+(:func:`~bot.chatops.auth.decide_shared`); each repository's level is asked once per job.
 """
 
 from __future__ import annotations
@@ -14,7 +16,16 @@ import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from bot.chatops.auth import allowed, level_name, required_level
+from bot.chatops.auth import (
+    SHARED_MODEL_COMMANDS,
+    LevelCache,
+    allowed,
+    decide_shared,
+    is_operator,
+    level_name,
+    model_feeders,
+    required_level,
+)
 from bot.chatops.grammar import Command, parse_command
 from bot.chatops.handlers import Context, execute, help_text
 from bot.chatops.render import truncate
@@ -59,12 +70,17 @@ def _where(event: CommentEvent) -> str:
     return f"{event.repo}{'#' if event.forge == 'github' else '!'}{event.number}"
 
 
-def _level(forge: Forge, event: CommentEvent) -> Any:
-    """The commenter's level; GitLab by numeric user id when the payload has one (exact)."""
-    user: str | int = event.author
+def _user(event: CommentEvent) -> str | int:
+    """Who to look up: GitLab by numeric user id when the payload has one (exact, and the same
+    on every project of the instance); GitHub by login."""
     if event.forge == "gitlab" and event.author_id:
-        user = int(event.author_id)
-    return forge.permission(event.repo, user, project_id=event.project_id)
+        return int(event.author_id)
+    return event.author
+
+
+def _level(forge: Forge, event: CommentEvent) -> Any:
+    """The commenter's level on the comment's repository."""
+    return forge.permission(event.repo, _user(event), project_id=event.project_id)
 
 
 def _acknowledge(forge: Forge, event: CommentEvent) -> None:
@@ -109,8 +125,14 @@ def handle_comment_job(event_dict: Mapping[str, Any], settings: Settings | None 
         return {"handled": True, "command": name, "allowed": False, "answered": False}
     _acknowledge(forge, event)
     need = required_level(settings, event.forge, name)
-    if not allowed(event.forge, have, need):
+    shared = command is not None and name in SHARED_MODEL_COMMANDS
+    operator = shared and is_operator(chatops.operators, event.forge, event.author)
+    if not allowed(event.forge, have, need) and not operator:
         return _refuse(forge, event, name, have, need)
+    if shared:
+        denied = _check_shared(settings, forge, event, name, have, need)
+        if denied is not None:
+            return denied
     if error is not None:
         body = f"@{event.author} {error}\n\n{help_text(settings, event.forge)}"
         forge.comment(event, truncate(body))
@@ -126,6 +148,29 @@ def _refuse(forge: Forge, event: CommentEvent, name: str, have: Any, need: Any) 
     forge.comment(event, f"@{event.author} :no_entry: `{name}` needs {level_name(f, need)} "
                          f"access to {event.repo}; you have {level_name(f, have)}.")
     return {"handled": True, "command": name, "allowed": False}
+
+
+def _check_shared(settings: Settings, forge: Forge, event: CommentEvent, name: str, have: Any,
+                  need: Any) -> dict | None:
+    """None when ``name`` may act on the shared model; otherwise refuse in a reply (naming the
+    repository where the level is missing) and return the job summary."""
+    here = settings.repo_for(event.forge, event.repo, event.project_id)
+    user = _user(event)
+    levels = LevelCache(lambda repo: forge.permission(str(repo.full_name or repo.name), user,
+                                                      project_id=repo.project_id))
+    if here is not None:
+        levels.seed(here, have)
+    decision = decide_shared(event.forge, event.author, model_feeders(settings), need, levels,
+                             settings.chatops.operators)
+    if decision.allowed:
+        log.info("chat-ops %s by %s on %s allowed on the shared model: %s", name, event.author,
+                 _where(event), decision.reason)
+        return None
+    log.warning("chat-ops %s denied on the shared model: %s on %s; missing on %s", name,
+                event.author, _where(event), decision.repo)
+    forge.comment(event, f"@{event.author} :no_entry: `{name}` acts on the model that every "
+                         f"configured repository feeds: {decision.reason}")
+    return {"handled": True, "command": name, "allowed": False, "repo": decision.repo}
 
 
 def _run(settings: Settings, forge: Forge, event: CommentEvent, command: Command) -> dict:
