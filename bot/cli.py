@@ -25,6 +25,7 @@ from bot import commands as _commands_pkg
 LIBRARY_ERROR_ROOTS: tuple[tuple[str, str], ...] = (
     ("bot.errors", "BotError"),
     ("trainer.errors", "TrainerError"),
+    ("families", "FamilyError"),
     ("converter.errors", "ConversionError"),
     ("serving.errors", "ServingError"),
 )

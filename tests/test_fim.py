@@ -7,10 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from families import FamilyError, build_fim_prompt, get_family, stop_tokens
 from trainer import sample_code
 from trainer._vocab import ensure_starcoder_vocab
-from trainer.errors import FamilyError
-from trainer.families import build_fim_prompt, get_family, stop_tokens
 from trainer.fim import FimApplier, FimIds, FimSettings, fim_transform, undo_fim
 from trainer.tiny import init_tiny
 

@@ -6,9 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from families import FamilyError, build_fim_prompt, detect_checkpoint_family, get_family
 from trainer import sample_code
-from trainer.errors import FamilyError
-from trainer.families import build_fim_prompt, detect_checkpoint_family, get_family
 from trainer.tiny import init_tiny
 
 CASES = [

@@ -9,6 +9,13 @@ the functions that need them, so ``import trainer`` is cheap.
 
 from __future__ import annotations
 
+from families import FAMILIES as FAMILIES
+from families import Family as Family
+from families import build_fim_prompt as build_fim_prompt
+from families import detect_checkpoint_family as detect_checkpoint_family
+from families import detect_family as detect_family
+from families import get_family as get_family
+from families import stop_tokens as stop_tokens
 from trainer.errors import CorpusError as CorpusError
 from trainer.errors import EvaluationError as EvaluationError
 from trainer.errors import FamilyError as FamilyError
@@ -17,13 +24,6 @@ from trainer.errors import RepositoryError as RepositoryError
 from trainer.errors import ShardCorrupt as ShardCorrupt
 from trainer.errors import TokenOutOfRange as TokenOutOfRange
 from trainer.errors import TrainerError as TrainerError
-from trainer.families import FAMILIES as FAMILIES
-from trainer.families import Family as Family
-from trainer.families import build_fim_prompt as build_fim_prompt
-from trainer.families import detect_checkpoint_family as detect_checkpoint_family
-from trainer.families import detect_family as detect_family
-from trainer.families import get_family as get_family
-from trainer.families import stop_tokens as stop_tokens
 from trainer.fim import FimSettings as FimSettings
 from trainer.finetune import FinetuneConfig as FinetuneConfig
 from trainer.finetune import TrainResult as TrainResult

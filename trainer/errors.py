@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+import families as _families
+
 
 class TrainerError(Exception):
     """Root of every error the trainer package raises on purpose."""
@@ -41,5 +43,5 @@ class EvaluationError(TrainerError):
     """Evaluation could not run."""
 
 
-class FamilyError(TrainerError):
+class FamilyError(TrainerError, _families.FamilyError):
     """The model family is unknown, cannot be detected, or cannot do what was asked (e.g. FIM)."""

@@ -25,8 +25,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
-from trainer.errors import FamilyError
-from trainer.families import (
+from families import (
     FAMILY_SETTING,
     MIDDLE,
     PLACEHOLDERS,
@@ -35,6 +34,7 @@ from trainer.families import (
     Family,
     get_family,
 )
+from trainer.errors import FamilyError
 
 
 @dataclass(frozen=True)

@@ -92,7 +92,7 @@ def init_tiny(texts: Iterable[str], out_dir: Path, config: TinyModelConfig | Non
     """
     import torch
 
-    from trainer.families import get_family
+    from families import get_family
 
     fam = get_family(FAMILY_ALIASES.get(family, family))
     config = config or TinyModelConfig()

@@ -25,7 +25,12 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from trainer.errors import FamilyError
+
+class FamilyError(ValueError):
+    """An unknown or undetectable model family, or a family lacking what was asked (FIM).
+
+    ``trainer.errors.FamilyError`` subclasses it, so ``except TrainerError`` catches what the
+    trainer raises, and the CLI shows either without a traceback."""
 
 PREFIX = "{prefix}"
 """Placeholder piece: the code before the cursor."""
