@@ -22,6 +22,7 @@ from typing import Any, Literal
 from converter._checkpoint import TensorReader, copy_tokenizer, read_config, token_ids, weight_files
 from converter.errors import CheckpointError, ConversionError
 from converter.triton_config import Schema, fastertransformer_config, python_backend_config
+from durable import fsync_dir, fsync_tree, write_json_atomic
 
 Backend = Literal["python", "fastertransformer"]
 ProgressFn = Callable[[dict[str, Any]], None]
@@ -113,11 +114,13 @@ def convert(
         meta.update(backend=to, model_name=model_name, tensor_parallel=tp, source=str(src),
                     dtype=dtype, verified=bool(report), created=time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                                                               time.gmtime()))
-        _write_json(staging / ARTIFACT_FILE, meta)
+        write_json_atomic(staging / ARTIFACT_FILE, meta)
         files = sorted(str(p.relative_to(staging)) for p in staging.rglob("*") if p.is_file())
+        fsync_tree(staging)  # every converted file durable before the folder appears under its name
         if out.exists():
             out.rmdir()
         os.replace(staging, out)
+        fsync_dir(out.parent)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -265,16 +268,6 @@ def _to_fastertransformer(src: Path, staging: Path, *, gpus: int, dtype: str, mo
 def _emit(progress: ProgressFn | None, stage: str, done: int, total: int, **extra: Any) -> None:
     if progress is not None:
         progress({"stage": stage, "done": done, "total": total, **extra})
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(data, fh, indent=2, sort_keys=True)
-        fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def check_artifact(path: str | Path) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import configparser
 import os
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -169,6 +169,42 @@ def _check_pbtxt_agrees(cfg: FTConfig, pbtxt: str, ft_dir: Path) -> None:
             "(garbage output); regenerate config.pbtxt with `repotune convert`.")
 
 
+def _ft_config(gptj_config: dict[str, Any], *, tensor_parallel: int, dtype: str, start_id: int,
+               end_id: int, model_name: str) -> FTConfig:
+    """The FasterTransformer ``config.ini`` values of a GPT-J HF config."""
+    n_embd, n_head = int(gptj_config["n_embd"]), int(gptj_config["n_head"])
+    return FTConfig(
+        model_name=model_name, head_num=n_head, size_per_head=n_embd // n_head,
+        inter_size=int(gptj_config.get("n_inner") or 4 * n_embd),
+        num_layer=int(gptj_config["n_layer"]), rotary_embedding=int(gptj_config["rotary_dim"]),
+        vocab_size=int(gptj_config["vocab_size"]), start_id=start_id, end_id=end_id,
+        weight_data_type=dtype, tensor_para_size=tensor_parallel,
+        layernorm_eps=float(gptj_config.get("layer_norm_epsilon", 1e-5)),
+        max_pos_seq_len=int(gptj_config.get("n_positions", 2048)))
+
+
+def _ft_weights(tensors: Iterable[tuple[str, Any]], qkv_parts: dict[str, dict[str, Any]]
+                ) -> Iterator[tuple[str | None, str | None, str, Any]]:
+    """``(transform, split, target template, tensor)`` per FasterTransformer weight, in the
+    order the GPT-J tensors arrive; q, k and v are held in ``qkv_parts`` until all three
+    of a layer are there, then fused into one (what is left there at the end is incomplete)."""
+    for name, tensor in tensors:
+        hit = lookup(name, GPTJ_TO_FT, GPTJ_DROP, "GPT-J checkpoint")
+        if hit is None:
+            continue
+        row, groups = hit
+        template = target_names(row, groups)[0]
+        if row.transform == "qkv":
+            layer = qkv_parts.setdefault(template, {})
+            layer[groups[1]] = _to_numpy(tensor)
+            if len(layer) < 3:
+                continue
+            del qkv_parts[template]
+            # [3, E_out, E_in] → [E_in, 3, E_out]: FT multiplies x [.., E_in] by it.
+            tensor = np.stack([layer["q"], layer["k"], layer["v"]]).transpose(2, 0, 1)
+        yield row.transform, row.split, template, tensor
+
+
 def write_fastertransformer(
     tensors: Iterable[tuple[str, Any]],
     gptj_config: dict[str, Any],
@@ -189,15 +225,8 @@ def write_fastertransformer(
     """
     if dtype not in FT_DTYPES:
         raise ConversionError(f"unknown dtype {dtype!r}: use one of {sorted(FT_DTYPES)}")
-    n_embd, n_head = int(gptj_config["n_embd"]), int(gptj_config["n_head"])
-    cfg = FTConfig(
-        model_name=model_name, head_num=n_head, size_per_head=n_embd // n_head,
-        inter_size=int(gptj_config.get("n_inner") or 4 * n_embd),
-        num_layer=int(gptj_config["n_layer"]), rotary_embedding=int(gptj_config["rotary_dim"]),
-        vocab_size=int(gptj_config["vocab_size"]), start_id=start_id, end_id=end_id,
-        weight_data_type=dtype, tensor_para_size=tensor_parallel,
-        layernorm_eps=float(gptj_config.get("layer_norm_epsilon", 1e-5)),
-        max_pos_seq_len=int(gptj_config.get("n_positions", 2048)))
+    cfg = _ft_config(gptj_config, tensor_parallel=tensor_parallel, dtype=dtype, start_id=start_id,
+                     end_id=end_id, model_name=model_name)
     expected = expected_files(cfg)  # also checks N divides the shapes
     out = Path(dst) / f"{tensor_parallel}-gpu"
     out.mkdir(parents=True, exist_ok=True)
@@ -231,22 +260,9 @@ def write_fastertransformer(
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         try:
-            for name, tensor in tensors:
-                hit = lookup(name, GPTJ_TO_FT, GPTJ_DROP, "GPT-J checkpoint")
-                if hit is None:
-                    continue
-                row, groups = hit
-                template = target_names(row, groups)[0]
-                if row.transform == "qkv":
-                    layer = qkv_parts.setdefault(template, {})
-                    layer[groups[1]] = _to_numpy(tensor)
-                    if len(layer) < 3:
-                        continue
-                    del qkv_parts[template]
-                    # [3, E_out, E_in] → [E_in, 3, E_out]: FT multiplies x [.., E_in] by it.
-                    tensor = np.stack([layer["q"], layer["k"], layer["v"]]).transpose(2, 0, 1)
+            for transform, split, template, tensor in _ft_weights(tensors, qkv_parts):
                 in_flight.acquire()
-                futures.append(pool.submit(job, row.transform, row.split, template, tensor))
+                futures.append(pool.submit(job, transform, split, template, tensor))
                 _raise_first_error(futures)
         finally:
             for f in futures:

@@ -9,6 +9,11 @@ from __future__ import annotations
 
 from serving.client import Generation as Generation
 from serving.client import TritonClient as TritonClient
+from serving.completer import Completer as Completer
+from serving.completer import CompletionObserver as CompletionObserver
+from serving.completer import VersionRouter as VersionRouter
+from serving.completions import ApiError as ApiError
+from serving.completions import CompletionRequest as CompletionRequest
 from serving.errors import InferenceFailed as InferenceFailed
 from serving.errors import ModelLoadFailed as ModelLoadFailed
 from serving.errors import RepositoryStateError as RepositoryStateError
@@ -27,6 +32,10 @@ from serving.triton import tritonserver_binary as tritonserver_binary
 
 __all__ = [
     "VERSION_HEADER",
+    "ApiError",
+    "Completer",
+    "CompletionObserver",
+    "CompletionRequest",
     "Generation",
     "InferenceFailed",
     "ModelLoadFailed",
@@ -40,6 +49,7 @@ __all__ = [
     "TritonServer",
     "TritonTimeout",
     "TritonUnavailable",
+    "VersionRouter",
     "VersionUnavailable",
     "create_proxy_app",
     "tritonserver_binary",

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -199,26 +200,9 @@ class TritonClient:
         rows = [list(input_ids)] if input_ids and isinstance(input_ids[0], int) else [list(r) for r in input_ids]
         if not rows or any(not r for r in rows):
             raise InferenceFailed("generate needs at least one non-empty prompt row")
-        batch = len(rows)
-        width = max(len(r) for r in rows)
-        ids = np.zeros((batch, width), dtype=np.uint32)
-        for i, r in enumerate(rows):
-            ids[i, : len(r)] = r
-        tensors: dict[str, np.ndarray] = {
-            "input_ids": ids,
-            "input_lengths": np.array([[len(r)] for r in rows], dtype=np.uint32),
-            "request_output_len": np.full((batch, 1), output_len, dtype=np.uint32),
-            "runtime_top_k": np.full((batch, 1), top_k, dtype=np.uint32),
-            "runtime_top_p": np.full((batch, 1), top_p, dtype=np.float32),
-            "temperature": np.full((batch, 1), temperature, dtype=np.float32),
-            "repetition_penalty": np.full((batch, 1), repetition_penalty, dtype=np.float32),
-            "random_seed": np.full((batch, 1), random_seed, dtype=np.uint64),
-            "is_return_log_probs": np.full((batch, 1), return_log_probs, dtype=bool),
-        }
-        if end_id is not None:
-            tensors["end_id"] = np.full((batch, 1), end_id, dtype=np.uint32)
-        if stop_words:
-            tensors["stop_words_list"] = encode_stop_words(stop_words, batch)
+        tensors = _request_tensors(rows, output_len, top_k=top_k, top_p=top_p, temperature=temperature,
+                                   repetition_penalty=repetition_penalty, random_seed=random_seed,
+                                   stop_words=stop_words, end_id=end_id, return_log_probs=return_log_probs)
         declared = self._input_types(version)
         inputs = []
         for name, value in tensors.items():
@@ -246,20 +230,7 @@ class TritonClient:
             raise _status_error(resp.status, self._error_text(resp), what, self.model_name, version)
         result = httpclient.InferenceServerClient.parse_response_body(
             resp.data, header_length=resp.headers.get("Inference-Header-Content-Length"))
-        out_ids = result.as_numpy("output_ids").reshape(batch, -1)
-        seq_len = result.as_numpy("sequence_length").reshape(batch, -1)[:, 0]
-        cum = result.as_numpy("cum_log_probs") if return_log_probs else None
-        per_tok = result.as_numpy("output_log_probs") if return_log_probs else None
-        gens = []
-        for i, r in enumerate(rows):
-            tokens = [int(t) for t in out_ids[i, len(r): int(seq_len[i])]]
-            lps: list[float] = []
-            cum_lp = 0.0
-            if cum is not None and per_tok is not None:
-                cum_lp = float(cum.reshape(batch, -1)[i, 0])
-                lps = [float(x) for x in per_tok.reshape(batch, -1)[i, : len(tokens)]]
-            gens.append(Generation(tokens=tokens, log_probs=lps, cum_log_prob=cum_lp, version=version))
-        return gens
+        return _generations(result, rows, return_log_probs, version)
 
 
     def _input_types(self, version: int | None) -> dict[str, str]:
@@ -277,6 +248,52 @@ class TritonClient:
 
 _NUMPY = {"UINT32": np.uint32, "INT32": np.int32, "FP32": np.float32, "UINT64": np.uint64,
           "INT64": np.int64, "BOOL": bool}
+
+
+def _request_tensors(rows: list[list[int]], output_len: int, *, top_k: int, top_p: float, temperature: float,
+                     repetition_penalty: float, random_seed: int, stop_words: Sequence[Sequence[int]],
+                     end_id: int | None, return_log_probs: bool) -> dict[str, np.ndarray]:
+    """The FasterTransformer GPT-J input tensors of one batch (prompts right-padded with 0)."""
+    batch = len(rows)
+    ids = np.zeros((batch, max(len(r) for r in rows)), dtype=np.uint32)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = r
+    tensors: dict[str, np.ndarray] = {
+        "input_ids": ids,
+        "input_lengths": np.array([[len(r)] for r in rows], dtype=np.uint32),
+        "request_output_len": np.full((batch, 1), output_len, dtype=np.uint32),
+        "runtime_top_k": np.full((batch, 1), top_k, dtype=np.uint32),
+        "runtime_top_p": np.full((batch, 1), top_p, dtype=np.float32),
+        "temperature": np.full((batch, 1), temperature, dtype=np.float32),
+        "repetition_penalty": np.full((batch, 1), repetition_penalty, dtype=np.float32),
+        "random_seed": np.full((batch, 1), random_seed, dtype=np.uint64),
+        "is_return_log_probs": np.full((batch, 1), return_log_probs, dtype=bool),
+    }
+    if end_id is not None:
+        tensors["end_id"] = np.full((batch, 1), end_id, dtype=np.uint32)
+    if stop_words:
+        tensors["stop_words_list"] = encode_stop_words(stop_words, batch)
+    return tensors
+
+
+def _generations(result: Any, rows: list[list[int]], return_log_probs: bool,
+                 version: int | None) -> list[Generation]:
+    """One :class:`Generation` per row of an inference result (tokens after the prompt)."""
+    batch = len(rows)
+    out_ids = result.as_numpy("output_ids").reshape(batch, -1)
+    seq_len = result.as_numpy("sequence_length").reshape(batch, -1)[:, 0]
+    cum = result.as_numpy("cum_log_probs") if return_log_probs else None
+    per_tok = result.as_numpy("output_log_probs") if return_log_probs else None
+    gens = []
+    for i, r in enumerate(rows):
+        tokens = [int(t) for t in out_ids[i, len(r): int(seq_len[i])]]
+        lps: list[float] = []
+        cum_lp = 0.0
+        if cum is not None and per_tok is not None:
+            cum_lp = float(cum.reshape(batch, -1)[i, 0])
+            lps = [float(x) for x in per_tok.reshape(batch, -1)[i, : len(tokens)]]
+        gens.append(Generation(tokens=tokens, log_probs=lps, cum_log_prob=cum_lp, version=version))
+    return gens
 
 
 def _triton_dtype(value: np.ndarray) -> str:

@@ -49,6 +49,7 @@ import py_compile
 import shutil
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -437,8 +438,8 @@ class ModelRepository:
         if not target.is_file():  # a version published before pointers lived in version folders
             write_json_atomic(target, {"model": self.model_name, "version": version})
         link = self.model_dir / POINTER_FILE
-        tmp = self.model_dir / f".{POINTER_FILE}.{os.getpid()}.tmp"
-        tmp.unlink(missing_ok=True)
+        # A unique temp name: two switches (threads or processes) never share one.
+        tmp = self.model_dir / f".{POINTER_FILE}.{uuid.uuid4().hex}.tmp"
         os.symlink(f"{version}/{POINTER_FILE}", tmp)
         os.replace(tmp, link)
         fsync_dir(self.model_dir)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from serving.client import encode_stop_words
-from serving.proxy import ApiError, _held_back, parse_request, trim_at_stop
+from serving.completions import ApiError, held_back, parse_request, trim_at_stop
 from serving.python_backend.model import parse_stop_words
 
 
@@ -26,8 +26,8 @@ def test_stop_string_stays_whole() -> None:
     assert trim_at_stop("a\nb\n\nc", req.stop) == ("a\nb", True)
     assert trim_at_stop("abc", ["z", "bc"]) == ("a", True)
     assert trim_at_stop("abc", []) == ("abc", False)
-    assert _held_back("foo\n", ["\n\n"]) == 1
-    assert _held_back("foo", ["\n\n"]) == 0
+    assert held_back("foo\n", ["\n\n"]) == 1
+    assert held_back("foo", ["\n\n"]) == 0
 
 
 @pytest.mark.parametrize("body, param", [

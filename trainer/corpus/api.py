@@ -6,6 +6,7 @@ import json
 import os
 from pathlib import Path
 
+from durable import write_atomic
 from trainer.corpus import manifest, shards
 from trainer.corpus.spec import CorpusSpec
 from trainer.corpus.update import _locked, corpus_dir, recover
@@ -108,21 +109,15 @@ def export(home: str | os.PathLike[str], name: str, out: str | os.PathLike[str],
     """Write plain JSONL ``{"text", "url"}`` (what the original recipe's ``run_clm.py`` reads).
 
     ``url`` is ``<repo url>/<path>`` (credentials removed). Returns the number of lines.
+    The file is built in memory and written with :func:`durable.write_atomic` (the trainer
+    loads the whole export into memory anyway).
     """
     from trainer.corpus.mirror import redact_url
 
     files = shard_files(home, name, split)
     base = redact_url(stats(home, name).get("url") or name).rstrip("/")
     verify(home, name)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    n = 0
-    tmp = out.with_name(f".{out.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        for rec in shards.read_records(files):
-            fh.write(json.dumps({"text": rec["text"], "url": f"{base}/{rec['path']}"}, ensure_ascii=False) + "\n")
-            n += 1
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, out)
-    return n
+    lines = [json.dumps({"text": rec["text"], "url": f"{base}/{rec['path']}"}, ensure_ascii=False) + "\n"
+             for rec in shards.read_records(files)]
+    write_atomic(Path(out), "".join(lines))
+    return len(lines)

@@ -13,6 +13,7 @@ import re
 import subprocess
 from pathlib import Path
 
+from durable import fsync_dir
 from trainer.errors import RepositoryError
 
 _CRED = re.compile(r"(https?://)[^/@\s]+@")
@@ -85,7 +86,8 @@ def sync(url: str, mirror: Path, token: str | None = None) -> Path:
             raise RepositoryError(f"cannot clone {redact_url(url)}: {err}. Check the URL, that the "
                                   "remote is reachable, and the token if the repository is private.")
         git(tmp, "config", "remote.origin.fetch", "+refs/heads/*:refs/heads/*")
-        os.replace(tmp, mirror)
+        os.replace(tmp, mirror)  # a whole folder: durable.write_atomic is for files
+        fsync_dir(mirror.parent)
         return mirror
     # Fetch from the URL with origin's refspec (not `remote set-url` + `fetch origin`): one git
     # process less per update, and a changed URL needs no config edit.

@@ -3,7 +3,10 @@
 A shard is one zstd frame of JSON lines sorted by path, so the same records always give the
 same bytes (an incremental update and a full build write identical files). Files are written
 to a hidden temp name in the same folder, fsynced, and later renamed into place by the
-manifest's commit protocol (see :mod:`trainer.corpus.update`).
+manifest's commit protocol (see :mod:`trainer.corpus.update`). That staging is kept apart from
+:func:`durable.write_atomic` on purpose: an update writes many shards, fsyncs them together
+(:func:`fsync_files`), and renames them only after the manifest commits. Single files
+(``corpus.json``) and folder fsyncs go through :mod:`durable`.
 """
 
 from __future__ import annotations
@@ -116,22 +119,6 @@ def fsync_files(paths: list[Path]) -> None:
         return
     with ThreadPoolExecutor(max_workers=min(16, len(paths))) as pool:
         list(pool.map(one, paths))
-
-
-def fsync_dir(folder: Path) -> None:
-    """Make renames in ``folder`` durable."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Temp file in the same folder, fsync, rename, fsync the folder."""
-    tmp = write_temp(path.parent, path.name, data, f"{os.getpid()}")
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
 
 
 def read_records(paths: Iterable[str | os.PathLike[str]]) -> Iterator[dict]:

@@ -6,13 +6,14 @@ table candidate vs production with deltas and intervals, and one row per languag
 
 from __future__ import annotations
 
+import io
 import json
 import math
-import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from durable import write_atomic
 
 if TYPE_CHECKING:
     from trainer.evaluate.compare import Comparison
@@ -29,28 +30,9 @@ METRIC_LABELS = {
 
 
 def atomic_write(path: Path, data: str | bytes) -> Path:
-    """Write ``data`` to ``path`` via a temp file in the same folder, fsync and rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    raw = data.encode("utf-8") if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(raw)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        _unlink_quietly(tmp)
-        raise
-    return path
-
-
-def _unlink_quietly(tmp: str) -> None:
-    try:
-        os.unlink(tmp)
-    except OSError:
-        pass
+    """:func:`durable.write_atomic`, returning ``path`` (kept for :mod:`trainer.evaluate.forward`)."""
+    write_atomic(Path(path), data)
+    return Path(path)
 
 
 def _json_default(value: Any) -> Any:
@@ -225,13 +207,10 @@ def plot_history(eval_json_paths: Iterable[str | Path], out_png: str | Path,
     bottom.set_xticks(xs)
     bottom.set_xticklabels([e["label"] for e in entries], rotation=30, ha="right", fontsize=8)
     fig.tight_layout()
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_png.with_name(f".{out_png.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    png = io.BytesIO()  # rendered in memory, then one atomic write: no fixed temp name to collide on
+    fig.savefig(png, format="png", dpi=110)
     plt.close(fig)
-    os.replace(tmp, out_png)
-    return out_png
+    return atomic_write(Path(out_png), png.getvalue())
 
 
 def _as_float(value: Any) -> float:

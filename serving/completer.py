@@ -1,0 +1,298 @@
+"""The completion pipeline without HTTP: parse → prepare (prompt building) → Triton → response.
+
+:class:`Completer` is what :mod:`serving.proxy`'s routes call, one method per step:
+
+- :meth:`Completer.parse` validates a request body into a :class:`CompletionRequest`;
+- :meth:`Completer.prepare` finds the serving version, tokenizes the prompts and stop strings
+  and checks the context window: a :class:`Prompt`;
+- :meth:`Completer.complete` makes one Triton call and shapes a :class:`Completion`;
+- :meth:`Completer.stream` generates in chunks and yields each chunk's event body.
+
+Triton is reached through :class:`Generator`, the one method of
+:class:`serving.client.TritonClient` the pipeline uses; a request whose version was unloaded
+mid-swap is retried once on a freshly read pointer. Counters (tokens generated, retries) go
+to a :class:`CompletionObserver`, so the pipeline carries no metrics library.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from serving._files import context_window
+from serving.client import Generation
+from serving.completions import (
+    ApiError,
+    Completion,
+    CompletionRequest,
+    choice,
+    envelope,
+    from_serving,
+    held_back,
+    parse_request,
+    trim_at_stop,
+)
+from serving.errors import ServingError, VersionUnavailable
+from serving.repository import POINTER_FILE, load_tokenizer
+
+
+class Generator(Protocol):
+    """The Triton call the pipeline needs (:meth:`serving.client.TritonClient.generate`)."""
+
+    def generate(self, input_ids: Sequence[Sequence[int]], output_len: int, *, top_k: int, top_p: float,
+                 temperature: float, random_seed: int, stop_words: Sequence[Sequence[int]],
+                 end_id: int | None, return_log_probs: bool, version: int | None) -> list[Generation]: ...
+
+
+class VersionRouter:
+    """Finds the serving version (pointer symlink, cached by the link's inode) and its tokenizer."""
+
+    def __init__(self, model_repository: str | Path, model_name: str, default_context_window: int = 2048) -> None:
+        self.model_dir = Path(model_repository).resolve() / model_name
+        self.default_context_window = default_context_window
+        self._lock = threading.Lock()
+        self._stamp: tuple[int, ...] | None = None
+        self._version: int | None = None
+        self._tokenizers: dict[int, Any] = {}
+
+    def version(self, fresh: bool = False) -> int:
+        """The serving version number; 503 :class:`ApiError` when none serves."""
+        path = self.model_dir / POINTER_FILE
+        try:
+            st = path.lstat()
+        except FileNotFoundError:
+            raise ApiError(503, f"no model version is serving yet (no {path}); deploy one with "
+                                "`repotune deploy <checkpoint>`", code="model_unavailable") from None
+        # Every switch renames a new symlink into place: a new inode and ctime (a regular file
+        # from an older layout changes the same way).
+        stamp = (st.st_ino, st.st_ctime_ns, st.st_mtime_ns, st.st_size)
+        with self._lock:
+            if fresh or stamp != self._stamp:
+                try:
+                    version = json.loads(path.read_text()).get("version")
+                except (OSError, json.JSONDecodeError):
+                    version = None
+                self._stamp, self._version = stamp, version
+            if self._version is None:
+                raise ApiError(503, "no model version is serving yet; deploy one with "
+                                    "`repotune deploy <checkpoint>`", code="model_unavailable")
+            return int(self._version)
+
+    def tokenizer(self, version: int) -> Any:
+        with self._lock:
+            tok = self._tokenizers.get(version)
+        if tok is None:
+            tok = load_tokenizer(self.model_dir / str(version))
+            with self._lock:
+                self._tokenizers[version] = tok
+                for old in [v for v in self._tokenizers if v != version][:-2]:
+                    del self._tokenizers[old]  # keep a few, versions come and go
+        return tok
+
+    def context(self, version: int) -> int:
+        return context_window(self.model_dir / str(version), self.default_context_window)
+
+
+@dataclass
+class CompletionObserver:
+    """Where the pipeline reports what it did (the proxy wires Prometheus counters here)."""
+
+    tokens: Callable[[int], None] = lambda n: None
+    """Called with the number of tokens each Triton call generated."""
+    retry: Callable[[], None] = lambda: None
+    """Called when a request is retried because its version was unloaded mid-swap."""
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A request turned into Triton's terms on one version: the output of :meth:`Completer.prepare`."""
+
+    version: int
+    tokenizer: Any
+    rows: list[list[int]]
+    """Token ids per completion: each prompt repeated ``n`` times."""
+    stop_ids: list[list[int]]
+    end_id: int | None
+
+
+@dataclass
+class CompletionStream:
+    """A started stream: the first chunk is already generated (so its failure was still a
+    proper status), ``events`` yields one OpenAI chunk body (or error body) per event."""
+
+    version: int
+    """The version of the first chunk (sent as the response's version header)."""
+    events: Iterator[dict[str, Any]]
+
+
+@dataclass
+class _StreamState:
+    """Per-row progress of a stream between Triton calls."""
+
+    version: int
+    """The version the last chunk came from (a swap mid-stream moves it on)."""
+    produced: list[list[int]]
+    asked: list[int]
+    sent: list[str] = field(default_factory=list)
+    finished: list[str | None] = field(default_factory=list)
+
+
+class Completer:
+    """Completions against one model: validation, prompt building, Triton, response shaping."""
+
+    def __init__(self, router: VersionRouter, triton: Generator, *, model_name: str, timeout_s: float = 30.0,
+                 max_tokens_limit: int = 2048, stream_chunk_tokens: int = 8,
+                 observer: CompletionObserver | None = None) -> None:
+        self.router = router
+        self.triton = triton
+        self.model_name = model_name
+        self.timeout_s = timeout_s
+        self.max_tokens_limit = max_tokens_limit
+        self.stream_chunk_tokens = stream_chunk_tokens
+        self.observer = observer or CompletionObserver()
+
+    def parse(self, body: Any) -> CompletionRequest:
+        """Validate a request body (400 :class:`ApiError` naming the parameter)."""
+        return parse_request(body, self.max_tokens_limit)
+
+    def prepare(self, req: CompletionRequest) -> Prompt:
+        """Serving version, tokenized prompts and stop strings; 400 over the context window."""
+        version = self.router.version()
+        try:
+            tok = self.router.tokenizer(version)
+        except (OSError, ServingError) as exc:
+            raise ApiError(503, f"cannot load the tokenizer of version {version}: {exc}",
+                           code="model_unavailable") from exc
+        rows = []
+        for prompt in req.prompts:
+            ids = tok(prompt)["input_ids"] or [tok.eos_token_id or 0]
+            rows.extend([ids] * req.n)
+        ctx = self.router.context(version)
+        longest = max(len(r) for r in rows)
+        if longest + req.max_tokens > ctx:
+            raise ApiError(400, f"this model's maximum context length is {ctx} tokens, but the prompt "
+                                f"has {longest} tokens and max_tokens is {req.max_tokens} "
+                                f"({longest + req.max_tokens} in total); shorten the prompt or lower "
+                                "max_tokens", param="max_tokens", code="context_length_exceeded")
+        stop_ids = [ids for ids in (tok(s, add_special_tokens=False)["input_ids"] for s in req.stop) if ids]
+        return Prompt(version, tok, rows, stop_ids, tok.eos_token_id)
+
+    def complete(self, req: CompletionRequest, prompt: Prompt) -> Completion:
+        """One Triton call for every row; choices cut at the stop strings, usage counted."""
+        version, gens = self._generate(prompt.version, prompt.rows, req.max_tokens, req, prompt)
+        tok = prompt.tokenizer
+        choices, completion_tokens = [], 0
+        for i, gen in enumerate(gens):
+            text, stopped = trim_at_stop(tok.decode(gen.tokens, skip_special_tokens=True), req.stop)
+            finish = "stop" if stopped or len(gen.tokens) < req.max_tokens else "length"
+            completion_tokens += len(gen.tokens)
+            choices.append(choice(i, text, finish, tok, gen, req, req.prompts[i // req.n]))
+        self.observer.tokens(completion_tokens)
+        prompt_tokens = sum(len(r) for r in prompt.rows)
+        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                 "total_tokens": prompt_tokens + completion_tokens}
+        body = envelope(self.model_name, version, choices, usage, _completion_id(), int(time.time()))
+        return Completion(version=version, body=body, completion_tokens=completion_tokens)
+
+    def stream(self, req: CompletionRequest, prompt: Prompt, started: float | None = None) -> CompletionStream:
+        """Generate in chunks of ``stream_chunk_tokens``; the first before returning.
+
+        ``started`` (``time.monotonic()``) is when the request arrived: the deadline
+        ``timeout_s`` covers all chunks together.
+        """
+        deadline = (time.monotonic() if started is None else started) + self.timeout_s
+        first_n = min(max(1, self.stream_chunk_tokens), req.max_tokens)
+        # The first chunk runs before the response starts: failures still get a real status.
+        version, first = self._generate(prompt.version, prompt.rows, first_n, req, prompt)
+        return CompletionStream(version, self._events(req, prompt, version, first, first_n, deadline))
+
+    # ------------------------------------------------------------------ internals
+
+    def _generate(self, version: int, rows: list[list[int]], n_new: int, req: CompletionRequest,
+                  prompt: Prompt, seed_offset: int = 0) -> tuple[int, list[Generation]]:
+        """One Triton call on ``version``; on "version unavailable", once more on a fresh pointer."""
+        kwargs = dict(top_k=1 if req.temperature == 0 else 0, top_p=req.top_p if req.top_p < 1 else 0.0,
+                      temperature=req.temperature, random_seed=req.seed + seed_offset,
+                      stop_words=prompt.stop_ids, end_id=prompt.end_id, return_log_probs=req.logprobs is not None)
+        try:
+            return version, self.triton.generate(rows, n_new, version=version, **kwargs)
+        except VersionUnavailable:
+            self.observer.retry()
+            fresh = self.router.version(fresh=True)
+            return fresh, self.triton.generate(rows, n_new, version=fresh, **kwargs)
+
+    def _events(self, req: CompletionRequest, prompt: Prompt, version: int, first: list[Generation],
+                first_n: int, deadline: float) -> Iterator[dict[str, Any]]:
+        """Event bodies: each row's new safe text per chunk, then more chunks until every row ends."""
+        n_rows = len(prompt.rows)
+        state = _StreamState(version=version, produced=[list(g.tokens) for g in first], asked=[first_n] * n_rows,
+                             sent=[""] * n_rows, finished=[None] * n_rows)
+        cid, created = _completion_id(), int(time.time())
+        if req.echo:
+            for i in range(n_rows):
+                c = choice(i, "", None, prompt.tokenizer, None, req, req.prompts[i // req.n])
+                yield envelope(self.model_name, state.version, [c], None, cid, created)
+        pending, step = first, 0
+        while True:
+            for c in self._deltas(req, prompt, state, pending):
+                yield envelope(self.model_name, state.version, [c], None, cid, created)
+            if all(f is not None for f in state.finished):
+                return
+            if time.monotonic() > deadline:
+                yield ApiError(504, "the completion exceeded its deadline", code="timeout").body()
+                return
+            step += 1
+            try:
+                pending = self._next_chunk(req, prompt, state, step)
+            except ServingError as exc:
+                yield from_serving(exc).body()
+                return
+
+    def _deltas(self, req: CompletionRequest, prompt: Prompt, state: _StreamState,
+                pending: list[Generation]) -> Iterator[dict[str, Any]]:
+        """The choice of each unfinished row whose safe text grew or which just ended.
+
+        Text that may be the start of a stop string, or half a UTF-8 character, is held back
+        until the next chunk decides it.
+        """
+        for i, gen in enumerate(pending):
+            if state.finished[i] is not None:
+                continue
+            text = prompt.tokenizer.decode(state.produced[i], skip_special_tokens=True)
+            text, stopped = trim_at_stop(text, req.stop)
+            short = len(gen.tokens) < state.asked[i]
+            ended = stopped or short or len(state.produced[i]) >= req.max_tokens
+            safe = text if ended else text[: len(text) - held_back(text, req.stop)]
+            if not ended and safe.endswith("\ufffd"):
+                safe = safe.rstrip("\ufffd")  # half a UTF-8 character: wait for the rest
+            delta = safe[len(state.sent[i]):] if safe.startswith(state.sent[i]) else ""
+            if ended:
+                state.finished[i] = "stop" if (stopped or short) else "length"
+            if delta or ended:
+                state.sent[i] += delta
+                yield choice(i, delta, state.finished[i], prompt.tokenizer, None, req, "")
+
+    def _next_chunk(self, req: CompletionRequest, prompt: Prompt, state: _StreamState,
+                    step: int) -> list[Generation]:
+        """One more Triton call for the unfinished rows (prompt + what they produced so far)."""
+        todo = [i for i, f in enumerate(state.finished) if f is None]
+        n_new = min(max(1, self.stream_chunk_tokens), min(req.max_tokens - len(state.produced[i]) for i in todo))
+        state.version, more = self._generate(state.version, [prompt.rows[i] + state.produced[i] for i in todo],
+                                              n_new, req, prompt, seed_offset=step)
+        pending = [Generation(tokens=[]) for _ in prompt.rows]
+        for i, gen in zip(todo, more, strict=True):
+            state.produced[i].extend(gen.tokens)
+            state.asked[i] = n_new
+            pending[i] = gen
+        self.observer.tokens(sum(len(g.tokens) for g in more))
+        return pending
+
+
+def _completion_id() -> str:
+    return f"cmpl-{uuid.uuid4().hex[:24]}"
