@@ -11,7 +11,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("bot", "trainer", "converter", "serving")
+PACKAGES = ("bot", "trainer", "converter", "serving", "durable", "families")
 MAX_FUNCTION_LINES = 80
 MAX_MODULE_LINES = 500
 
@@ -21,10 +21,8 @@ MAX_MODULE_LINES = 500
 # can only shrink.
 ALLOWED = {
     # bot/: reshaped by the bot engineers.
-    "bot/chatops.py",
     "bot/config.py",
     "bot/jobs.py",
-    "bot/webhook.py::create_app",
     # trainer/finetune.py: owned by the training engineer.
     "trainer/finetune.py",
     "trainer/finetune.py::_train",
