@@ -405,3 +405,23 @@ def _error_pages(app: Flask, settings: config.Settings) -> None:
             return http_error(exc)
         log.error("%s %s failed", request.method, request.path, exc_info=exc)
         return _reply(500, "error", error="internal error; the server log has the details")
+
+
+WEBHOOK_THREADS = 8
+"""Worker threads of ``repotune webhook`` (``--threads``): each answers one request at a time,
+and a delivery takes milliseconds; slow clients never hold one (the edge buffers them)."""
+
+
+def server(settings: config.Settings, host: str | None = None, port: int | None = None,
+           threads: int = WEBHOOK_THREADS, redis: redis_lib.Redis | None = None) -> t.Any:
+    """The webhook app under :class:`serving.http.HttpServer`, as ``repotune webhook`` runs it
+    (and ``benchmarks/webhook_bench.py`` measures it): waitress reads each request completely
+    before a thread sees it, so clients that dribble bytes cost a socket, not a thread, and the
+    forge's deliveries are answered while they wait. Bodies over ``webhook.max_body_bytes`` are
+    answered 413 before the app runs. Not bound yet: call ``bind()``/``start()``."""
+    from serving.http import HttpLimits, HttpServer
+
+    host = host or settings.webhook.host
+    app = create_app(settings, redis, listen_host=host)
+    limits = HttpLimits(max_body_bytes=settings.webhook.max_body_bytes, threads=max(1, threads))
+    return HttpServer(app, host, settings.webhook.port if port is None else port, limits, name="webhook")
