@@ -57,6 +57,9 @@ class WebhookSettings:
     max_body_bytes: int = _f(defaults.MAX_BODY_BYTES, "Largest accepted webhook body in bytes; larger gets 413.")
     delivery_ttl_seconds: int = _f(defaults.DELIVERY_TTL_SECONDS,
                                    "How long a delivery id is remembered to answer redeliveries with 'duplicate' (seconds).")
+    status_token: str | None = _f(None, "Bearer token required by /, /status, /api/status, /metrics and the run pages "
+                                  "(never by /webhooks/* or /healthz); unset, they answer only on a loopback listener.",
+                                  env="REPOTUNE_STATUS_TOKEN", secret=True)
 
 
 @dataclass

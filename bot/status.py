@@ -9,12 +9,24 @@ place it becomes the JSON ``/api/status`` returns, which the status page and cha
 Every part is collected on its own: Redis being down or a corpus not built yet shows up as an
 ``error`` entry in that part, never as an exception, so the status stays available when it is
 needed most.
+
+The snapshot only *reads summaries that are written atomically*: ``corpus/<name>/corpus.json``,
+``runs/*/run.json``, the serving pointer ``triton/<model>/serving.json`` and the freshness files.
+It never takes a corpus lock, never runs a corpus recovery, never opens a manifest, never calls
+git or Triton, and reads Redis with a short socket timeout (:data:`REDIS_TIMEOUT_S`). So an ingest
+holding every corpus lock for minutes, or a hung Redis, cannot make ``/``, ``/api/status`` or the
+chat-ops ``status`` reply wait: the webhook keeps answering the forge in time.
+
+:func:`public` is what the HTTP views show: no server paths, no exception text, no clone URLs
+(see docs/operations.md, "What the status views show").
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
+import re
 import time
 import typing as t
 from dataclasses import dataclass, field
@@ -26,6 +38,12 @@ from bot import queue as q
 from bot import scheduler as sched
 from bot.config import RepoConfig, Settings
 from bot.runs import RunRecord, list_runs
+
+log = logging.getLogger(__name__)
+
+REDIS_TIMEOUT_S = 1.0
+"""Socket timeout (seconds) of the snapshot's Redis reads: a hung Redis costs a status view at
+most a few of these, never a worker thread for good."""
 
 
 @dataclass(frozen=True)
@@ -41,7 +59,8 @@ class RepositoryStatus:
     corpus: dict[str, t.Any] | None = None
     """``corpus.json`` (see ``trainer.corpus.stats``); None until the first build completes."""
     corpus_error: str | None = None
-    """Why ``corpus`` is None (``CorpusError: …``); left out of :meth:`to_dict` when None."""
+    """Why ``corpus`` is None, in words fit for any viewer (no paths); left out of :meth:`to_dict`
+    when None."""
 
     def to_dict(self) -> dict[str, t.Any]:
         out = {"name": self.name, "forge": self.forge, "full_name": self.full_name,
@@ -119,14 +138,26 @@ def _safe_url(url: str) -> str:
     return url
 
 
-def _repository(settings: Settings, repo: RepoConfig) -> RepositoryStatus:
-    corpus, error = None, None
+def _corpus_summary(settings: Settings, name: str) -> tuple[dict[str, t.Any] | None, str | None]:
+    """(``corpus.json``, None) or (None, why). Reads the file the update renames into place, and
+    nothing else: no corpus lock, no recovery (``trainer.corpus.stats`` does both, so a status
+    view would wait for a running ingest). Exception text stays in the log: it names paths."""
+    path = settings.home / "corpus" / name / "corpus.json"
     try:
-        from trainer import corpus as corpus_api
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None, "no completed corpus update yet"
+    except (OSError, ValueError) as exc:
+        log.warning("status: corpus summary of %s unreadable: %s", name, exc)
+        return None, "the corpus summary could not be read (the server log says why)"
+    if not isinstance(data, dict):
+        log.warning("status: corpus summary of %s is not a JSON object", name)
+        return None, "the corpus summary could not be read (the server log says why)"
+    return data, None
 
-        corpus = corpus_api.stats(settings.home, repo.name)
-    except Exception as exc:  # not built yet, or the corpus package is missing
-        error = f"{type(exc).__name__}: {exc}"
+
+def _repository(settings: Settings, repo: RepoConfig) -> RepositoryStatus:
+    corpus, error = _corpus_summary(settings, repo.name)
     return RepositoryStatus(name=repo.name, forge=repo.forge, full_name=repo.full_name, branch=repo.branch,
                             url=_safe_url(repo.url), corpus=corpus, corpus_error=error)
 
@@ -149,18 +180,35 @@ def _freshness(settings: Settings) -> dict[str, t.Any]:
     try:
         return freshness.summary(settings.home, freshness.STATUS_POINTS)
     except Exception as exc:  # an unreadable history must not take the status down
-        return {"error": f"{type(exc).__name__}: {exc}"}
+        log.warning("status: freshness history unreadable: %s", exc)
+        return {"error": "the freshness history could not be read (the server log says why)"}
+
+
+def bounded(connection: redis.Redis, timeout_s: float = REDIS_TIMEOUT_S) -> redis.Redis:
+    """``connection`` itself when its socket timeout is at most ``timeout_s``, else a client for
+    the same server with that timeout (the webhook builds one once; a CLI call builds its own)."""
+    pool = connection.connection_pool
+    kwargs = dict(pool.connection_kwargs)
+    current = kwargs.get("socket_timeout")
+    if current is not None and current <= timeout_s:
+        return connection
+    kwargs["socket_timeout"] = timeout_s
+    if "host" in kwargs:  # TCP; a unix socket has no separate connect timeout
+        kwargs["socket_connect_timeout"] = timeout_s
+    return redis.Redis(connection_pool=redis.ConnectionPool(connection_class=pool.connection_class, **kwargs))
 
 
 def _queue(settings: Settings, connection: redis.Redis | None) -> QueueStatus:
     if connection is None:
         return QueueStatus(ok=False, error="no Redis configured")
+    connection = bounded(connection)
     try:
         return QueueStatus(ok=True, queues=q.queue_lengths(connection), paused=sched.is_paused(connection),
                            pending=sched.pending(settings, connection),
                            training_lock=sched.lock_holder(connection, settings.serving.model_name))
     except (redis.ConnectionError, redis.TimeoutError) as exc:
-        return QueueStatus(ok=False, error=f"Redis is unreachable: {exc}")
+        log.warning("status: Redis unreachable: %s", exc)
+        return QueueStatus(ok=False, error="Redis is unreachable (the server log says why)")
 
 
 def snapshot(settings: Settings, connection: redis.Redis | None,
@@ -178,3 +226,43 @@ def collect(settings: Settings, connection: redis.Redis | None,
             limit: int = defaults.RECENT_RUNS) -> dict[str, t.Any]:
     """:func:`snapshot` as the ``/api/status`` JSON (the webhook and chat-ops read this)."""
     return snapshot(settings, connection, limit).to_dict()
+
+
+# --- the public form -----------------------------------------------------------------------
+
+_RUN_PATH_FIELDS = ("checkpoint", "artifact", "eval_report")
+"""Run fields that are server paths: the HTTP views leave them out (``has_report`` says enough)."""
+
+_ABS_PATH = re.compile(r"(?<![\w:/.])/(?:[\w.@+-]+/)*[\w.@+-]+/?")
+"""An absolute filesystem path in free text (not the path part of a URL: that follows ``host``)."""
+
+
+def scrub(text: t.Any) -> t.Any:
+    """Free text safe for an anonymous viewer: a traceback reduced to its last line, absolute
+    paths replaced by ``<path>``. Anything but a string passes through."""
+    if not isinstance(text, str):
+        return text
+    if "Traceback (most recent call last)" in text:
+        lines = [line for line in text.strip().splitlines() if line.strip()]
+        text = lines[-1] if lines else ""
+    return _ABS_PATH.sub("<path>", text)
+
+
+def public_run(run: dict[str, t.Any]) -> dict[str, t.Any]:
+    """A ``run.json`` dict as the HTTP views show it: no path fields, scrubbed error and notes."""
+    out = {k: v for k, v in run.items() if k not in _RUN_PATH_FIELDS}
+    out["error"] = scrub(run.get("error"))
+    out["history"] = [[h[0], h[1], scrub(h[2]) if len(h) > 2 else ""] for h in run.get("history") or []]
+    return out
+
+
+def public(data: dict[str, t.Any]) -> dict[str, t.Any]:
+    """:meth:`Status.to_dict` as ``/api/status`` and the status page show it: without ``home``,
+    clone URLs and run paths; error texts scrubbed (they are already generic at the source)."""
+    out = {k: v for k, v in data.items() if k != "home"}
+    out["repositories"] = [{k: v for k, v in r.items() if k != "url"} for r in data.get("repositories", [])]
+    out["runs"] = [public_run(r) for r in data.get("runs", [])]
+    fresh = data.get("freshness") or {}
+    out["freshness"] = {name: [dict(p, error=scrub(p.get("error"))) for p in points]
+                        if isinstance(points, list) else scrub(points) for name, points in fresh.items()}
+    return out

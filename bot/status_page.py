@@ -18,8 +18,11 @@ Routes (``bot.webhook.create_app`` registers :data:`blueprint`):
     :mod:`bot.freshness`): the serving model scored on each push's new code. The index shows the
     last points as a table next to it.
 
-The page reads; it never changes state, so it needs no authentication beyond what the network
-allows. Nothing secret reaches it: :func:`bot.status.snapshot` strips credentials from clone URLs.
+The page reads; it never changes state. Who may read it is decided in :mod:`bot.webhook` (the
+status token, or a loopback listener). What it shows is :func:`bot.status.public`: no server
+paths (home, checkpoints, reports), no clone URLs, no exception text; run errors and version
+sources are scrubbed of absolute paths. It reads atomically written summaries only, never
+waiting on a corpus lock (see :mod:`bot.status`).
 """
 
 from __future__ import annotations
@@ -64,7 +67,7 @@ def _context() -> tuple[t.Any, t.Any]:
     if not ext:
         raise RuntimeError("bot.status_page needs the webhook app (bot.webhook.create_app), which "
                            "stores settings and Redis in app.extensions['repotune']")
-    return ext["settings"], ext.get("redis")
+    return ext["settings"], ext.get("status_redis", ext.get("redis"))
 
 
 def _model_versions(settings: t.Any, status: dict[str, t.Any]) -> list[dict[str, t.Any]]:
@@ -80,11 +83,16 @@ def _model_versions(settings: t.Any, status: dict[str, t.Any]) -> list[dict[str,
         versions = repo.versions()
     except Exception:  # serving missing or a half-written version folder: show what the snapshot saw
         versions = [{"version": v, "serving": v == current, "failed": None} for v in serving.get("versions", [])]
-    return sorted(versions, key=lambda v: v["version"], reverse=True)
+    from bot.status import scrub
+
+    return sorted(({**v, "source": scrub(v.get("source"))} for v in versions),
+                  key=lambda v: v["version"], reverse=True)
 
 
 def _run_view(run: dict[str, t.Any], home: Path) -> dict[str, t.Any]:
     """What a runs-table row shows, derived from a ``run.json`` dict."""
+    from bot.status import scrub
+
     status = RunStatus(run["status"])
     rdir = run_dir(home, run["id"])
     report = run.get("eval_report") or str(rdir / "report.md")
@@ -103,7 +111,7 @@ def _run_view(run: dict[str, t.Any], home: Path) -> dict[str, t.Any]:
         "created": run.get("created"),
         "updated": updated,
         "version": run.get("version"),
-        "error": run.get("error"),
+        "error": scrub(run.get("error")),
         "has_report": Path(report).is_file(),
         "metrics": _headline_metrics(metrics),
         "progress": run.get("progress") or {},
@@ -291,11 +299,12 @@ def _fmt_ago(value: t.Any) -> str:
 @blueprint.get("/")
 @blueprint.get("/status")
 def index() -> str:
-    from bot.status import snapshot
+    from bot.status import public, snapshot
 
     settings, connection = _context()
     home = Path(settings.home)
-    status = snapshot(settings, connection).to_dict()
+    raw = snapshot(settings, connection).to_dict()
+    status = public(raw)
     serving = status.get("serving") or {}
     return render_template(
         "status_page/index.html",
@@ -303,7 +312,7 @@ def index() -> str:
         serving=serving,
         versions=_model_versions(settings, status),
         repositories=status.get("repositories", []),
-        runs=[_run_view(r, home) for r in status.get("runs", [])],
+        runs=[_run_view(r, home) for r in raw.get("runs", [])],  # the view keeps no paths
         queues=status.get("queues") or {},
         redis=status.get("redis") or {},
         paused=status.get("paused"),
@@ -340,12 +349,15 @@ def run(run_id: str) -> t.Any:
         if _wants_json():
             return jsonify({"error": f"no run {run_id!r}; /api/status lists the recent ones"}), 404
         abort(404)
+    from bot.status import public_run
+
     record = _load(run_id)
+    shown = public_run(record.as_dict())
     if _wants_json():
-        return jsonify(record.as_dict())
+        return jsonify(shown)
     home = Path(settings.home)
-    return render_template("status_page/run.html", run=record.as_dict(), view=_run_view(record.as_dict(), home),
-                           history=record.history)
+    return render_template("status_page/run.html", run=shown, view=_run_view(record.as_dict(), home),
+                           history=shown["history"])
 
 
 @blueprint.get("/runs/<run_id>/report")

@@ -84,7 +84,9 @@ def _help(ctx: Context, cmd: Command) -> str:
 def _status(ctx: Context, cmd: Command) -> str:
     from bot import status
 
-    snapshot = scope_status(status.collect(ctx.settings, ctx.redis), ctx.repo.name)
+    # The public form (no paths, scrubbed errors), scoped to the commenter's repository; the
+    # snapshot reads summaries only, so a running ingest never delays the reply.
+    snapshot = scope_status(status.public(status.collect(ctx.settings, ctx.redis)), ctx.repo.name)
     return render_status(snapshot, ctx.settings)
 
 

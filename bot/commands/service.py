@@ -52,31 +52,35 @@ def _redis(settings: config.Settings):
 @home_option
 @click.option("--host", default=None, help="Interface to bind (default: webhook.host).")
 @click.option("--port", type=int, default=None, help="Port (default: webhook.port).")
-@click.option("--workers", type=int, default=2, show_default=True, help="gunicorn worker processes.")
+@click.option("--threads", "--workers", "threads", type=int, default=8, show_default=True,
+              help="Worker threads answering requests (--workers is the old spelling: it now means "
+                   "threads, not processes).")
 @click.option("--insecure-no-webhook-secret", is_flag=True, default=None,
               help="Development only: accept unsigned deliveries when no secret is set.")
-def webhook_command(config_path, home, host, port, workers, insecure_no_webhook_secret) -> None:
-    """Serve the webhook app under gunicorn (``gunicorn 'bot.wsgi:app'`` does the same)."""
-    from gunicorn.app.base import BaseApplication
+def webhook_command(config_path, home, host, port, threads, insecure_no_webhook_secret) -> None:
+    """Serve the webhook app and status page on the production HTTP edge (waitress).
 
-    from bot.webhook import create_app
+    Slow clients cost a socket, not a thread; idle connections are closed; bodies over
+    webhook.max_body_bytes get 413. SIGTERM and SIGINT stop it.
+    """
+    import signal
+
+    from bot.webhook import server
 
     settings = _settings(config_path, home, insecure_no_webhook_secret=insecure_no_webhook_secret)
-    app = create_app(settings)
-    bind = f"{host or settings.webhook.host}:{port or settings.webhook.port}"
+    http = server(settings, host, port, threads).bind()
 
-    class _Gunicorn(BaseApplication):
-        def load_config(self) -> None:
-            self.cfg.set("bind", bind)
-            self.cfg.set("workers", workers)
-            self.cfg.set("accesslog", None)
-            self.cfg.set("timeout", 30)
+    def _raise(signum, frame):  # noqa: ARG001 - signal handler signature
+        raise KeyboardInterrupt(f"signal {signum}")
 
-        def load(self):
-            return app
-
-    click.echo(f"webhook listening on http://{bind}", err=True)
-    _Gunicorn().run()
+    signal.signal(signal.SIGTERM, _raise)
+    click.echo(f"webhook listening on {http.url} ({threads} threads)", err=True)
+    try:
+        http.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        http.stop()
 
 
 @click.command("worker")
