@@ -69,7 +69,7 @@ _NOT_SECRET = re.compile(
     r"|yes$|no$|bearer$|basic$|str$|string$|int$|bool$|boolean$|number$|any$|optional\b|required$|secret$"
     r"|password$|changeme$|redacted$|(?:your|my|example|dummy|test|fake|placeholder)[_\-]"
     r"|os\.|process\.env|env\.|settings\.|config\.|self\.|this\.|args\.|request\.)")
-_CODE = re.compile(r"[()\[\]]|^[A-Za-z_][\w]*(?:\.[A-Za-z_]\w*)+$")
+_CODE = re.compile(r"[()\[\]]|^[A-Za-z_]+(?:\.[A-Za-z_]\w+)+$")
 
 
 def redact_pem(text: str) -> tuple[str, int]:
@@ -90,6 +90,13 @@ def redact_pem(text: str) -> tuple[str, int]:
 def _literal(value: str) -> bool:
     """True for an assigned value that could be a credential (not a reference, type or call)."""
     return len(value) >= 4 and not _NOT_SECRET.match(value) and not _CODE.search(value)
+
+
+def _ends_statement(line: str, end: int) -> bool:
+    """True if nothing but a comment or a closing mark follows an assigned value: ``key: v  # c``
+    is config, ``token = await refresh(x)`` is code."""
+    rest = line[end:].lstrip()
+    return not rest or rest.startswith(("#", ";", ",", "//", "}", ")", "]", "&", "'", '"', "`", "\\"))
 
 
 def _key_of(line: str, start: int, matched: str) -> str:
@@ -120,7 +127,7 @@ def rule_values(line: str, low: str, tokens: bool = True) -> list[tuple[int, int
         for m in ASSIGN.finditer(low):
             g = "qv" if m.group("q") else "uv"
             value = line[m.start(g):m.end(g)] if m.group(g) else ""
-            if not value or not _literal(value):
+            if not value or not _literal(value) or not _ends_statement(line, m.end(g)):
                 continue
             if not _META_KEY.search(_key_of(line, m.start(), m.group(0))):
                 spans.append(m.span(g))

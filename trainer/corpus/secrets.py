@@ -38,6 +38,10 @@ from trainer.corpus._secret_rules import PLACEHOLDER
 
 __all__ = ["PLACEHOLDER", "scrub"]
 
+DIGEST_PREFIXES = ("sha1-", "sha256-", "sha384-", "sha512-", "sha256:", "sha512:")
+"""Values detect-secrets reports for their entropy that are content digests (lock files, Subresource
+Integrity), not credentials: never redacted, a deliberate difference from the reference."""
+
 MAX_LINE = 4000
 """Longer lines (minified code, data blobs) get the token rules only, not detect-secrets."""
 
@@ -197,8 +201,8 @@ def _redact_line(line: str, judge: bool) -> tuple[str, int]:
     spans = rules.rule_values(line, _proxy(line).lower().decode("ascii"), tokens=judge)
     if judge and len(line) <= MAX_LINE:
         for value in judge_line(line):
-            if value.startswith("BEGIN "):  # a PEM armour line; its body is already redacted
-                continue
+            if value.startswith(DIGEST_PREFIXES) or value.startswith("BEGIN "):
+                continue  # a content digest, or a PEM armour line (its body is already redacted)
             m = _KEY_VALUE.match(value)  # an unquoted `KEY=value` reported whole: keep the key
             value = m.group(1) if m else value
             i = line.find(value)
