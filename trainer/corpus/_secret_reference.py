@@ -23,7 +23,7 @@ import re
 # The keyword plugin picks its assignment rules by extension; these cover every rule set.
 _KEYWORD_FILENAMES = ("x.cfg", "x.py", "x.go", "x.c", "x.cpp")
 # `key: value` / `key = value` with an unquoted value: what YAML/INI transformers would quote.
-_UNQUOTED = re.compile(r"^(\s*(?:-\s+)?(?:export\s+|ENV\s+|set\s+)?[\w.\-\[\]\"'/:@]+?\s*(?:[:=]|\s)\s*)"
+_UNQUOTED = re.compile(r"^(\s*(?:-\s+)?(?:export\s+|ENV\s+|set\s+)?[\w.\-\[\]\"'/:@]+?\s*[:=]\s*)"
                        r"([^\s\"'`][^\"'`]*?)\s*$")
 
 
@@ -79,8 +79,8 @@ def _variants(line: str) -> list[str]:
 def judge_line(line: str) -> tuple[str, ...]:
     """Secret values detect-secrets would report on ``line`` in a file of any type (cached: the
     same assignment line recurs across files and versions)."""
-    from detect_secrets.settings import get_plugins
     from detect_secrets.plugins.keyword import KeywordDetector
+    from detect_secrets.settings import get_plugins
     from detect_secrets.util.code_snippet import get_code_snippet
 
     scan = _scan()

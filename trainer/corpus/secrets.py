@@ -30,7 +30,6 @@ import functools
 import math
 import re
 from collections import Counter
-from collections.abc import Iterator
 
 from trainer.corpus import _secret_rules as rules
 from trainer.corpus._secret_reference import judge_line
