@@ -42,7 +42,7 @@ DIGEST_PREFIXES = ("sha1-", "sha256-", "sha384-", "sha512-", "sha256:", "sha512:
 Integrity), not credentials: never redacted, a deliberate difference from the reference."""
 
 MAX_LINE = 4000
-"""Longer lines (minified code, data blobs) get the token rules only, not detect-secrets."""
+"""Longer lines (minified code, data blobs) get the precise rules only, not detect-secrets."""
 
 # --------------------------------------------------------------------------- the proxy
 # Non-ASCII characters that (?i) equates with an ASCII letter (all of them: see the tests).
@@ -91,7 +91,7 @@ _HINT_RES = tuple(re.compile(p).search for p in (
     rb"g(?:h[pousr]_|ithub_pat_|l[a-z]{2,6}-)",                 # GitHub, GitLab
     rb"s(?:k-[A-Za-z0-9_\-]{20}|q0[a-z]{3}-|ig=)",              # OpenAI-style, Square, Azure SAS
     rb"k_(?:live|test)_",                                       # Stripe
-    rb"eyJ", rb"pypi-", rb"npm_", rb"T3BlbkFJ", rb"GR1348941", rb"PuTTY",
+    rb"eyJ", rb"pypi-", rb"GR1348941", rb"PuTTY",               # JWT, PyPI, GitLab runner, PuTTY
     rb"-us[0-9]",                                               # Mailchimp
     rb"\.[a-zA-Z0-9_\-]{6}\.[a-zA-Z0-9_\-]{27}",                # Discord
     rb":[0-9A-Za-z_\-]{35}",                                    # Telegram
