@@ -1,20 +1,26 @@
-"""Secret scrubbing: a fast prefilter, then detect-secrets' plugins on the candidate lines.
+"""Secret scrubbing: a cheap prefilter finds candidate lines; precise rules and detect-secrets redact.
 
-detect-secrets scans a line in ~0.2 ms, far too slow for every line of a large corpus, so
-:func:`scrub` first finds candidates cheaply: well-known token formats (AWS, GitHub, Slack,
-Stripe, Google …) and private-key blocks are redacted directly by regex; lines that look like
-a credential assignment or hold a long high-entropy literal go to detect-secrets, which
-decides. A redacted secret becomes :data:`PLACEHOLDER`. Pure functions of the text.
+Why this shape: detect-secrets judges a line in ~1 ms (all its plugins, in every file type's
+keyword mode), far too slow for every line of a corpus, and the old prefilter (a keyword assigned
+a *quoted* literal, or a long quoted literal) missed unquoted YAML/INI/env values, URLs with
+passwords, Dockerfile ``ENV`` lines and more. So :func:`scrub`:
 
-Speed (the corpus build's hot spot): Python's regex engine only scans fast (GB/s) for a
-pattern that starts with one literal character; a case-insensitive keyword alternation runs
-at ~15 MB/s. So :func:`scrub` works on an ASCII proxy of the text (:func:`_proxy`: same
-offsets, non-ASCII characters replaced by stand-ins that keep every match): literal-prefixed
-searches prove that no token format can match (the token regex then never runs), and
-:func:`_fast_candidates` finds the candidate lines from keyword hits on a lowercased copy
-plus quote-led long literals. It finds every line the reference pattern :data:`_CANDIDATE`
-finds (a property test checks this), at ~10x its speed. Texts with a token hint or a key block
-take the reference path (:func:`_reference_candidates`).
+1. redacts the body of every PEM block (multi-line, any label) on the whole text;
+2. finds candidate lines with literal-led searches only (Python's regex engine scans at GB/s for a
+   pattern that starts with one literal character; an alternation or ``(?i)`` runs at ~15-50 MB/s):
+   credential words on a lowercased ASCII proxy of the text (:func:`_proxy`), vendor token
+   prefixes (``AKIA``, ``ghp_``, ``xox``, ``sk_live_``, ``SG.``, ``AIza``, ``eyJ``, ``AccountKey=``
+   …), ``://``, and quoted or ``:``/``=``-assigned runs of hex (>= 9) or base64 (>= 23) characters
+   whose entropy passes detect-secrets' limits;
+3. on each candidate line (cached by content), applies the precise rules of
+   :mod:`trainer.corpus._secret_rules` and, where detect-secrets could flag the line at all,
+   :func:`trainer.corpus._secret_reference.judge_line`; each reported value becomes
+   :data:`PLACEHOLDER`, the key stays (``password: <SECRET>``).
+
+Recall is measured, not assumed: tests/test_secrets_recall.py checks on a labelled benchmark that
+every line detect-secrets flags (run on that line alone, as ``detect-secrets scan`` would on a file
+of its type) is redacted, and a property test checks that the prefilter selects every line
+:func:`judge_line` flags. Pure functions of the text.
 """
 
 from __future__ import annotations
@@ -24,105 +30,29 @@ import functools
 import math
 import re
 from collections import Counter
-from collections.abc import Iterator
 
-PLACEHOLDER = "<SECRET>"
+from trainer.corpus import _secret_rules as rules
+from trainer.corpus._secret_reference import judge_line
+from trainer.corpus._secret_rules import PLACEHOLDER
 
-_PRIVATE_KEY = re.compile(
-    r"-----BEGIN ([A-Z0-9 ]*)PRIVATE KEY( BLOCK)?-----.*?(?:-----END [A-Z0-9 ]*PRIVATE KEY( BLOCK)?-----|\Z)",
-    re.S)
-_TOKENS = re.compile(
-    r"(?<![A-Za-z0-9])(?:"
-    r"(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA|ANVA|AIPA)[A-Z0-9]{16}"      # AWS access key id
-    r"|gh[pousr]_[A-Za-z0-9]{36,255}|github_pat_[A-Za-z0-9_]{22,255}"  # GitHub tokens
-    r"|glpat-[A-Za-z0-9_\-]{20,}"                                   # GitLab PAT
-    r"|xox[baprs]-[A-Za-z0-9\-]{10,}"                               # Slack
-    r"|(?:sk|rk)_live_[A-Za-z0-9]{20,}"                             # Stripe
-    r"|AIza[0-9A-Za-z_\-]{35}"                                      # Google API key
-    r"|sk-[A-Za-z0-9]{32,}"                                         # OpenAI-style
-    r"|eyJ[A-Za-z0-9_\-]{10,}\.eyJ[A-Za-z0-9_\-]{10,}\.[A-Za-z0-9_\-]{10,}"  # JWT
-    r")")
-# Prefilter for detect-secrets, run over the whole text at C speed: a credential-ish keyword
-# assigned a quoted literal, or any long quoted literal (its entropy is checked below).
-_CANDIDATE = re.compile(
-    r"(?i)(?:pass(?:word|wd)?|secret|token|api[_-]?key|access[_-]?key|auth|credential|private[_-]?key)"
-    r"[\w\"'\]]*\s*(?::=|=>|[:=])\s*[\"'`][^\"'`\s]{6,}"
-    r"|[\"'`]([A-Za-z0-9+/=_\-]{20,})[\"'`]")
-_VALUE = re.compile(r"[:=]\s*[\"'`]?([^\s\"'`,;]{6,})")
+__all__ = ["PLACEHOLDER", "scrub"]
 
+DIGEST_PREFIXES = ("sha1-", "sha256-", "sha384-", "sha512-", "sha256:", "sha512:")
+"""Values detect-secrets reports for their entropy that are content digests (lock files, Subresource
+Integrity), not credentials: never redacted, a deliberate difference from the reference."""
 
-def _entropy(s: str) -> float:
-    counts = Counter(s)
-    n = len(s)
-    return -sum(c / n * math.log2(c / n) for c in counts.values())
+MAX_LINE = 4000
+"""Longer lines (minified code, data blobs) get the precise rules only, not detect-secrets."""
 
-
-@functools.lru_cache(maxsize=1)
-def _detect_secrets():
-    """detect-secrets' default plugin settings, entered once per process."""
-    from detect_secrets.core import scan
-    from detect_secrets.core.plugins.util import get_mapping_from_secret_type_to_class
-    from detect_secrets.settings import cache_bust, configure_settings_from_baseline
-
-    # Configured once per process (entering default_settings() per file costs ~1 ms).
-    cache_bust()
-    configure_settings_from_baseline({"plugins_used": [
-        {"name": cls.__name__} for cls in get_mapping_from_secret_type_to_class().values()]})
-    return scan.scan_line
-
-
-@functools.lru_cache(maxsize=8192)
-def _redact_line(line: str) -> tuple[str, int]:
-    """Ask detect-secrets about one candidate line; redact what it reports (pure, so cached:
-    the same assignment line recurs across files and versions)."""
-    scan_line = _detect_secrets()
-    found = list(scan_line(line))
-    if not found:
-        return line, 0
-    count = 0
-    for secret in found:
-        value = secret.secret_value or ""
-        if len(value) >= 6 and value in line:
-            line = line.replace(value, PLACEHOLDER)
-            count += 1
-    if count == 0:
-        # The plugin matched but reported only part of the value (e.g. a prefix): blank the
-        # assigned value so nothing of it survives.
-        line, count = _VALUE.subn(lambda m: m.group(0).replace(m.group(1), PLACEHOLDER), line, count=1)
-        count = max(count, 1) if PLACEHOLDER in line else count
-    return line, count
-
-
-# --------------------------------------------------------------------------- fast path
-# Every match of _TOKENS contains one of these (each alternative is listed next to its hint).
-_TOKEN_HINT_RES = (
-    re.compile(rb"A(?:KIA|SIA|GPA|IDA|ROA|NPA|NVA|IPA|Iza)").search,  # AWS key ids, Google
-    re.compile(rb"g(?:h[pousr]_|ithub_pat_|lpat-)").search,           # GitHub, GitLab
-)
-_TOKEN_HINTS = (b"xox", b"k_live_", b"sk-", b"eyJ")                 # Slack, Stripe, OpenAI, JWT
-# Every credential assignment (the first alternative of _CANDIDATE) has one of these
-# operator-quote-literal triples, and starts with a keyword: one of _KEYWORDS, or a _KEY_OFFSETS
-# prefix (api, access, private, with an optional _ or -) before "key".
-_WS = rb"\t\n\x0b\x0c\r\x1c-\x1f "  # what str patterns' \s matches among ASCII characters
-_OP_TAIL = rb"[" + _WS + rb"]*[\"'`][^\"'`" + _WS + rb"]{6}"  # as in _ASSIGN: no docstring opener
-_OP_RES = (re.compile(rb"=>?" + _OP_TAIL).search, re.compile(rb":=?" + _OP_TAIL).search)
-_KEYWORDS = (b"pass", b"secret", b"token", b"auth", b"credential")
-_KEY_OFFSETS = (3, 4, 6, 7, 8)
-_ASSIGN = re.compile(  # _CANDIDATE's first alternative, for lowercased ASCII bytes
-    rb"(?:pass(?:word|wd)?|secret|token|api[_-]?key|access[_-]?key|auth|credential|private[_-]?key)"
-    rb"[\w\"'\]]*[" + _WS + rb"]*(?::=|=>|[:=])[" + _WS + rb"]*[\"'`][^\"'`" + _WS + rb"]{6,}")
-# _CANDIDATE's second alternative, one pattern per opening quote (a literal first character).
-_QUOTED_RES = tuple(re.compile(q + rb"([A-Za-z0-9+/=_\-]{20,})[\"'`]").search for q in (b"'", b'"', b"`"))
-
-
+# --------------------------------------------------------------------------- the proxy
 # Non-ASCII characters that (?i) equates with an ASCII letter (all of them: see the tests).
 _FOLDS = {"\u0130": "i", "\u0131": "i", "\u017f": "s", "\u212a": "k"}
 
 
 def _proxy_chars(err: UnicodeEncodeError) -> tuple[str, int]:
     """Stand-ins for non-ASCII characters: a folded letter, ``a`` for any other word character,
-    a space for whitespace, ``?`` for the rest, so that :data:`_CANDIDATE` and the token
-    formats match the proxy wherever they match the text (and sometimes more)."""
+    a space for whitespace, ``?`` for the rest, so that keyword searches on the proxy find every
+    place a case-insensitive keyword matches the text (and sometimes more)."""
     run = err.object[err.start:err.end]
     out = [_FOLDS.get(c) or ("a" if c.isalnum() else " " if c.isspace() else "?") for c in run]
     return "".join(out), err.end
@@ -136,81 +66,176 @@ def _proxy(text: str) -> bytes:
     return text.encode("ascii", "repotune-secrets-proxy")
 
 
-def _may_hold_token(data: bytes) -> bool:
-    """False only if no _TOKENS pattern can match (the cheap test that spares running it)."""
-    return any(h in data for h in _TOKEN_HINTS) or any(s(data) for s in _TOKEN_HINT_RES)
+# --------------------------------------------------------------------------- prefilter
+# Each pattern below is one pass over the text; the count of passes is the scanner's cost
+# (~2-4 us per 4 KB file each), so related hints share a pass behind one literal first byte.
+# Credential words, on the lowercased proxy, one ``bytes.find`` pass each (~1-4 GB/s; an
+# alternation of them runs at ~90 MB/s). "key" counts only inside a compound name (api_key,
+# privatekey, cl-key …).
+_WORDS = (b"pass", b"pwd", b"secret", b"token", b"auth", b"cred", b"key", b"aws", b"xox", b"://", b"contrase")
+# detect-secrets' keyword plugin only fires on these (its DENYLIST, and the vendor plugins'
+# prefixes): a word-hit line goes to detect-secrets only if it holds one.
+_DS_WORDS = frozenset((b"pwd", b"secret", b"contrase", b"aws", b"xox", b"://", b"auth"))
+_DS_KEY_PREFIXES = tuple(p + s for p in (b"api", b"auth", b"service", b"account", b"db", b"database",
+                                         b"priv", b"private", b"client") for s in (b"", b"_"))
+_DS_PASS_PREFIXES = (b"db", b"db_", b"database", b"database_", b"key", b"key_")
+# After a credential word, the rest of a name, an operator and a literal-looking value: a
+# word-hit line without it (``token_cache = load(x)``) can only matter to detect-secrets.
+_WORD_ASSIGN = re.compile(
+    rb"[a-z0-9_.\-]*+[\"'\]]{0,2}[ \t]*(?::=|=>|==|[:=]|[ \t])[ \t]*+"
+    rb"(?:[\"'`][^\"'`\s]{4}|[^\s\"'`(\[]{4,}+(?:[\s,;)}\]]|$))").match
+# Vendor token prefixes, case-sensitive on the proxy, each led by one literal byte.
+_HINT_RES = tuple(re.compile(p).search for p in (
+    rb"A(?:KIA|SIA|BIA|CCA|3T|GPA|IDA|ROA|NPA|NVA|IPA|Iza|KC|ccountKey=|C[a-z0-9]{32}|P[0-9A-F][a-zA-Z0-9]{8})",
+    rb"S(?:G\.|K[a-z0-9]{32}|haredAccess)",                    # SendGrid, Twilio, Azure
+    rb"g(?:h[pousr]_|ithub_pat_|l[a-z]{2,6}-)",                 # GitHub, GitLab
+    rb"s(?:k-[A-Za-z0-9_\-]{20}|q0[a-z]{3}-|ig=)",              # OpenAI-style, Square, Azure SAS
+    rb"k_(?:live|test)_",                                       # Stripe
+    rb"eyJ", rb"pypi-", rb"GR1348941", rb"PuTTY",               # JWT, PyPI, GitLab runner, PuTTY
+    rb"-us[0-9]",                                               # Mailchimp
+    rb"\.[a-zA-Z0-9_\-]{6}\.[a-zA-Z0-9_\-]{27}",                # Discord
+    rb":[0-9A-Za-z_\-]{35}",                                    # Telegram
+))
+_B64 = rb"[A-Za-z0-9+/=_\-]{23,}"
+_HEXRUN = rb"[0-9a-fA-F]{9,}"
+_HEX = set("0123456789abcdefABCDEF")
+# The only shapes detect-secrets' entropy plugins can report: a quoted literal, or a value after
+# ':' / '=' (what its YAML/INI transformers quote), of >= 9 hex or >= 23 base64 characters.
+_RUN_RES = tuple(re.compile(lead + rb"(" + _HEXRUN + rb"|" + _B64 + rb")" + tail).search
+                 for lead, tail in ((b"'", b"'"), (b'"', b'"'), (rb":[ \t]*", rb"(?![^'\" \t\r\n,;}\]#])"),
+                                    (rb"=[ \t]*", rb"(?![^'\" \t\r\n,;}\]#])")))
+_KEY_PREFIX_END = frozenset(b"abcdefghijklmnopqrstuvwxyz_-")
 
 
-def _find_all(data: bytes, needle: bytes) -> Iterator[int]:
-    i = data.find(needle)
-    while i >= 0:
-        yield i
-        i = data.find(needle, i + 1)
+def _entropy(s: str) -> float:
+    n = len(s)
+    return -sum(c / n * math.log2(c / n) for c in Counter(s).values())
 
 
-def _fast_candidates(data: bytes, text: str) -> set[int]:
-    """Line starts (offsets) of the candidate lines of ``text``; ``data`` is its :func:`_proxy`.
+def _high_entropy(value: str) -> bool:
+    """Could detect-secrets' Hex (> 3.0 bits, any length) or Base64 (> 4.5) plugin report it?"""
+    if len(value) >= 9 and set(value) <= _HEX and _entropy(value) > 3.0:
+        return True
+    return len(value) >= 23 and _entropy(value) > 4.5
 
-    A superset of :func:`_reference_candidates`: every position where either alternative of
-    :data:`_CANDIDATE` matches, where the reference's ``finditer`` sees only non-overlapping
-    matches. Pure bytes searches with a literal first character, so it runs at ~1 GB/s.
-    """
-    starts: set[int] = set()
-    if any(op(data) for op in _OP_RES):
-        low = data.lower()
-        match = _ASSIGN.match
-        tries = [k for kw in _KEYWORDS for k in _find_all(low, kw)]
-        tries += [j - off for j in _find_all(low, b"key") for off in _KEY_OFFSETS if j >= off]
-        starts.update(low.rfind(b"\n", 0, k) + 1 for k in tries if match(low, k))
-    for search in _QUOTED_RES:
+
+def _line_start(data: bytes, pos: int) -> int:
+    return data.rfind(b"\n", 0, pos) + 1
+
+
+def _line_end(data: bytes, pos: int) -> int:
+    end = data.find(b"\n", pos)
+    return len(data) if end < 0 else end
+
+
+def _judged(low: bytes, k: int, word: bytes) -> bool | None:
+    """Whether a hit of ``word`` at ``k`` can matter to detect-secrets (its keyword DENYLIST, its
+    URL and vendor plugins); None for a bare "key", which matters to no rule."""
+    if word in _DS_WORDS:
+        return True
+    if word == b"pass":
+        return low.startswith(b"passw", k) or any(low.endswith(p, 0, k) for p in _DS_PASS_PREFIXES)
+    if word == b"key":
+        if k == 0 or low[k - 1] not in _KEY_PREFIX_END:
+            return None
+        return any(low.endswith(p, 0, k) for p in _DS_KEY_PREFIXES)
+    return False
+
+
+def _candidates(data: bytes, text: str) -> dict[int, bool]:
+    """Candidate line starts of ``text`` (``data`` is its proxy), each with whether detect-secrets
+    must judge it (else only the precise rules run). After a hit the search resumes at the end
+    of its line: one hit is enough."""
+    low = data.lower()
+    found: dict[int, bool] = {}
+    for word in _WORDS:
+        k = low.find(word)
+        while k >= 0:
+            judge = _judged(low, k, word)
+            if judge is None:  # "key" alone, not a compound name
+                k = low.find(word, k + 3)
+                continue
+            start, end = _line_start(data, k), _line_end(data, k)
+            if judge:
+                found[start] = True
+                k = low.find(word, end)
+                continue
+            if _WORD_ASSIGN(low, k + len(word), end):
+                found.setdefault(start, False)
+            k = low.find(word, k + len(word))
+    for search in _HINT_RES:
         m = search(data)
         while m:
-            # entropy of the text's own literal: the proxy folds some letters (e.g. U+017F to s)
-            if _entropy(text[m.start(1):m.end(1)]) > 4.0:
-                starts.add(data.rfind(b"\n", 0, m.start()) + 1)
-            m = search(data, m.end() - 1)  # the closing quote may open the next literal
-    return starts
+            end = _line_end(data, m.start())
+            found[_line_start(data, m.start())] = True
+            m = search(data, end)
+    for search in _RUN_RES:
+        m = search(data)
+        while m:
+            if _high_entropy(text[m.start(1):m.end(1)]):
+                found[_line_start(data, m.start())] = True
+                m = search(data, _line_end(data, m.start()))
+            else:
+                m = search(data, m.end(1))
+    return found
 
 
-def _reference_candidates(text: str) -> set[int]:
-    """Line starts of the candidate lines found by :data:`_CANDIDATE` (any text)."""
-    starts = set()
-    for m in _CANDIDATE.finditer(text):
-        literal = m.group(1)
-        if literal is not None and _entropy(literal) <= 4.0:
-            continue
-        starts.add(text.rfind("\n", 0, m.start()) + 1)
-    return starts
+# --------------------------------------------------------------------------- redaction
+_KEY_VALUE = re.compile(r"^[A-Za-z_][\w.\-]*[=:]([^=/].*)$")
+
+
+def _merge(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for a, b in sorted(s for s in spans if s[1] > s[0]):
+        if out and a <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], b))
+        else:
+            out.append((a, b))
+    return out
+
+
+@functools.lru_cache(maxsize=16384)
+def _redact_line(line: str, judge: bool) -> tuple[str, int]:
+    """One candidate line with its secret values replaced, and how many (pure, so cached)."""
+    spans = rules.rule_values(line, _proxy(line).lower().decode("ascii"), tokens=judge)
+    if judge and len(line) <= MAX_LINE:
+        for value in judge_line(line):
+            if value.startswith(DIGEST_PREFIXES) or value.startswith("BEGIN "):
+                continue  # a content digest, or a PEM armour line (its body is already redacted)
+            m = _KEY_VALUE.match(value)  # an unquoted `KEY=value` reported whole: keep the key
+            value = m.group(1) if m else value
+            i = line.find(value)
+            while i >= 0:
+                spans.append((i, i + len(value)))
+                i = line.find(value, i + len(value))
+    merged = _merge(spans)
+    if not merged:
+        return line, 0
+    pieces, last = [], 0
+    for a, b in merged:
+        pieces += [line[last:a], PLACEHOLDER]
+        last = b
+    pieces.append(line[last:])
+    return "".join(pieces), len(merged)
 
 
 def scrub(text: str) -> tuple[str, int]:
     """Return ``text`` with every secret found replaced by :data:`PLACEHOLDER`, and the count."""
+    text, count = rules.redact_pem(text)
     data = _proxy(text)
-    if "PRIVATE KEY" not in text and not _may_hold_token(data):
-        return _redact_lines(text, _fast_candidates(data, text), 0)
-    count = 0
-    if "PRIVATE KEY" in text:
-        text, n = _PRIVATE_KEY.subn(
-            lambda m: f"-----BEGIN {m.group(1)}PRIVATE KEY-----\n{PLACEHOLDER}\n-----END {m.group(1)}PRIVATE KEY-----",
-            text)
-        count += n
-    text, n = _TOKENS.subn(PLACEHOLDER, text)
-    return _redact_lines(text, _reference_candidates(text), count + n)
-
-
-def _redact_lines(text: str, starts: set[int], count: int) -> tuple[str, int]:
-    """Let detect-secrets judge the lines starting at ``starts``; redact what it reports."""
-    if not starts:
+    found = _candidates(data, text)
+    if not found:
         return text, count
-    pieces = []
-    last = 0
-    for start in sorted(starts):
+    pieces, last = [], 0
+    for start in sorted(found):
         end = text.find("\n", start)
         end = len(text) if end < 0 else end
-        line = text[start:end]
-        new, n = _redact_line(line) if len(line) <= 2000 else (line, 0)
-        pieces += [text[last:start], new]
-        last = end
-        count += n
+        new, n = _redact_line(text[start:end], found[start])
+        if n:
+            pieces += [text[last:start], new]
+            last = end
+            count += n
+    if not pieces:
+        return text, count
     pieces.append(text[last:])
     return "".join(pieces), count

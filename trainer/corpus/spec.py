@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 
-ENGINE_VERSION = 3
+ENGINE_VERSION = 4
 """Bumped whenever the engine's output for the same spec changes (shard layout, filters,
 secrets candidates, manifest indexes): a corpus built by another version is rebuilt in full.
-3: a full build writes the held-out shard of a pinned file (2 could leave it unwritten)."""
+3: a full build writes the held-out shard of a pinned file (2 could leave it unwritten).
+4: the secrets scanner changed (unquoted/env/URL/PEM-body/vendor-token values now redacted)."""
 
 
 @dataclass(frozen=True)
