@@ -43,6 +43,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import math
 import os
 import py_compile
@@ -64,6 +65,8 @@ from serving.errors import (
     ServingError,
     SmokeTestFailed,
 )
+
+log = logging.getLogger(__name__)
 
 POINTER_FILE = "serving.json"
 FAILED_FILE = "FAILED"
@@ -192,6 +195,7 @@ class ModelRepository:
             raise RepositoryStateError(f"python-backend artifact {artifact} has no model/ folder")
         self.model_dir.mkdir(parents=True, exist_ok=True)
         with self._locked():
+            self._sweep()
             _emit(progress, "publish", 0, 1)
             staging = Path(tempfile.mkdtemp(prefix=".publish-", dir=self.model_dir))
             try:
@@ -282,6 +286,9 @@ class ModelRepository:
     def ensure_loaded(self) -> int | None:
         """Load the pointer's version (and the warm previous one, if still on disk) into a
         (re)started Triton; returns the serving version (``None`` if none)."""
+        if self.model_dir.is_dir():
+            with self._locked():
+                self._sweep()
         version = self.current()
         if version is None:
             return None
@@ -410,6 +417,16 @@ class ModelRepository:
                 shutil.rmtree(self.model_dir / str(info["version"]), ignore_errors=True)
 
     # -- pointer and numbering ----------------------------------------------------------------
+
+    def _sweep(self) -> None:
+        """Remove what a killed publisher or switch left behind (``.publish-*`` staging folders,
+        pointer temp links). Called with the lock held: every live publisher holds it while its
+        staging folder exists, so any such folder found here belongs to a dead process."""
+        for leftover in self.model_dir.glob(".publish-*"):
+            log.warning("%s: removing %s left by an interrupted publish", self.model_name, leftover.name)
+            shutil.rmtree(leftover, ignore_errors=True)
+        for leftover in self.model_dir.glob(f".{POINTER_FILE}.*.tmp"):
+            leftover.unlink(missing_ok=True)
 
     def _version_numbers(self) -> list[int]:
         if not self.model_dir.is_dir():
