@@ -21,11 +21,10 @@ from tests.fixtures.deploy import (
     dockerfile_env,
     dockerfile_from_images,
     dockerfile_instructions,
-    gunicorn_bind_and_app,
     image_source,
     interpolate,
     load_dotenv,
-    wsgi_target_exists,
+    webhook_bind,
 )
 
 COMPOSE = DEPLOY / "docker-compose.yml"
@@ -150,7 +149,10 @@ def test_shared_home_and_model_repository(compose: dict) -> None:
 def test_ports_match_binds(compose: dict, dotenv: dict[str, str]) -> None:
     services = compose["services"]
     expected_external = {"webhook": dotenv["WEBHOOK_EXTERNAL_PORT"], "proxy": dotenv["API_EXTERNAL_PORT"]}
-    bound = {"webhook": gunicorn_bind_and_app(command_argv(services["webhook"]["command"]))[0],
+    webhook = webhook_bind(command_argv(services["webhook"]["command"]))
+    assert webhook.host == "0.0.0.0", "reachable through the published port"
+    assert webhook.port == defaults.WEBHOOK_PORT
+    bound = {"webhook": webhook.port,
              # `repotune serve` binds serving.proxy_host/port, set through the environment.
              "proxy": int(_env(services["proxy"]).get("REPOTUNE_SERVING_PROXY_PORT", defaults.PROXY_PORT))}
     assert _env(services["proxy"])["REPOTUNE_SERVING_PROXY_HOST"] == "0.0.0.0", "reachable from other containers"
@@ -158,7 +160,7 @@ def test_ports_match_binds(compose: dict, dotenv: dict[str, str]) -> None:
         port = bound[name]
         (mapping,) = services[name]["ports"]
         host, container = mapping.rsplit(":", 1)
-        assert int(container) == port, f"{name}: publishes {container}, gunicorn binds {port}"
+        assert int(container) == port, f"{name}: publishes {container}, its command binds {port}"
         assert host == expected_external[name]
     assert int(dotenv["API_EXTERNAL_PORT"]) == defaults.PROXY_PORT  # FauxPilot's :5000
     # Triton's ports are the ones its command binds, and the URL the code uses names one.
@@ -201,7 +203,7 @@ def test_env_names_are_read_by_the_code(raw_compose: dict, compose: dict, dotenv
         f"interpolated but undocumented: {sorted(used - set(dotenv))}")
 
 
-def test_commands_are_real(compose: dict) -> None:
+def test_commands_are_real(compose: dict, dotenv: dict[str, str]) -> None:
     services = compose["services"]
     queues_served: set[str] = set()
     for name in ("worker-cpu", "worker-gpu"):
@@ -212,8 +214,8 @@ def test_commands_are_real(compose: dict) -> None:
         queues_served |= set(queues)
     assert queues_served == set(defaults.QUEUES), "every queue needs a worker"
     assert command_argv(services["worker-gpu"]["command"])[-1] == "gpu"
-    _port, app = gunicorn_bind_and_app(command_argv(services["webhook"]["command"]))
-    wsgi_target_exists(app)
+    # `repotune webhook` parses with the real command (webhook_bind checks it) and runs threads.
+    assert webhook_bind(command_argv(services["webhook"]["command"])).threads == int(dotenv["WEBHOOK_THREADS"])
     check_repotune_command(command_argv(services["proxy"]["command"]))
     (tick,) = check_rq_cron(command_argv(services["scheduler"]["command"]), _env(services["scheduler"])["REDIS_URL"])
     assert tick.func_name == "bot.jobs.tick" and tick.queue_name == "control"
@@ -240,3 +242,27 @@ def test_settings_load_from_the_compose_environment(compose: dict, tmp_path: Pat
     assert settings.gitlab.token is None  # an empty secret file means "not used"
     assert settings.training.gpus == 1
     assert [r.name for r in settings.repos] == ["web", "platform/api"]
+
+
+def test_secret_files_are_wired(compose: dict, tmp_path: Path) -> None:
+    """The webhook reads its status token and the proxy its API keys from mounted secrets, the
+    settings really pick them up from those variables, and .env.example says how to create
+    every secret file compose mounts."""
+    from bot.config import load
+
+    services = compose["services"]
+    for service, variable, secret in (("webhook", "REPOTUNE_STATUS_TOKEN_FILE", "status_token"),
+                                      ("proxy", "REPOTUNE_API_KEYS_FILE", "proxy_api_keys")):
+        assert _env(services[service]).get(variable) == f"/run/secrets/{secret}", (service, variable)
+        assert secret in services[service]["secrets"], f"{service} does not mount the {secret} secret"
+    env = _env(services["webhook"])
+    for key, value in list(env.items()):
+        if key.endswith("_FILE"):
+            secret = tmp_path / Path(value).name
+            secret.write_text("s3cret-" + secret.name)
+            env[key] = str(secret)
+    env.update(REPOTUNE_CONFIG=str(DEPLOY / "repotune.example.toml"), REPOTUNE_HOME=str(tmp_path / "home"))
+    assert load(env=env).webhook.status_token == "s3cret-status_token"
+    example = (DEPLOY / ".env.example").read_text(encoding="utf-8")
+    for secret in compose["secrets"]:
+        assert f"deploy/secrets/{secret}" in example, f".env.example does not say how to create {secret}"

@@ -16,10 +16,9 @@ from tests.fixtures.deploy import (
     THIRD_PARTY_ENV,
     check_repotune_command,
     check_rq_cron,
-    gunicorn_bind_and_app,
     image_source,
     load_k8s,
-    wsgi_target_exists,
+    webhook_bind,
 )
 
 K8S = DEPLOY / "k8s"
@@ -140,8 +139,9 @@ def test_ports_match_binds_and_urls(objects: dict) -> None:
     deployments = _of(objects, "Deployment")
     services = _of(objects, "Service")
     webhook = _container(deployments["webhook"])
-    port, _app = gunicorn_bind_and_app(_argv(webhook))
-    assert {p["containerPort"] for p in webhook["ports"]} == {port} == {defaults.WEBHOOK_PORT}
+    bind = webhook_bind(_argv(webhook))
+    assert bind.host == "0.0.0.0", "reachable from the Service"
+    assert {p["containerPort"] for p in webhook["ports"]} == {bind.port} == {defaults.WEBHOOK_PORT}
     proxy = _container(deployments["proxy"])
     proxy_env = _env(proxy, objects)
     port = int(proxy_env.get("REPOTUNE_SERVING_PROXY_PORT", defaults.PROXY_PORT))  # `repotune serve` binds it
@@ -228,8 +228,7 @@ def test_commands_are_real(objects: dict) -> None:
             queues[queue].append(name)
     assert set(queues) == set(defaults.QUEUES), "every queue needs a worker and no unknown queues"
     assert queues["gpu"] == ["worker-gpu"]
-    _port, app = gunicorn_bind_and_app(_argv(_container(deployments["webhook"])))
-    wsgi_target_exists(app)
+    assert webhook_bind(_argv(_container(deployments["webhook"]))).threads >= 1  # parsed by the real command
     check_repotune_command(_argv(_container(deployments["proxy"])))
     scheduler = _container(deployments["scheduler"])
     (tick,) = check_rq_cron(_argv(scheduler), _env(scheduler, objects)["REDIS_URL"])
@@ -258,3 +257,51 @@ def test_config_map_is_the_example_and_loads(objects: dict, tmp_path: Path) -> N
     assert settings.serving.model_name == "codegen"
     assert settings.status_page_url == "https://repotune.example.internal"
     assert {r.forge for r in settings.repos} == {"github", "gitlab"}
+
+
+def _secret_file(deployment: dict, variable: str, objects: dict) -> tuple[str, str]:
+    """(secret name, key) of the file a ``*_FILE`` variable of this Deployment names."""
+    container = _container(deployment)
+    value = _env(container, objects)[variable]
+    folder, _, key = value.rpartition("/")
+    volumes = {v["name"]: v for v in _pod(deployment)["volumes"]}
+    (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == folder]
+    return volumes[mount["name"]]["secret"]["secretName"], key
+
+
+def test_secret_files_are_wired(objects: dict, tmp_path: Path) -> None:
+    """The webhook reads its status token and the proxy its API keys from the mounted Secret,
+    the settings really pick the token up from that variable, and secret.yaml's
+    `kubectl create secret` comment creates every key."""
+    from bot.config import load
+
+    deployments = _of(objects, "Deployment")
+    assert _secret_file(deployments["webhook"], "REPOTUNE_STATUS_TOKEN_FILE", objects) == (
+        "repotune-secrets", "status_token")
+    assert _secret_file(deployments["proxy"], "REPOTUNE_API_KEYS_FILE", objects) == (
+        "repotune-secrets", "proxy_api_keys")
+    token = tmp_path / "status_token"
+    token.write_text("s3cret-status-token")
+    assert load(env={"REPOTUNE_STATUS_TOKEN_FILE": str(token),
+                     "REPOTUNE_HOME": str(tmp_path / "home")}).webhook.status_token == "s3cret-status-token"
+    comment = "\n".join(line for line in (K8S / "secret.yaml").read_text(encoding="utf-8").splitlines()
+                        if line.startswith("#"))
+    assert "kubectl -n repotune create secret generic repotune-secrets" in comment
+    for key in _of(objects, "Secret")["repotune-secrets"]["stringData"]:
+        assert f"{key}=" in comment, f"secret.yaml's kubectl command does not create {key}"
+
+
+def test_status_views_stay_private(objects: dict) -> None:
+    """The ingress routes only /webhooks/ to the webhook Service (the status views and /metrics
+    stay on the cluster network), and the webhook pod does not ask annotation-driven Prometheus
+    to scrape a /metrics that needs a token it would not send."""
+    to_webhook = [path for ingress in _of(objects, "Ingress").values()
+                  for rule in ingress["spec"]["rules"] for path in rule["http"]["paths"]
+                  if path["backend"]["service"]["name"] == "webhook"]
+    assert [(p["path"], p["pathType"]) for p in to_webhook] == [("/webhooks/", "Prefix")]
+    webhook = _of(objects, "Deployment")["webhook"]
+    assert "REPOTUNE_STATUS_TOKEN_FILE" in _env(_container(webhook), objects)
+    annotations = webhook["spec"]["template"]["metadata"].get("annotations") or {}
+    assert annotations.get("prometheus.io/scrape") != "true", (
+        "the webhook's /metrics needs the status token; scrape it with a job that sends it "
+        "(docs/operations.md, Monitoring), not through prometheus.io annotations")
