@@ -366,6 +366,8 @@ def _train(cfg: FinetuneConfig, progress: ProgressFn | None, started: float, use
     )
     if args.process_index == 0:
         write_json_atomic(out / "train.json", result.as_dict())
+    # Other nodes' launchers read train.json as soon as their ranks exit: keep them until it exists.
+    trainer.accelerator.wait_for_everyone()
     return result
 
 

@@ -172,7 +172,8 @@ def launch(
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     multi = cfg.num_nodes > 1
-    master_port = master_port or cfg.master_port or (DEFAULT_MASTER_PORT if multi else free_port())
+    # A free port is only known free here; with a hostfile node 0 may be another machine.
+    master_port = master_port or cfg.master_port or (DEFAULT_MASTER_PORT if multi or hostfile else free_port())
     config_path, hostfile = _node_files(cfg, out, gpus, hostfile)
     cmd = build_launch_command(config_path, gpus=gpus, include=include, hostfile=hostfile,
                                master_port=master_port, num_nodes=cfg.num_nodes if multi else None,
