@@ -101,7 +101,7 @@ class FinetuneConfig:
     num_nodes: int = 1
     """Machines taking part (DeepSpeed launcher only); each runs ``gpus`` ranks."""
     node_rank: int | None = None
-    """This machine's place in 0..num_nodes-1: start only its ranks, no ssh (``--no_ssh``); None: the hostfile over ssh."""
+    """This node in 0..num_nodes-1: start only its ranks, no ssh (``--no_ssh``); None: hostfile over ssh."""
     master_addr: str | None = None
     """Address of node 0 that every node can reach (multi-node rendezvous, ``MASTER_ADDR``)."""
     master_port: int | None = None
