@@ -278,9 +278,6 @@ def _failure_message(rc: int, tail: list[str], where: str, log_path: Path, out: 
     return (f"{where}: {how}. Last lines:\n  " + "\n  ".join(shown) + f"\n{resume}\nFull log: {log_path}")
 
 
-
-
-
 _PEER_LOST_HINTS = ("connection closed by peer", "connection reset by peer", "broken pipe", "timed out",
                     "no route to host", "connection refused")
 """Lower-cased fragments of gloo/NCCL/TCPStore errors that mean a peer is gone or silent."""
