@@ -20,6 +20,13 @@ are in data preparation: the cache (warm) and packing once instead of per 1000 d
 
 Run: ``.venv/bin/python benchmarks/train_bench.py`` (``--quick`` for a small run,
 ``--deepspeed zero2`` to put RepoTune's side on a ZeRO-2 engine).
+
+``--multinode`` runs only the network-path comparison instead: the same ZeRO-2 run through
+DeepSpeed's launcher as one node with two CPU ranks (``--num_gpus 2``) and as two no-ssh
+"nodes" with one rank each meeting at 127.0.0.1 (``--num_nodes 2 --node_rank R``), side by
+side. Both have world size 2 and the same data and seed, so the difference is the launch and
+rendezvous path; on one machine both talk over loopback gloo, so this measures overhead,
+not a real network.
 """
 
 from __future__ import annotations
@@ -40,6 +47,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(__file__).resolve().parents[1] / ".torch_extensions"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# Launched ranks must import this checkout too, not whatever copy is installed.
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    p for p in (str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH")) if p)
 
 
 def write_data(root: Path, files: int, shards: int) -> tuple[list[Path], list[Path], Path]:
@@ -139,11 +149,80 @@ def tokenize_throughput(model: Path, files, cache: Path, num_proc: int) -> float
     return sum(s.tokens for s in shards) / (time.perf_counter() - start)
 
 
+def launched(cfg, gpus: int, log: Path, nodes: int) -> dict:
+    """One launcher run (``nodes`` == 1) or ``nodes`` no-ssh node launchers at once, in threads."""
+    from concurrent.futures import ThreadPoolExecutor
+    from dataclasses import replace
+
+    from trainer.launch import free_port, launch
+
+    env = {"DS_ACCELERATOR": "cpu", "GLOO_SOCKET_IFNAME": "lo"}
+    started = time.perf_counter()
+    if nodes == 1:
+        result = launch(cfg, gpus=gpus, log_path=log, env=env)
+    else:
+        port = free_port()
+        node_cfgs = [replace(cfg, num_nodes=nodes, node_rank=r, master_addr="127.0.0.1", master_port=port)
+                     for r in range(nodes)]
+        with ThreadPoolExecutor(nodes) as pool:
+            results = list(pool.map(lambda c: launch(c, gpus=gpus, env=env,
+                                                     log_path=log.with_name(f"{log.stem}-{c.node_rank}.log")),
+                                    node_cfgs))
+        result = results[0]
+    wall = time.perf_counter() - started
+    return {"world_size": result.extras["world_size"], "num_nodes": result.extras["num_nodes"],
+            "tokens": result.tokens, "wall_s": round(wall, 2), "train_s": result.extras["train_seconds"],
+            "train_loop_tokens_per_s": round(result.tokens_per_s),
+            "end_to_end_tokens_per_s": round(result.tokens / wall), "heldout_loss": result.heldout_loss}
+
+
+def multinode(quick: bool) -> None:
+    """One node × two ranks against two nodes × one rank, same data, seed and world size."""
+    from trainer.finetune import FinetuneConfig
+    from trainer.tiny import init_tiny
+
+    files, steps = (200, 12) if quick else (600, 40)
+    with tempfile.TemporaryDirectory(prefix="train-bench-mn-") as tmp:
+        root = Path(tmp)
+        train_files, heldout_files, _ = write_data(root / "data", files, shards=4)
+        from trainer import sample_code
+
+        model = init_tiny((p.read_text() for p in sample_code.generate(root / "tok-src", files=80, seed=1)),
+                          root / "model")
+
+        def cfg(name: str) -> FinetuneConfig:
+            return FinetuneConfig(base=str(model), train_files=[str(p) for p in train_files],
+                                  heldout_files=[str(p) for p in heldout_files], output_dir=str(root / name),
+                                  block_size=256, max_steps=steps, per_device_batch=4, learning_rate=3e-3,
+                                  deepspeed="zero2", eval_every=10_000, save_every=10_000,
+                                  log_every=max(1, steps // 4), cache_dir=str(root / "cache"))
+
+        # Warm the tokenisation cache and DeepSpeed's op build so neither side pays for them.
+        launched(cfg("warmup"), 2, root / "warmup.log", nodes=1)
+        one = launched(cfg("one-node"), 2, root / "one.log", nodes=1)
+        two = launched(cfg("two-nodes"), 1, root / "two.log", nodes=2)
+    figures = {"setup": {"files": files, "steps": steps, "block_size": 256, "batch_per_rank": 4,
+                         "deepspeed": "zero2", "cpus": os.cpu_count()},
+               "one_node_two_ranks": one, "two_nodes_one_rank_each": two,
+               "ratio_train_loop": round(two["train_loop_tokens_per_s"] / one["train_loop_tokens_per_s"], 3),
+               "ratio_end_to_end": round(two["end_to_end_tokens_per_s"] / one["end_to_end_tokens_per_s"], 3)}
+    print(json.dumps(figures, indent=2))
+    print(f"\ntokens/s  one node x 2 ranks: {one['train_loop_tokens_per_s']:,} (loop) "
+          f"{one['end_to_end_tokens_per_s']:,} (end to end)   two nodes x 1 rank: "
+          f"{two['train_loop_tokens_per_s']:,} (loop) {two['end_to_end_tokens_per_s']:,} (end to end)   "
+          f"ratio two/one: {figures['ratio_train_loop']:.3f} loop, {figures['ratio_end_to_end']:.3f} end to end")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small corpus and few steps")
     parser.add_argument("--deepspeed", default="none", help="RepoTune side: none, zero2, zero2-offload …")
+    parser.add_argument("--multinode", action="store_true",
+                        help="only compare one node x 2 ranks with two no-ssh nodes x 1 rank (launcher, CPU)")
     args = parser.parse_args()
+    if args.multinode:
+        multinode(args.quick)
+        return
     files, steps = (200, 15) if args.quick else (1500, 60)
     block, batch, lr = 256, 4, 3e-3
 

@@ -23,9 +23,6 @@ ALLOWED = {
     # bot/: reshaped by the bot engineers.
     "bot/config.py",
     "bot/jobs.py",
-    # trainer/finetune.py: owned by the training engineer.
-    "trainer/finetune.py",
-    "trainer/finetune.py::_train",
 }
 
 

@@ -47,3 +47,18 @@ def test_train_on_an_unknown_corpus_says_what_to_do(tmp_path: Path) -> None:
                                       "--home", str(tmp_path)])
     assert result.exit_code == 1
     assert "repotune corpus build" in result.output
+
+
+def test_multi_node_options_reach_the_launcher_checks(make_repo, tmp_path: Path) -> None:
+    repo = make_repo(files=12, seed=5)
+    home = tmp_path / "home"
+    runner = CliRunner()
+    built = runner.invoke(cli, ["corpus", "build", repo.url, "--name", "acme", "--home", str(home)])
+    assert built.exit_code == 0, built.output
+    result = runner.invoke(cli, ["train", "--corpus", "acme", "--base", "x", "--out", str(tmp_path / "o"),
+                                 "--num-nodes", "2", "--node-rank", "2", "--dist-timeout", "0",
+                                 "--home", str(home)])
+    assert result.exit_code == 1, result.output
+    for needle in ("node_rank=2: must be in 0..1", "master_addr is required", "dist_timeout_s=0",
+                   "gpus (ranks per node) is required"):
+        assert needle in result.output, result.output

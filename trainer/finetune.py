@@ -5,21 +5,9 @@ tokenizer and block size → tokenise/pack (cached, :mod:`trainer.data`) → mod
 rows → train (resuming from the last complete checkpoint) → held-out loss → save the final
 checkpoint and ``train.json``.
 
-Two ways to run the same code:
-
-* :func:`train` in the current process (CPU, one rank; what tests and the embedded setup use).
-* :func:`launch` spawns DeepSpeed's launcher, which starts ``python -m trainer.finetune
-  --config <json>`` once per GPU (or per CPU rank with ``DS_ACCELERATOR=cpu``) and on every
-  host of a hostfile. Rank 0 prints one ``REPOTUNE_PROGRESS {json}`` line per logging step;
-  :func:`launch` streams the log to a file and turns those lines into ``progress`` calls.
-
-Equivalent commands::
-
-    # one GPU per rank, 2 GPUs on this host (the original recipe: --num_gpus 4)
-    deepspeed --num_gpus 2 --master_port 29500 --no_local_rank \\
-        --module trainer.finetune --config run/launch-config.json
-    # chosen GPUs / several hosts
-    deepspeed --include localhost:1,2 ... | deepspeed --hostfile hosts ...
+Two ways to run the same code: :func:`train` in the current process (CPU, one rank; what
+tests and the embedded setup use), or :func:`trainer.launch.launch` (re-exported here), which
+starts this module once per rank through DeepSpeed's launcher, on one node or several.
 
 Tokens per optimizer step = per_device_batch × grad_accum × world_size × block_size; the
 recipe's 1 × 32 × 4 × 2048 = 262,144 tokens.
@@ -35,21 +23,17 @@ import math
 import os
 import re
 import resource
-import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from durable import write_json_atomic
 from trainer.errors import FinetuneError, TokenOutOfRange
-
-ProgressFn = Callable[[dict[str, Any]], None]
-
-PROGRESS_PREFIX = "REPOTUNE_PROGRESS "
-"""Prefix of the machine-readable progress line rank 0 prints under the launcher."""
+from trainer.launch import DIST_VARS, build_launch_command, free_port, launch, peer_lost_error
+from trainer.progress import ProgressCallback, ProgressFn, parse_progress_line, print_progress
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 EMBEDDING_MULTIPLE = 64
@@ -114,6 +98,16 @@ class FinetuneConfig:
     model has rows. Rows are never removed. If False, such a corpus fails with TokenOutOfRange."""
     use_cpu: bool | None = None
     """Train on CPU. ``None``: CPU exactly when CUDA is not available."""
+    num_nodes: int = 1
+    """Machines taking part (DeepSpeed launcher only); each runs ``gpus`` ranks."""
+    node_rank: int | None = None
+    """This node in 0..num_nodes-1: start only its ranks, no ssh (``--no_ssh``); None: hostfile over ssh."""
+    master_addr: str | None = None
+    """Address of node 0 that every node can reach (multi-node rendezvous, ``MASTER_ADDR``)."""
+    master_port: int | None = None
+    """Rendezvous port on node 0, the same on every node; None: 29500 multi-node, a free port on one node."""
+    dist_timeout_s: int = 1800
+    """Seconds a rank waits for its peers in a collective before failing (a dead node ends the run, not hangs it)."""
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FinetuneConfig:
@@ -232,59 +226,6 @@ def last_complete_checkpoint(folder: Path) -> Path | None:
     return max(found)[1] if found else None
 
 
-def parse_progress_line(line: str) -> dict[str, Any] | None:
-    """The progress event in one launcher log line, or None."""
-    at = line.find(PROGRESS_PREFIX)
-    if at < 0:
-        return None
-    try:
-        event = json.loads(line[at + len(PROGRESS_PREFIX):])
-    except ValueError:
-        return None
-    return event if isinstance(event, dict) else None
-
-
-def build_launch_command(
-    config_path: Path | str,
-    *,
-    gpus: int | None = None,
-    include: str | None = None,
-    hostfile: Path | str | None = None,
-    master_port: int | None = None,
-    python: str | None = None,
-) -> list[str]:
-    """The ``deepspeed`` launcher command that runs ``python -m trainer.finetune --config``.
-
-    ``gpus`` → ``--num_gpus`` (ranks per host); ``include`` → ``--include`` (e.g.
-    ``localhost:1,2``; excludes ``gpus``); ``hostfile`` → ``--hostfile`` (multi-node, MPI style
-    ``host slots=N`` lines, passwordless ssh and the same paths on every host).
-    """
-    if gpus is not None and include:
-        raise FinetuneError("give either gpus (--num_gpus) or include (--include localhost:1,2), not both")
-    cmd = [python or sys.executable, "-u", "-m", "deepspeed.launcher.runner"]
-    if hostfile:
-        cmd += ["--hostfile", str(hostfile)]
-    if include:
-        cmd += ["--include", include]
-    if gpus is not None:
-        cmd += ["--num_gpus", str(int(gpus))]
-    if master_port:
-        cmd += ["--master_port", str(int(master_port))]
-    cmd += ["--no_local_rank", "--module", "trainer.finetune", "--config", str(config_path)]
-    return cmd
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-_DIST_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
-
-
 @contextlib.contextmanager
 def _scoped_env(single_rank: bool) -> Iterator[None]:
     """Environment for one in-process run, restored afterwards.
@@ -295,14 +236,14 @@ def _scoped_env(single_rank: bool) -> Iterator[None]:
     process into a DeepSpeed one; and a leaked RANK would make a child process join our
     rendezvous. So every ACCELERATE_* and rendezvous variable is put back as it was.
     """
-    saved = {k: v for k, v in os.environ.items() if k.startswith("ACCELERATE_") or k in _DIST_VARS}
+    saved = {k: v for k, v in os.environ.items() if k.startswith("ACCELERATE_") or k in DIST_VARS}
     if single_rank and not ("RANK" in os.environ and "WORLD_SIZE" in os.environ):
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
-                          MASTER_PORT=os.environ.get("MASTER_PORT") or str(_free_port()))
+                          MASTER_PORT=os.environ.get("MASTER_PORT") or str(free_port()))
     try:
         yield
     finally:
-        for key in [k for k in os.environ if k.startswith("ACCELERATE_") or k in _DIST_VARS]:
+        for key in [k for k in os.environ if k.startswith("ACCELERATE_") or k in DIST_VARS]:
             if key not in saved:
                 del os.environ[key]
         os.environ.update(saved)
@@ -314,16 +255,6 @@ def _peak_memory_bytes(on_gpu: bool) -> int:
 
         return int(torch.cuda.max_memory_allocated())
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
-
-
-def _atomic_write_json(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(data, fh, indent=2)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def _collate(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -358,22 +289,18 @@ def train(cfg: FinetuneConfig, progress: ProgressFn | None = None) -> TrainResul
 
     ds_config = deepspeed_configs.load(cfg.deepspeed)
     with _scoped_env(single_rank=ds_config is not None):
-        return _train(cfg, progress, started, use_cpu, ds_config)
+        try:
+            return _train(cfg, progress, started, use_cpu, ds_config)
+        except RuntimeError as exc:
+            lost = peer_lost_error(cfg, exc)
+            if lost is None:
+                raise
+            raise lost from exc
 
 
 def _train(cfg: FinetuneConfig, progress: ProgressFn | None, started: float, use_cpu: bool,
            ds_config: dict | None) -> TrainResult:
-    from transformers import AutoConfig, AutoTokenizer
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(cfg.base)
-        model_config = AutoConfig.from_pretrained(cfg.base)
-    except OSError as exc:
-        raise FinetuneError(f"cannot load base model {cfg.base!r}: {exc}. Give a local folder with "
-                            "config.json and tokenizer files, or a hub id with network access") from exc
-    n_positions = getattr(model_config, "n_positions", None) or getattr(model_config, "max_position_embeddings", None)
-    block_size = effective_block_size(cfg.block_size, n_positions)
-
+    tokenizer, block_size = _load_tokenizer(cfg)
     out = Path(cfg.output_dir)
     ckpt_dir = out / "checkpoints"
     args = _training_args(cfg, ckpt_dir, use_cpu, ds_config)  # also sets up the process group
@@ -390,9 +317,8 @@ def _train(cfg: FinetuneConfig, progress: ProgressFn | None, started: float, use
     check_token_range(data.max_token_id, embedding["rows"])
 
     resume = last_complete_checkpoint(ckpt_dir)
-    world = args.world_size
-    tokens_per_step = cfg.per_device_batch * cfg.grad_accum * world * block_size
-    reporter = _ProgressCallback(progress, tokens_per_step)
+    tokens_per_step = cfg.per_device_batch * cfg.grad_accum * args.world_size * block_size
+    reporter = ProgressCallback(progress, tokens_per_step)
 
     from transformers import Trainer
     from transformers.trainer_callback import PrinterCallback
@@ -404,24 +330,18 @@ def _train(cfg: FinetuneConfig, progress: ProgressFn | None, started: float, use
     train_started = time.perf_counter()
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     train_seconds = time.perf_counter() - train_started
-    state = trainer.state
 
-    heldout_curve = [[h["step"], h["eval_loss"]] for h in state.log_history if "eval_loss" in h]
-    if data.heldout is not None and (not heldout_curve or heldout_curve[-1][0] != state.global_step):
-        final = trainer.evaluate()
-        heldout_curve.append([state.global_step, final["eval_loss"]])
-        reporter.emit({"heldout_loss": final["eval_loss"]}, state.global_step, state.max_steps)
-    loss_curve = [[h["step"], h["loss"]] for h in state.log_history if "loss" in h]
-
+    heldout_curve, loss_curve = _final_curves(trainer, reporter, has_heldout=data.heldout is not None)
     trainer.save_model(str(out))
     if args.should_save:
         tokenizer.save_pretrained(str(out))
 
-    steps_here = state.global_step - reporter.start_step
+    steps = trainer.state.global_step
+    steps_here = steps - reporter.start_step
     result = TrainResult(
         checkpoint=out,
-        steps=state.global_step,
-        tokens=state.global_step * tokens_per_step,
+        steps=steps,
+        tokens=steps * tokens_per_step,
         train_loss=loss_curve[-1][1] if loss_curve else None,
         heldout_loss=heldout_curve[-1][1] if heldout_curve else None,
         wall_time_s=round(time.perf_counter() - started, 3),
@@ -433,7 +353,8 @@ def _train(cfg: FinetuneConfig, progress: ProgressFn | None, started: float, use
         extras={
             "block_size": block_size,
             "tokens_per_step": tokens_per_step,
-            "world_size": world,
+            "world_size": args.world_size,
+            "num_nodes": int(os.environ.get("CROSS_SIZE") or 1),  # set by DeepSpeed's launcher
             "device": "cpu" if use_cpu else "cuda",
             "deepspeed": cfg.deepspeed,
             "steps_this_run": steps_here,
@@ -444,8 +365,36 @@ def _train(cfg: FinetuneConfig, progress: ProgressFn | None, started: float, use
         },
     )
     if args.process_index == 0:
-        _atomic_write_json(out / "train.json", result.as_dict())
+        write_json_atomic(out / "train.json", result.as_dict())
+    # Other nodes' launchers read train.json as soon as their ranks exit: keep them until it exists.
+    trainer.accelerator.wait_for_everyone()
     return result
+
+
+def _load_tokenizer(cfg: FinetuneConfig):
+    """The base model's tokenizer and the block size its context allows."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(cfg.base)
+        model_config = AutoConfig.from_pretrained(cfg.base)
+    except OSError as exc:
+        raise FinetuneError(f"cannot load base model {cfg.base!r}: {exc}. Give a local folder with "
+                            "config.json and tokenizer files, or a hub id with network access") from exc
+    n_positions = getattr(model_config, "n_positions", None) or getattr(model_config, "max_position_embeddings", None)
+    return tokenizer, effective_block_size(cfg.block_size, n_positions)
+
+
+def _final_curves(trainer, reporter, *, has_heldout: bool) -> tuple[list[list[float]], list[list[float]]]:
+    """(held-out curve, training-loss curve); evaluates once more unless the last step just did."""
+    state = trainer.state
+    heldout_curve = [[h["step"], h["eval_loss"]] for h in state.log_history if "eval_loss" in h]
+    if has_heldout and (not heldout_curve or heldout_curve[-1][0] != state.global_step):
+        final = trainer.evaluate()
+        heldout_curve.append([state.global_step, final["eval_loss"]])
+        reporter.emit({"heldout_loss": final["eval_loss"]}, state.global_step, state.max_steps)
+    loss_curve = [[h["step"], h["loss"]] for h in state.log_history if "loss" in h]
+    return heldout_curve, loss_curve
 
 
 def _training_args(cfg: FinetuneConfig, ckpt_dir: Path, use_cpu: bool, ds_config: dict | None):
@@ -479,6 +428,7 @@ def _training_args(cfg: FinetuneConfig, ckpt_dir: Path, use_cpu: bool, ds_config
         disable_tqdm=True,
         remove_unused_columns=False,
         dataloader_num_workers=0,
+        ddp_timeout=cfg.dist_timeout_s,
     )
 
 
@@ -501,148 +451,7 @@ def _load_model(cfg: FinetuneConfig, tokenizer, use_cpu: bool):
     return model, info
 
 
-class _ProgressCallback:
-    """Turns Trainer logs into progress events (and, under the launcher, JSON lines)."""
-
-    def __new__(cls, *args, **kwargs):
-        # Subclass lazily so importing this module does not import transformers.
-        from transformers import TrainerCallback
-
-        class _Impl(TrainerCallback):
-            def __init__(self, progress: ProgressFn | None, tokens_per_step: int) -> None:
-                self.progress = progress
-                self.tokens_per_step = tokens_per_step
-                self.start_step = 0
-                self.start_time = time.perf_counter()
-
-            def on_train_begin(self, args, state, control, **kwargs):
-                self.start_step = state.global_step
-                self.start_time = time.perf_counter()
-
-            def on_log(self, args, state, control, logs=None, **kwargs):
-                if not state.is_world_process_zero or not logs:
-                    return
-                extras = {}
-                if "loss" in logs:
-                    extras["loss"] = float(logs["loss"])
-                if "eval_loss" in logs:
-                    extras["heldout_loss"] = float(logs["eval_loss"])
-                if extras:
-                    self.emit(extras, state.global_step, state.max_steps)
-
-            def emit(self, extras: dict[str, Any], step: int, total: int) -> None:
-                if self.progress is None:
-                    return
-                elapsed = time.perf_counter() - self.start_time
-                done_here = step - self.start_step
-                event = {"stage": "train", "done": step, "total": total, **extras}
-                if done_here > 0 and elapsed > 0:
-                    event["tokens_per_s"] = round(done_here * self.tokens_per_step / elapsed, 1)
-                self.progress(event)
-
-        return _Impl(*args, **kwargs)
-
-
-# ───────────────────────────── launcher ─────────────────────────────
-
-
-def launch(
-    cfg: FinetuneConfig,
-    *,
-    gpus: int | None = None,
-    include: str | None = None,
-    hostfile: Path | str | None = None,
-    log_path: Path | str,
-    env: dict[str, str] | None = None,
-    progress: ProgressFn | None = None,
-    master_port: int | None = None,
-    timeout_s: float | None = None,
-) -> TrainResult:
-    """Run the fine-tune through the ``deepspeed`` launcher and wait for it.
-
-    ``env`` adds variables for every rank (``NCCL_DEBUG=INFO``, ``NCCL_SHM_DISABLE=1``,
-    ``DS_ACCELERATOR=cpu`` …): the launcher exports NCCL_*/PYTHON*/… to remote hosts itself.
-    The combined log of all ranks is written to ``log_path`` as it arrives.
-    """
-    problems = cfg.problems()
-    if problems:
-        raise FinetuneError("cannot start fine-tuning:\n  - " + "\n  - ".join(problems))
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    config_path = out / "launch-config.json"
-    _atomic_write_json(config_path, cfg.to_dict())
-    master_port = master_port or _free_port()
-    cmd = build_launch_command(config_path, gpus=gpus, include=include, hostfile=hostfile,
-                               master_port=master_port)
-    child_env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
-    for key in _DIST_VARS:
-        child_env.pop(key, None)  # the launcher assigns these per rank
-    log_path = Path(log_path)
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    tail: list[str] = []
-    deadline = time.monotonic() + timeout_s if timeout_s else None
-    with open(log_path, "a", encoding="utf-8") as log:
-        log.write(f"$ {' '.join(cmd)}\n")
-        log.flush()
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=child_env,
-                                text=True, errors="replace", start_new_session=True)
-        try:
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                log.write(line)
-                log.flush()
-                tail = (tail + [line.rstrip()])[-20:]
-                event = parse_progress_line(line)
-                if event is not None and progress is not None:
-                    progress(event)
-                if deadline and time.monotonic() > deadline:
-                    raise FinetuneError(f"training exceeded {timeout_s} s; see {log_path}")
-            rc = proc.wait()
-        finally:
-            if proc.poll() is None:
-                _kill_group(proc)
-            _remove_shm_buffers(master_port)
-    if rc != 0:
-        raise FinetuneError(f"the deepspeed launcher exited with status {rc}. Last lines:\n  "
-                            + "\n  ".join(tail[-8:]) + f"\nFull log: {log_path}")
-    summary = out / "train.json"
-    if not summary.is_file():
-        raise FinetuneError(f"training finished but wrote no {summary}; see {log_path}")
-    return TrainResult.from_dict(json.loads(summary.read_text()))
-
-
-def _remove_shm_buffers(master_port: int, shm: Path = Path("/dev/shm")) -> list[Path]:
-    """Delete the shared-memory all-reduce buffers DeepSpeed's CPU backend leaves behind.
-
-    They are named ``deepspeed_allreduce_buffer_<n>_<addr>_<port>_<rank>`` (about 66 MB per
-    rank) and outlive the ranks; without this every launch on a CPU host leaks them."""
-    removed = []
-    for path in shm.glob(f"deepspeed_allreduce_buffer_*_{int(master_port)}_*"):
-        with contextlib.suppress(OSError):
-            path.unlink()
-            removed.append(path)
-    return removed
-
-
-def _kill_group(proc: subprocess.Popen) -> None:
-    import signal
-
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=10)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait()
-
-
 # ───────────────────────────── entry point for the launcher ─────────────────────────────
-
-
-def _print_progress(event: dict[str, Any]) -> None:
-    print(PROGRESS_PREFIX + json.dumps(event), flush=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -654,7 +463,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cfg = FinetuneConfig.from_json(args.config)
     try:
-        result = train(cfg, progress=_print_progress)
+        result = train(cfg, progress=print_progress)
     except FinetuneError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 1

@@ -46,15 +46,27 @@ def _corpus_files(home: Path, name: str) -> tuple[list[Path], list[Path]]:
 @click.option("--include", default=None, help="deepspeed --include, e.g. localhost:1,2 (launcher mode).")
 @click.option("--hostfile", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
               help="deepspeed --hostfile for multi-node runs (launcher mode).")
+@click.option("--num-nodes", type=int, default=1, show_default=True,
+              help="Machines in the run (launcher mode); with --node-rank each node runs this command itself.")
+@click.option("--node-rank", type=int, default=None,
+              help="This machine's place in 0..N-1: start only its ranks, no ssh (deepspeed --no_ssh).")
+@click.option("--master-addr", default=None, help="Address of node 0 that every node can reach.")
+@click.option("--master-port", type=int, default=None,
+              help="Rendezvous port on node 0, the same on every node [default: 29500 multi-node].")
+@click.option("--dist-timeout", "dist_timeout_s", type=int, default=1800, show_default=True,
+              help="Seconds a rank waits for a silent peer before the run fails.")
 @click.option("--env", "env_pairs", multiple=True, metavar="KEY=VALUE",
               help="Extra environment for the ranks (NCCL_DEBUG=INFO, NCCL_SHM_DISABLE=1 …).")
 @home_option
 def train_cmd(corpus_name: str, base: str, out_dir: Path, deepspeed: str, max_steps: int, epochs: float,
               block_size: int, learning_rate: float, per_device_batch: int, grad_accum: int, precision: str,
               eval_every: int, save_every: int, gpus: int | None, include: str | None, hostfile: Path | None,
-              env_pairs: tuple[str, ...], home: Path | None) -> None:
+              num_nodes: int, node_rank: int | None, master_addr: str | None, master_port: int | None,
+              dist_timeout_s: int, env_pairs: tuple[str, ...], home: Path | None) -> None:
     """Fine-tune BASE on a corpus; in-process on CPU, or through the deepspeed launcher with
-    --gpus/--include/--hostfile. Rerunning with the same --out resumes from the last checkpoint."""
+    --gpus/--include/--hostfile/--num-nodes. Rerunning with the same --out resumes from the last
+    checkpoint. Multi-node without ssh: run the same command on every node with its own
+    --node-rank and the same --master-addr/--master-port (docs/operations.md)."""
     from trainer.finetune import FinetuneConfig, launch, train
 
     home_dir = resolve_home(home)
@@ -70,13 +82,17 @@ def train_cmd(corpus_name: str, base: str, out_dir: Path, deepspeed: str, max_st
         output_dir=str(out_dir.resolve()), block_size=block_size, learning_rate=learning_rate,
         num_epochs=epochs, max_steps=max_steps, per_device_batch=per_device_batch, grad_accum=grad_accum,
         precision=precision, deepspeed=deepspeed, eval_every=eval_every, save_every=save_every,
-        cache_dir=str(home_dir / "corpus" / corpus_name / "tokenized"),
+        cache_dir=str(home_dir / "corpus" / corpus_name / "tokenized"), num_nodes=num_nodes,
+        node_rank=node_rank, master_addr=master_addr, master_port=master_port, dist_timeout_s=dist_timeout_s,
     )
-    launcher = gpus is not None or include is not None or hostfile is not None
+    launcher = gpus is not None or include is not None or hostfile is not None or num_nodes > 1 \
+        or node_rank is not None
+    # Nodes share --out (the shared volume): each keeps its own log.
+    log_name = "train.log" if node_rank is None else f"train-node{node_rank}.log"
     with progress_bar(f"train {corpus_name}") as bar:
         if launcher:
             result = launch(cfg, gpus=gpus, include=include, hostfile=hostfile, env=env,
-                            log_path=out_dir / "logs" / "train.log", progress=bar)
+                            log_path=out_dir / "logs" / log_name, progress=bar)
         else:
             result = train(cfg, progress=bar)
     heldout = f"{result.heldout_loss:.4f}" if result.heldout_loss is not None else "n/a"
