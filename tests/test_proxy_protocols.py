@@ -121,3 +121,53 @@ def test_logprobs_usage_chunk_seeds_and_string_booleans(deployed, triton_server,
                                                     "stop": ""}).get_json()["choices"][0]["text"]
                for _ in range(4)}
     assert len(sampled) > 1 and all(sampled)  # fresh seeds; the empty stop cut nothing
+
+
+@pytest.fixture(scope="module")
+def fim_deployed(triton_server, triton_repo_root: Path, python_artifact: Path,
+                 tmp_path_factory: pytest.TempPathFactory) -> ModelRepository:
+    """A tiny StarCoder2 (a FIM family) in a python-backend artifact. The converter takes CodeGen
+    checkpoints only on this branch, so the CodeGen artifact's model folder is swapped for the
+    StarCoder2 checkpoint (the python backend loads any causal LM)."""
+    import shutil
+
+    from trainer.tiny import init_tiny
+
+    root = tmp_path_factory.mktemp("fim")
+    model = init_tiny([PREFIX + "return a + b\n"] * 40, root / "starcoder2", family="starcoder2")
+    artifact = root / "artifact"
+    shutil.copytree(python_artifact, artifact)
+    shutil.rmtree(artifact / "model")
+    shutil.copytree(model, artifact / "model")
+    repo = ModelRepository(triton_repo_root, "fim", triton_server.url)
+    repo.activate(repo.publish(artifact))
+    return repo
+
+
+def test_suffix_builds_the_family_fim_prompt_and_stops_on_its_sentinels(
+        fim_deployed, triton_server, triton_repo_root: Path) -> None:
+    from families import build_fim_prompt
+
+    cfg = ProxyConfig(triton_url=triton_server.url, model_repository=triton_repo_root, model_name="fim")
+    app = create_proxy_app(cfg)
+    client = app.test_client()
+    suffix = "\nprint(add(1, 2))\n"
+    fim = client.post("/v1/completions", json={"prompt": PREFIX, "suffix": suffix, "max_tokens": 8,
+                                               "temperature": 0})
+    assert fim.status_code == 200 and "X-RepoTune-Suffix" not in fim.headers
+    by_hand = client.post("/v1/completions", json={"prompt": build_fim_prompt("starcoder2", PREFIX, suffix),
+                                                   "max_tokens": 8, "temperature": 0}).get_json()
+    assert fim.get_json()["choices"][0]["text"] == by_hand["choices"][0]["text"]
+    assert fim.get_json()["usage"]["prompt_tokens"] == by_hand["usage"]["prompt_tokens"]
+    extra = [{"filename": "util.py", "text": "X = 1\n"}]
+    infill = client.post("/infill", json={"input_prefix": PREFIX, "input_suffix": suffix, "input_extra": extra,
+                                          "n_predict": 8, "temperature": 0}).get_json()
+    context = "<file_sep>util.py\nX = 1\n" + build_fim_prompt("starcoder2", PREFIX, suffix)
+    expected = client.post("/v1/completions", json={"prompt": context, "max_tokens": 8, "temperature": 0})
+    assert infill["content"] == expected.get_json()["choices"][0]["text"]
+    assert infill["tokens_evaluated"] == expected.get_json()["usage"]["prompt_tokens"]
+    completer = app.config["repotune.completer"]
+    prompt = completer.prepare(completer.parse({"prompt": PREFIX, "suffix": suffix}))
+    assert {"<|endoftext|>", "<fim_prefix>", "<fim_suffix>", "<fim_middle>", "<file_sep>"} <= set(prompt.stops)
+    sentinel_ids = prompt.tokenizer.convert_tokens_to_ids(["<fim_middle>", "<file_sep>"])
+    assert all([i] in prompt.stop_ids for i in sentinel_ids)
