@@ -52,19 +52,25 @@ class _StreamSlots:
         return release
 
 
-def completion_routes(app, cfg: ProxyConfig, completer: Completer, metrics) -> None:
-    from flask import Response, jsonify, request
+class _Handlers:
+    """One method per protocol; :meth:`run` wraps each with auth, error shapes and metrics."""
 
-    from serving.proxy import authorize, error_response
+    def __init__(self, cfg: ProxyConfig, completer: Completer, metrics) -> None:
+        self.cfg = cfg
+        self.completer = completer
+        self.metrics = metrics
+        self.slots = _StreamSlots(cfg.max_concurrent_streams)
+        self.events = EventLog(cfg.events_dir) if cfg.events_dir is not None else None
 
-    slots = _StreamSlots(cfg.max_concurrent_streams)
-    events_log = EventLog(cfg.events_dir) if cfg.events_dir is not None else None
+    def run(self, route: str, handler: Callable[[Any], Any]):
+        from flask import request
 
-    def run(route: str, handler: Callable[[Any], Any]):
+        from serving.proxy import authorize, error_response
+
         started = time.monotonic()
         status = 500
         try:
-            authorize(cfg)
+            authorize(self.cfg)
             resp = handler(request.get_json(silent=True))
             status = resp.status_code
             return resp
@@ -76,91 +82,107 @@ def completion_routes(app, cfg: ProxyConfig, completer: Completer, metrics) -> N
             status = err.status
             return error_response(err)
         finally:
-            metrics.requests.labels(route, str(status)).inc()
-            metrics.latency.labels(route).observe(time.monotonic() - started)
+            self.metrics.requests.labels(route, str(status)).inc()
+            self.metrics.latency.labels(route).observe(time.monotonic() - started)
 
-    def streamed(events: Iterator[str], version: int, headers: dict[str, str], release) -> Any:
+    def _stream(self, req, prompt, to_sse: Callable[[Iterator[dict[str, Any]]], Iterator[str]]):
+        """Start a stream in a free slot; the slot is released when the last byte is sent or the
+        client goes away (whichever comes first)."""
+        from flask import Response
+
+        release = self.slots.take()
+        try:
+            stream = self.completer.stream(req, prompt, time.monotonic())
+        except BaseException:
+            release()
+            raise
+
         def body() -> Iterator[str]:
             try:
-                yield from events
+                yield from to_sse(stream.events)
             finally:
                 release()
         resp = Response(body(), mimetype="text/event-stream")
         resp.call_on_close(release)
         resp.headers.update({"Cache-Control": "no-cache", "X-Accel-Buffering": "no",
-                             VERSION_HEADER: str(version), **headers})
+                             VERSION_HEADER: str(stream.version), **prompt.headers})
         return resp
 
-    def start_stream(req, prompt):
-        release = slots.take()
-        try:
-            return completer.stream(req, prompt, time.monotonic()), release
-        except BaseException:
-            release()
-            raise
+    @staticmethod
+    def _json(body: dict[str, Any], version: int, headers: dict[str, str]):
+        from flask import jsonify
 
-    def openai(body: Any):
-        req = completer.parse(body)
-        prompt = completer.prepare(req)
+        resp = jsonify(body)
+        resp.headers.update({VERSION_HEADER: str(version), **headers})
+        return resp
+
+    def openai(self, body: Any):
+        req = self.completer.parse(body)
+        prompt = self.completer.prepare(req)
         if req.stream:
-            stream, release = start_stream(req, prompt)
-            return streamed(_sse(stream.events, done=True), stream.version, prompt.headers, release)
-        done = completer.complete(req, prompt)
-        resp = jsonify(done.body)
-        resp.headers.update({VERSION_HEADER: str(done.version), **prompt.headers})
-        return resp
+            return self._stream(req, prompt, lambda events: _sse(events, done=True))
+        done = self.completer.complete(req, prompt)
+        return self._json(done.body, done.version, prompt.headers)
 
-    def tabby(body: Any):
-        req = parse_tabby(body, completer.limits)
-        prompt = completer.prepare(req)
-        done = completer.complete(req, prompt)
-        resp = jsonify(tabby_body(done.body))
-        resp.headers.update({VERSION_HEADER: str(done.version), **prompt.headers})
-        return resp
+    def tabby(self, body: Any):
+        req = parse_tabby(body, self.completer.limits)
+        prompt = self.completer.prepare(req)
+        done = self.completer.complete(req, prompt)
+        return self._json(tabby_body(done.body), done.version, prompt.headers)
 
-    def llama(body: Any, infill: bool):
-        req = parse_infill(body, completer.limits) if infill else parse_llama_completion(body, completer.limits)
-        prompt = completer.prepare(req, infill=infill)
+    def llama(self, body: Any, infill: bool):
+        limits = self.completer.limits
+        req = parse_infill(body, limits) if infill else parse_llama_completion(body, limits)
+        prompt = self.completer.prepare(req, infill=infill)
         if req.stream:
-            stream, release = start_stream(req, prompt)
-            events = (e for e in map(llama_event, stream.events) if e is not None)
-            return streamed(_sse(events, done=False), stream.version, prompt.headers, release)
-        done = completer.complete(req, prompt)
-        # A stop string cut the text when the model was still going (it had not ended on its own).
-        tokens = done.completion_tokens
-        resp = jsonify(llama_body(done.body, stopped_word=bool(req.stop) and 0 < tokens == prompt.max_tokens))
-        resp.headers.update({VERSION_HEADER: str(done.version), **prompt.headers})
-        return resp
+            return self._stream(req, prompt, lambda events: _sse(
+                (e for e in map(llama_event, events) if e is not None), done=False))
+        done = self.completer.complete(req, prompt)
+        # A stop string ended it when the model stopped early with stop strings asked for.
+        stopped_word = bool(req.stop) and 0 < done.completion_tokens < prompt.max_tokens
+        return self._json(llama_body(done.body, stopped_word=stopped_word), done.version, prompt.headers)
+
+    def event(self):
+        from flask import request
+
+        from serving.proxy import authorize
+
+        authorize(self.cfg)
+        event = parse_event(request.get_json(silent=True))
+        if self.events is not None:
+            self.events.append(event, time.time())
+        return "", 200
+
+
+def completion_routes(app, cfg: ProxyConfig, completer: Completer, metrics) -> None:
+    """Register the completion routes of every protocol, and Tabby's probes and events."""
+    from flask import jsonify, request
+
+    from serving.proxy import authorize
+
+    h = _Handlers(cfg, completer, metrics)
 
     @app.post("/v1/completions")
     def completions():
-        body = request.get_json(silent=True)
-        if is_tabby_request(body):
-            return run("/v1/completions:tabby", tabby)
-        return run("/v1/completions", openai)
+        if is_tabby_request(request.get_json(silent=True)):
+            return h.run("/v1/completions:tabby", h.tabby)
+        return h.run("/v1/completions", h.openai)
 
-    @app.post("/completions")
-    def bare_completions():
-        return run("/completions", openai)
-
-    @app.post("/v1/engines/<engine>/completions")
-    def engine_completions(engine: str):
-        return run("/v1/engines/completions", openai)
-
-    @app.post("/infill")
-    def infill():
-        return run("/infill", lambda body: llama(body, infill=True))
-
-    @app.post("/completion")
-    def llama_completion():
-        return run("/completion", lambda body: llama(body, infill=False))
+    app.add_url_rule("/completions", "bare_completions", lambda: h.run("/completions", h.openai),
+                     methods=["POST"])
+    app.add_url_rule("/v1/engines/<engine>/completions", "engine_completions",
+                     lambda engine: h.run("/v1/engines/completions", h.openai), methods=["POST"])
+    app.add_url_rule("/infill", "infill", lambda: h.run("/infill", lambda b: h.llama(b, infill=True)),
+                     methods=["POST"])
+    app.add_url_rule("/completion", "llama_completion",
+                     lambda: h.run("/completion", lambda b: h.llama(b, infill=False)), methods=["POST"])
+    app.add_url_rule("/v1/events", "tabby_events", h.event, methods=["POST"])
 
     @app.get("/v1/health")
     def tabby_health_route():
         authorize(cfg)
-        router = completer.router
         try:
-            version = router.version()
+            version = completer.router.version()
         except ApiError:
             version = None
         return jsonify(tabby_health(cfg.model_name, version))
@@ -169,14 +191,6 @@ def completion_routes(app, cfg: ProxyConfig, completer: Completer, metrics) -> N
     def tabby_server_setting():
         authorize(cfg)
         return jsonify({"disable_client_side_telemetry": False})
-
-    @app.post("/v1/events")
-    def tabby_events():
-        authorize(cfg)
-        event = parse_event(request.get_json(silent=True))
-        if events_log is not None:
-            events_log.append(event, time.time())
-        return "", 200
 
 
 def _sse(events: Iterator[dict[str, Any]], *, done: bool) -> Iterator[str]:
