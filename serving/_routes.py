@@ -43,11 +43,10 @@ class _StreamSlots:
         if not self._sem.acquire(blocking=False):
             raise ApiError(429, f"{self.limit} completion streams are already running; retry shortly",
                            code="too_many_streams", kind="rate_limit_error")
-        released = threading.Event()
+        once = threading.Lock()
 
         def release() -> None:
-            if not released.is_set():
-                released.set()
+            if once.acquire(blocking=False):  # the generator's end and the close hook both call it
                 self._sem.release()
         return release
 
@@ -138,8 +137,7 @@ class _Handlers:
             return self._stream(req, prompt, lambda events: _sse(
                 (e for e in map(llama_event, events) if e is not None), done=False))
         done = self.completer.complete(req, prompt)
-        # A stop string ended it when the model stopped early with stop strings asked for.
-        stopped_word = bool(req.stop) and 0 < done.completion_tokens < prompt.max_tokens
+        stopped_word = bool(done.stopped_at and done.stopped_at[0])
         return self._json(llama_body(done.body, stopped_word=stopped_word), done.version, prompt.headers)
 
     def event(self):

@@ -242,9 +242,10 @@ class Completer:
         """One Triton call for every row; choices cut at the stop strings, usage counted."""
         version, gens = self._generate(prompt.version, prompt.rows, prompt.max_tokens, req, prompt)
         tok = prompt.tokenizer
-        choices, completion_tokens = [], 0
+        choices, completion_tokens, stopped_at = [], 0, []
         for i, gen in enumerate(gens):
             text, stopped = trim_at_stop(tok.decode(gen.tokens, skip_special_tokens=True), prompt.stops)
+            stopped_at.append(stopped)
             finish = "stop" if stopped or len(gen.tokens) < prompt.max_tokens else "length"
             completion_tokens += len(gen.tokens)
             choices.append(choice(i, text, finish, tok, req, req.prompts[i // req.n], tokens=gen.tokens,
@@ -252,7 +253,8 @@ class Completer:
         self.observer.tokens(completion_tokens)
         usage = _usage(prompt, [g.tokens for g in gens])
         body = envelope(self.model_name, version, choices, usage, _completion_id(), int(time.time()))
-        return Completion(version=version, body=body, completion_tokens=completion_tokens)
+        return Completion(version=version, body=body, completion_tokens=completion_tokens,
+                          stopped_at=tuple(stopped_at))
 
     def stream(self, req: CompletionRequest, prompt: Prompt, started: float | None = None) -> CompletionStream:
         """Generate in chunks of ``stream_chunk_tokens``; the first before returning.

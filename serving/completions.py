@@ -224,6 +224,8 @@ class Completion:
     body: dict[str, Any]
     """OpenAI ``text_completion`` object: id, created, model ``<name>@<version>``, choices, usage."""
     completion_tokens: int
+    stopped_at: tuple[bool, ...] = ()
+    """Per choice: True when a stop string cut the text (llama.cpp's ``stopped_word``)."""
 
 
 def choice(index: int, text: str, finish: str | None, tok: Any, req: CompletionRequest, prompt: str, *,

@@ -60,6 +60,12 @@ def test_llama_cpp_infill_and_completion_shapes(deployed, triton_server, triton_
     assert answer["tokens_evaluated"] == openai["usage"]["prompt_tokens"]
     completion = client.post("/completion", json={"prompt": PREFIX, "n_predict": 8, "temperature": 0}).get_json()
     assert completion["content"] == answer["content"]
+    assert answer["stopped_word"] is False
+    stop = answer["content"][2:4]
+    cut = client.post("/completion", json={"prompt": PREFIX, "n_predict": 8, "temperature": 0,
+                                           "stop": [stop]}).get_json()
+    assert cut["content"] == answer["content"][: answer["content"].index(stop)]
+    assert cut["stopped_word"] is True
     streamed = client.post("/infill", json={"input_prefix": PREFIX, "n_predict": 8, "temperature": 0,
                                             "stream": True})
     events = _sse(streamed)
