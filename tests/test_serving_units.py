@@ -187,3 +187,26 @@ def test_fim_prompt_and_trimming_keep_the_text_near_the_cursor(tiny_model) -> No
     with pytest.raises(ApiError) as info:
         fit(tok, None, prefix, "", (), fim=False, max_tokens=500, window=256, strict=True)
     assert info.value.code == "context_length_exceeded"
+
+
+def test_fim_trimming_keeps_the_prefix_end_and_the_suffix_start_at_line_boundaries(tiny_model) -> None:
+    from transformers import AutoTokenizer
+
+    from families import get_family
+    from serving._fitting import fit
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_model))
+    prefix = "".join(f"line_{i} = {i}\n" for i in range(300))
+    suffix = "".join(f"after_{i} = {i}\n" for i in range(300))
+    fitted = fit(tok, get_family("starcoder2"), prefix, suffix, [("other.py", "Z = 0\n" * 50)], fim=True,
+                 max_tokens=4096, window=512, strict=False)
+    assert fitted.max_tokens == 128 and len(fitted.ids) + fitted.max_tokens <= 512
+    assert fitted.dropped_extra == 1 and "other.py" not in fitted.text
+    head, _, rest = fitted.text.partition("<fim_suffix>")
+    kept_prefix = head.removeprefix("<fim_prefix>")
+    kept_suffix = rest.removesuffix("<fim_middle>")
+    assert kept_prefix.startswith("line_") and prefix.endswith(kept_prefix)
+    assert kept_suffix.startswith("after_0 = 0\n") and kept_suffix.endswith("\n") and suffix.startswith(kept_suffix)
+    assert 0 < len(kept_suffix) < len(kept_prefix)  # the code before the cursor matters most
+    assert (fitted.trimmed_prefix, fitted.trimmed_suffix) == (len(prefix) - len(kept_prefix),
+                                                              len(suffix) - len(kept_suffix))
