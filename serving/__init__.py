@@ -1,5 +1,6 @@
 """serving: the Triton model repository (publish, activate, roll back), the embedded Triton
-launcher, RepoTune's python-backend model, and the OpenAI/FauxPilot-compatible completion proxy.
+launcher, RepoTune's python-backend model, and the completion proxy (OpenAI/FauxPilot, llama.cpp
+and Tabby protocols).
 
 Heavy libraries (tritonclient, transformers, flask) are imported inside the functions that need
 them, so ``import serving`` is cheap.
@@ -14,6 +15,7 @@ from serving.completer import CompletionObserver as CompletionObserver
 from serving.completer import VersionRouter as VersionRouter
 from serving.completions import ApiError as ApiError
 from serving.completions import CompletionRequest as CompletionRequest
+from serving.completions import RequestLimits as RequestLimits
 from serving.errors import InferenceFailed as InferenceFailed
 from serving.errors import ModelLoadFailed as ModelLoadFailed
 from serving.errors import RepositoryStateError as RepositoryStateError
@@ -42,6 +44,7 @@ __all__ = [
     "ModelRepository",
     "ProxyConfig",
     "RepositoryStateError",
+    "RequestLimits",
     "ServingError",
     "SmokeTest",
     "SmokeTestFailed",

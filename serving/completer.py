@@ -17,6 +17,7 @@ to a :class:`CompletionObserver`, so the pipeline carries no metrics library.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 import uuid
@@ -25,12 +26,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from serving._files import context_window
+from families import Family, FamilyError, detect_checkpoint_family, stop_tokens
+from serving._files import checkpoint_dir, context_window
+from serving._fitting import fit
 from serving.client import Generation
 from serving.completions import (
     ApiError,
     Completion,
     CompletionRequest,
+    RequestLimits,
     choice,
     envelope,
     from_serving,
@@ -40,6 +44,13 @@ from serving.completions import (
 )
 from serving.errors import ServingError, VersionUnavailable
 from serving.repository import POINTER_FILE, load_tokenizer
+
+log = logging.getLogger(__name__)
+
+SUFFIX_HEADER = "X-RepoTune-Suffix"
+"""Says that a request's suffix was ignored (a left-to-right family)."""
+TRIMMED_HEADER = "X-RepoTune-Trimmed"
+"""Says what was cut to fit the context window."""
 
 
 class Generator(Protocol):
@@ -53,13 +64,16 @@ class Generator(Protocol):
 class VersionRouter:
     """Finds the serving version (pointer symlink, cached by the link's inode) and its tokenizer."""
 
-    def __init__(self, model_repository: str | Path, model_name: str, default_context_window: int = 2048) -> None:
+    def __init__(self, model_repository: str | Path, model_name: str, default_context_window: int = 2048,
+                 family: str | None = None) -> None:
         self.model_dir = Path(model_repository).resolve() / model_name
         self.default_context_window = default_context_window
+        self.explicit_family = family
         self._lock = threading.Lock()
         self._stamp: tuple[int, ...] | None = None
         self._version: int | None = None
         self._tokenizers: dict[int, Any] = {}
+        self._families: dict[int, Family | None] = {}
 
     def version(self, fresh: bool = False) -> int:
         """The serving version number; 503 :class:`ApiError` when none serves."""
@@ -98,6 +112,24 @@ class VersionRouter:
     def context(self, version: int) -> int:
         return context_window(self.model_dir / str(version), self.default_context_window)
 
+    def family(self, version: int) -> Family | None:
+        """The version's model family (detected once from its checkpoint folder and tokenizer);
+        ``None`` when it cannot be told, which serves it left-to-right."""
+        with self._lock:
+            if version in self._families:
+                return self._families[version]
+        ckpt = checkpoint_dir(self.model_dir / str(version))
+        family = None
+        try:
+            if ckpt is not None or self.explicit_family:
+                family = detect_checkpoint_family(ckpt or self.model_dir, explicit=self.explicit_family,
+                                                  tokenizer=self.tokenizer(version))
+        except FamilyError as exc:
+            log.warning("version %s: %s; serving it left-to-right (suffixes are ignored)", version, exc)
+        with self._lock:
+            self._families[version] = family
+        return family
+
 
 @dataclass
 class CompletionObserver:
@@ -119,6 +151,12 @@ class Prompt:
     """Token ids per completion: each prompt repeated ``n`` times."""
     stop_ids: list[list[int]]
     end_id: int | None
+    max_tokens: int = 16
+    """The request's ``max_tokens``, clamped to what the window leaves."""
+    stops: list[str] = field(default_factory=list)
+    """Stop strings the text is cut at: the request's and the family's end markers."""
+    headers: dict[str, str] = field(default_factory=dict)
+    """Response headers saying what was changed (suffix ignored, context trimmed)."""
 
 
 @dataclass
@@ -141,64 +179,82 @@ class _StreamState:
     asked: list[int]
     sent: list[str] = field(default_factory=list)
     finished: list[str | None] = field(default_factory=list)
+    log_probs: list[list[float]] = field(default_factory=list)
+    reported: list[int] = field(default_factory=list)
+    """Tokens per row whose logprobs were already sent."""
 
 
 class Completer:
     """Completions against one model: validation, prompt building, Triton, response shaping."""
 
     def __init__(self, router: VersionRouter, triton: Generator, *, model_name: str, timeout_s: float = 30.0,
-                 max_tokens_limit: int = 2048, stream_chunk_tokens: int = 8,
+                 limits: RequestLimits | None = None, stream_chunk_tokens: int = 8,
+                 strict_suffix: bool = False, strict_context: bool = False,
                  observer: CompletionObserver | None = None) -> None:
         self.router = router
         self.triton = triton
         self.model_name = model_name
         self.timeout_s = timeout_s
-        self.max_tokens_limit = max_tokens_limit
+        self.limits = limits or RequestLimits()
         self.stream_chunk_tokens = stream_chunk_tokens
+        self.strict_suffix = strict_suffix
+        self.strict_context = strict_context
         self.observer = observer or CompletionObserver()
 
     def parse(self, body: Any) -> CompletionRequest:
         """Validate a request body (400 :class:`ApiError` naming the parameter)."""
-        return parse_request(body, self.max_tokens_limit)
+        return parse_request(body, self.limits)
 
-    def prepare(self, req: CompletionRequest) -> Prompt:
-        """Serving version, tokenized prompts and stop strings; 400 over the context window."""
+    def prepare(self, req: CompletionRequest, *, infill: bool = False) -> Prompt:
+        """Serving version, the model's prompts (FIM where the family has it and the request has
+        a suffix, or always for ``infill``), fitted into the window, and the stop strings."""
         version = self.router.version()
         try:
             tok = self.router.tokenizer(version)
         except (OSError, ServingError) as exc:
             raise ApiError(503, f"cannot load the tokenizer of version {version}: {exc}",
                            code="model_unavailable") from exc
-        rows = []
-        for prompt in req.prompts:
-            ids = tok(prompt)["input_ids"] or [tok.eos_token_id or 0]
-            rows.extend([ids] * req.n)
+        family = self.router.family(version)
+        fim = bool(family is not None and family.has_fim and (req.suffix or infill))
+        headers: dict[str, str] = {}
+        if req.suffix and not fim:
+            name = family.name if family is not None else "this model"
+            why = f"{name} has no fill-in-the-middle"
+            if self.strict_suffix:
+                raise ApiError(400, f"suffix is not supported: {why}; send the prefix alone",
+                               param="suffix", code="suffix_not_supported")
+            headers[SUFFIX_HEADER] = f"ignored ({why})"
         ctx = self.router.context(version)
-        longest = max(len(r) for r in rows)
-        if longest + req.max_tokens > ctx:
-            raise ApiError(400, f"this model's maximum context length is {ctx} tokens, but the prompt "
-                                f"has {longest} tokens and max_tokens is {req.max_tokens} "
-                                f"({longest + req.max_tokens} in total); shorten the prompt or lower "
-                                "max_tokens", param="max_tokens", code="context_length_exceeded")
-        stop_ids = [ids for ids in (tok(s, add_special_tokens=False)["input_ids"] for s in req.stop) if ids]
-        return Prompt(version, tok, rows, stop_ids, tok.eos_token_id)
+        fitted = [fit(tok, family, p, req.suffix, req.extra, fim=fim, max_tokens=req.max_tokens, window=ctx,
+                      strict=self.strict_context) for p in req.prompts]
+        rows = [f.ids for f in fitted for _ in range(req.n)]
+        max_tokens = min(f.max_tokens for f in fitted)
+        cut_p, cut_s = sum(f.trimmed_prefix for f in fitted), sum(f.trimmed_suffix for f in fitted)
+        dropped = sum(f.dropped_extra for f in fitted)
+        if cut_p or cut_s or dropped or max_tokens != req.max_tokens:
+            headers[TRIMMED_HEADER] = (f"prefix={cut_p} suffix={cut_s} extra={dropped} "
+                                       f"max_tokens={req.max_tokens}->{max_tokens}")
+        stops = list(req.stop) + [s for s in (stop_tokens(family) if family else ()) if s not in req.stop]
+        stop_ids = [ids for ids in (tok(s, add_special_tokens=False)["input_ids"] for s in stops) if ids]
+        return Prompt(version, tok, rows, stop_ids, tok.eos_token_id, max_tokens, stops, headers)
 
     def complete(self, req: CompletionRequest, prompt: Prompt) -> Completion:
         """One Triton call for every row; choices cut at the stop strings, usage counted."""
-        version, gens = self._generate(prompt.version, prompt.rows, req.max_tokens, req, prompt)
+        version, gens = self._generate(prompt.version, prompt.rows, prompt.max_tokens, req, prompt)
         tok = prompt.tokenizer
-        choices, completion_tokens = [], 0
+        choices, completion_tokens, stopped_at = [], 0, []
         for i, gen in enumerate(gens):
-            text, stopped = trim_at_stop(tok.decode(gen.tokens, skip_special_tokens=True), req.stop)
-            finish = "stop" if stopped or len(gen.tokens) < req.max_tokens else "length"
+            text, stopped = trim_at_stop(tok.decode(gen.tokens, skip_special_tokens=True), prompt.stops)
+            stopped_at.append(stopped)
+            finish = "stop" if stopped or len(gen.tokens) < prompt.max_tokens else "length"
             completion_tokens += len(gen.tokens)
-            choices.append(choice(i, text, finish, tok, gen, req, req.prompts[i // req.n]))
+            choices.append(choice(i, text, finish, tok, req, req.prompts[i // req.n], tokens=gen.tokens,
+                                  log_probs=gen.log_probs))
         self.observer.tokens(completion_tokens)
-        prompt_tokens = sum(len(r) for r in prompt.rows)
-        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                 "total_tokens": prompt_tokens + completion_tokens}
+        usage = _usage(prompt, [g.tokens for g in gens])
         body = envelope(self.model_name, version, choices, usage, _completion_id(), int(time.time()))
-        return Completion(version=version, body=body, completion_tokens=completion_tokens)
+        return Completion(version=version, body=body, completion_tokens=completion_tokens,
+                          stopped_at=tuple(stopped_at))
 
     def stream(self, req: CompletionRequest, prompt: Prompt, started: float | None = None) -> CompletionStream:
         """Generate in chunks of ``stream_chunk_tokens``; the first before returning.
@@ -207,7 +263,7 @@ class Completer:
         ``timeout_s`` covers all chunks together.
         """
         deadline = (time.monotonic() if started is None else started) + self.timeout_s
-        first_n = min(max(1, self.stream_chunk_tokens), req.max_tokens)
+        first_n = min(max(1, self.stream_chunk_tokens), prompt.max_tokens)
         # The first chunk runs before the response starts: failures still get a real status.
         version, first = self._generate(prompt.version, prompt.rows, first_n, req, prompt)
         return CompletionStream(version, self._events(req, prompt, version, first, first_n, deadline))
@@ -232,17 +288,20 @@ class Completer:
         """Event bodies: each row's new safe text per chunk, then more chunks until every row ends."""
         n_rows = len(prompt.rows)
         state = _StreamState(version=version, produced=[list(g.tokens) for g in first], asked=[first_n] * n_rows,
-                             sent=[""] * n_rows, finished=[None] * n_rows)
+                             sent=[""] * n_rows, finished=[None] * n_rows,
+                             log_probs=[list(g.log_probs) for g in first], reported=[0] * n_rows)
         cid, created = _completion_id(), int(time.time())
         if req.echo:
             for i in range(n_rows):
-                c = choice(i, "", None, prompt.tokenizer, None, req, req.prompts[i // req.n])
+                c = choice(i, "", None, prompt.tokenizer, req, req.prompts[i // req.n])
                 yield envelope(self.model_name, state.version, [c], None, cid, created)
         pending, step = first, 0
         while True:
             for c in self._deltas(req, prompt, state, pending):
                 yield envelope(self.model_name, state.version, [c], None, cid, created)
             if all(f is not None for f in state.finished):
+                if req.include_usage:  # OpenAI's last chunk: usage and no choices
+                    yield envelope(self.model_name, state.version, [], _usage(prompt, state.produced), cid, created)
                 return
             if time.monotonic() > deadline:
                 yield ApiError(504, "the completion exceeded its deadline", code="timeout").body()
@@ -265,29 +324,36 @@ class Completer:
             if state.finished[i] is not None:
                 continue
             text = prompt.tokenizer.decode(state.produced[i], skip_special_tokens=True)
-            text, stopped = trim_at_stop(text, req.stop)
+            text, stopped = trim_at_stop(text, prompt.stops)
             short = len(gen.tokens) < state.asked[i]
-            ended = stopped or short or len(state.produced[i]) >= req.max_tokens
-            safe = text if ended else text[: len(text) - held_back(text, req.stop)]
+            ended = stopped or short or len(state.produced[i]) >= prompt.max_tokens
+            safe = text if ended else text[: len(text) - held_back(text, prompt.stops)]
             if not ended and safe.endswith("\ufffd"):
                 safe = safe.rstrip("\ufffd")  # half a UTF-8 character: wait for the rest
             delta = safe[len(state.sent[i]):] if safe.startswith(state.sent[i]) else ""
             if ended:
                 state.finished[i] = "stop" if (stopped or short) else "length"
             if delta or ended:
+                new_tokens = state.produced[i][state.reported[i]:]
+                new_lps = state.log_probs[i][state.reported[i]:]
+                offset = len(state.sent[i])
                 state.sent[i] += delta
-                yield choice(i, delta, state.finished[i], prompt.tokenizer, None, req, "")
+                state.reported[i] = len(state.produced[i])
+                yield choice(i, delta, state.finished[i], prompt.tokenizer, req, "", tokens=new_tokens,
+                             log_probs=new_lps, offset=offset)
 
     def _next_chunk(self, req: CompletionRequest, prompt: Prompt, state: _StreamState,
                     step: int) -> list[Generation]:
         """One more Triton call for the unfinished rows (prompt + what they produced so far)."""
         todo = [i for i, f in enumerate(state.finished) if f is None]
-        n_new = min(max(1, self.stream_chunk_tokens), min(req.max_tokens - len(state.produced[i]) for i in todo))
+        n_new = min(max(1, self.stream_chunk_tokens),
+                    min(prompt.max_tokens - len(state.produced[i]) for i in todo))
         state.version, more = self._generate(state.version, [prompt.rows[i] + state.produced[i] for i in todo],
                                               n_new, req, prompt, seed_offset=step)
         pending = [Generation(tokens=[]) for _ in prompt.rows]
         for i, gen in zip(todo, more, strict=True):
             state.produced[i].extend(gen.tokens)
+            state.log_probs[i].extend(gen.log_probs)
             state.asked[i] = n_new
             pending[i] = gen
         self.observer.tokens(sum(len(g.tokens) for g in more))
@@ -296,3 +362,10 @@ class Completer:
 
 def _completion_id() -> str:
     return f"cmpl-{uuid.uuid4().hex[:24]}"
+
+
+def _usage(prompt: Prompt, produced: list[list[int]]) -> dict[str, int]:
+    prompt_tokens = sum(len(r) for r in prompt.rows)
+    completion_tokens = sum(len(t) for t in produced)
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}

@@ -1,7 +1,18 @@
 """The completion proxy: OpenAI/FauxPilot-compatible HTTP in front of Triton (Flask).
 
-Routes: ``POST /v1/completions``, ``POST /v1/engines/<engine>/completions``, ``GET /v1/models``,
-``GET /copilot_internal/v2/token``, ``GET /healthz``, ``GET /metrics`` (Prometheus).
+Routes: ``POST /v1/completions`` (OpenAI, or Tabby's shape when the body has ``segments``),
+``POST /completions`` and ``POST /v1/engines/<engine>/completions`` (OpenAI), ``POST /infill``
+and ``POST /completion`` (llama.cpp), ``GET /v1/health``, ``GET /v1beta/server_setting`` and
+``POST /v1/events`` (Tabby), ``GET /v1/models``, ``GET /copilot_internal/v2/token``,
+``GET /healthz``, ``GET /metrics`` (Prometheus). The protocol shapes live in
+:mod:`serving.protocols`, the routes in :mod:`serving._routes`.
+
+A request with a ``suffix`` is completed fill-in-the-middle with the serving version's family
+sentinels (:mod:`families`); for a left-to-right family the suffix is ignored and the
+``X-RepoTune-Suffix`` header says so (``strict_suffix``: a 400). A prompt that does not fit the
+window is trimmed (:mod:`serving._fitting`) and ``X-RepoTune-Trimmed`` says what was cut
+(``strict_context``: OpenAI's 400). Limits on body size, prompt characters, completions per
+request, stop strings and concurrent streams answer 413/400/429 in OpenAI's shape.
 
 Each request goes to the exact version named by the model repository's pointer file
 (``<repository>/<model>/serving.json``, a symlink to the serving version's own
@@ -30,19 +41,16 @@ methods, and request/response shapes live in :mod:`serving.completions`; both ru
 
 from __future__ import annotations
 
-import json
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from serving._auth import key_matches, mint_token, presented_credential, token_valid
+from serving._routes import VERSION_HEADER as VERSION_HEADER
 from serving.client import TritonClient
 from serving.completer import Completer, CompletionObserver, VersionRouter
-from serving.completions import ApiError, from_serving
-from serving.errors import ServingError
-
-VERSION_HEADER = "x-repotune-model-version"
+from serving.completions import ApiError, RequestLimits
 
 
 @dataclass(frozen=True)
@@ -58,7 +66,7 @@ class ProxyConfig:
     timeout_s: float = 30.0
     """Deadline of one completion request (all stream chunks together), in seconds."""
     api_keys: tuple[str, ...] = ()
-    """Accepted ``Authorization: Bearer`` keys; empty means no authentication."""
+    """Accepted API keys (``Authorization: Bearer <key>`` or ``token <key>``); empty means none needed."""
     max_tokens_limit: int = 2048
     """Largest ``max_tokens`` accepted."""
     default_context_window: int = 2048
@@ -67,6 +75,33 @@ class ProxyConfig:
     """Tokens generated per Triton call when streaming."""
     extra_headers: dict[str, str] = field(default_factory=dict)
     """Headers added to every response (e.g. CORS for a browser client)."""
+    family: str | None = None
+    """The model family (``families`` registry name); ``None`` detects it per version."""
+    strict_suffix: bool = False
+    """Answer 400 to a ``suffix`` the model cannot use, instead of ignoring it with a header."""
+    strict_context: bool = False
+    """Answer 400 when prompt + max_tokens exceed the window (OpenAI), instead of trimming."""
+    events_dir: str | Path | None = None
+    """Where Tabby's ``/v1/events`` are appended as JSON lines; ``None`` validates and drops them."""
+    max_body_bytes: int = 8 * 1024 * 1024
+    """Largest request body (413 before parsing; the waitress edge enforces its own too)."""
+    max_prompt_chars: int = 1_000_000
+    """Characters of prompt + suffix + context per request (413, checked before tokenizing)."""
+    max_choices: int = 16
+    """Prompts × ``n`` per request."""
+    max_stops: int = 16
+    """Stop strings per request."""
+    max_stop_chars: int = 256
+    """Characters per stop string."""
+    max_concurrent_streams: int = 64
+    """Streams in flight at once; one more is answered 429."""
+    token_ttl_s: int = 1800
+    """Lifetime of a token from ``/copilot_internal/v2/token``."""
+
+    def limits(self) -> RequestLimits:
+        return RequestLimits(max_tokens=self.max_tokens_limit, max_prompt_chars=self.max_prompt_chars,
+                             max_choices=self.max_choices, max_stops=self.max_stops,
+                             max_stop_chars=self.max_stop_chars)
 
 
 @dataclass(frozen=True)
@@ -101,23 +136,27 @@ def create_proxy_app(cfg: ProxyConfig):
     """The Flask app serving completions through Triton according to ``cfg``."""
     from flask import Flask
 
+    from serving._routes import completion_routes
+
     app = Flask("repotune.proxy")
-    router = VersionRouter(cfg.model_repository, cfg.model_name, cfg.default_context_window)
+    app.config["MAX_CONTENT_LENGTH"] = cfg.max_body_bytes
+    router = VersionRouter(cfg.model_repository, cfg.model_name, cfg.default_context_window, family=cfg.family)
     triton = TritonClient(cfg.triton_url, cfg.model_name, timeout_s=cfg.timeout_s)
     metrics = _Metrics.create()
     completer = Completer(router, triton, model_name=cfg.model_name, timeout_s=cfg.timeout_s,
-                          max_tokens_limit=cfg.max_tokens_limit, stream_chunk_tokens=cfg.stream_chunk_tokens,
+                          limits=cfg.limits(), stream_chunk_tokens=cfg.stream_chunk_tokens,
+                          strict_suffix=cfg.strict_suffix, strict_context=cfg.strict_context,
                           observer=CompletionObserver(tokens=metrics.tokens.inc, retry=metrics.retries.inc))
     app.config["repotune.router"] = router
     app.config["repotune.triton"] = triton
     app.config["repotune.completer"] = completer
     _error_handlers(app, cfg)
-    _completion_routes(app, cfg, completer, metrics)
+    completion_routes(app, cfg, completer, metrics)
     _info_routes(app, cfg, router, triton, metrics)
     return app
 
 
-def _error_response(err: ApiError):
+def error_response(err: ApiError):
     from flask import jsonify
 
     resp = jsonify(err.body())
@@ -125,15 +164,14 @@ def _error_response(err: ApiError):
     return resp
 
 
-def _authorize(cfg: ProxyConfig) -> None:
-    """401 unless ``Authorization: Bearer <key>`` names one of ``cfg.api_keys`` (if any)."""
+def authorize(cfg: ProxyConfig) -> None:
+    """401 unless the request presents one of ``cfg.api_keys`` or a live token minted from one."""
     from flask import request
 
     if not cfg.api_keys:
         return
-    header = request.headers.get("Authorization", "")
-    token = header[7:].strip() if header.lower().startswith("bearer ") else ""
-    if token not in cfg.api_keys:
+    presented = presented_credential(request.headers.get("Authorization", ""))
+    if not presented or not (key_matches(presented, cfg.api_keys) or token_valid(presented, cfg.api_keys)):
         raise ApiError(401, "missing or invalid API key: send `Authorization: Bearer <key>`",
                        code="invalid_api_key")
 
@@ -141,15 +179,26 @@ def _authorize(cfg: ProxyConfig) -> None:
 def _error_handlers(app, cfg: ProxyConfig) -> None:
     from flask import request
 
-    app.register_error_handler(ApiError, _error_response)
+    app.register_error_handler(ApiError, error_response)
+
+    @app.before_request
+    def _body_limit():
+        length = request.content_length
+        if length is not None and length > cfg.max_body_bytes:
+            return error_response(_too_large(cfg))
+        return None
+
+    @app.errorhandler(413)
+    def _too_big(_err):
+        return error_response(_too_large(cfg))
 
     @app.errorhandler(404)
     def _not_found(_err):
-        return _error_response(ApiError(404, f"no route {request.method} {request.path}", code="not_found"))
+        return error_response(ApiError(404, f"no route {request.method} {request.path}", code="not_found"))
 
     @app.errorhandler(405)
     def _bad_method(_err):
-        return _error_response(ApiError(405, f"{request.method} is not allowed on {request.path}"))
+        return error_response(ApiError(405, f"{request.method} is not allowed on {request.path}"))
 
     @app.after_request
     def _headers(resp):
@@ -158,56 +207,19 @@ def _error_handlers(app, cfg: ProxyConfig) -> None:
         return resp
 
 
-def _completion_routes(app, cfg: ProxyConfig, completer: Completer, metrics: _Metrics) -> None:
-    from flask import Response, jsonify, request
-
-    def complete(route: str):
-        started = time.monotonic()
-        status = 500
-        try:
-            _authorize(cfg)
-            req = completer.parse(request.get_json(silent=True))
-            prompt = completer.prepare(req)
-            if req.stream:
-                stream = completer.stream(req, prompt, started)
-                resp = Response(_sse_events(stream.events), mimetype="text/event-stream")
-                resp.headers["Cache-Control"] = "no-cache"
-                resp.headers["X-Accel-Buffering"] = "no"
-                resp.headers[VERSION_HEADER] = str(stream.version)
-            else:
-                done = completer.complete(req, prompt)
-                resp = jsonify(done.body)
-                resp.headers[VERSION_HEADER] = str(done.version)
-            status = resp.status_code
-            return resp
-        except ApiError as err:
-            status = err.status
-            return _error_response(err)
-        except ServingError as exc:
-            err = from_serving(exc)
-            status = err.status
-            return _error_response(err)
-        finally:
-            metrics.requests.labels(route, str(status)).inc()
-            metrics.latency.labels(route).observe(time.monotonic() - started)
-
-    @app.post("/v1/completions")
-    def completions():
-        return complete("/v1/completions")
-
-    @app.post("/v1/engines/<engine>/completions")
-    def engine_completions(engine: str):
-        return complete("/v1/engines/completions")
+def _too_large(cfg: ProxyConfig) -> ApiError:
+    return ApiError(413, f"the request body is larger than this server accepts ({cfg.max_body_bytes} bytes); "
+                         "send less context", code="body_too_large")
 
 
 def _info_routes(app, cfg: ProxyConfig, router: VersionRouter, triton: TritonClient, metrics: _Metrics) -> None:
-    from flask import Response, jsonify
+    from flask import Response, jsonify, request
     from prometheus_client import generate_latest
     from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
     @app.get("/v1/models")
     def models():
-        _authorize(cfg)
+        authorize(cfg)
         try:
             version = router.version()
         except ApiError:
@@ -218,14 +230,21 @@ def _info_routes(app, cfg: ProxyConfig, router: VersionRouter, triton: TritonCli
 
     @app.get("/v1/engines")
     def engines():
-        _authorize(cfg)
+        authorize(cfg)
         return jsonify({"object": "list", "data": [{"id": cfg.model_name, "object": "engine", "ready": True}]})
 
     @app.get("/copilot_internal/v2/token")
     def copilot_token():
-        # Copilot-era clients fetch a session token first; any value works against this proxy.
-        return jsonify({"token": "repotune", "expires_at": int(time.time()) + 3600,
-                        "refresh_in": 1800})
+        # Copilot-era clients fetch a session token first, then send it as their bearer token.
+        if not cfg.api_keys:
+            return jsonify({"token": "repotune", "expires_at": int(time.time()) + cfg.token_ttl_s,
+                            "refresh_in": cfg.token_ttl_s // 2})
+        presented = presented_credential(request.headers.get("Authorization", ""))
+        if not presented or not key_matches(presented, cfg.api_keys):
+            raise ApiError(401, "a token is handed out only for a valid API key: send "
+                                "`Authorization: token <key>` (or `Bearer <key>`)", code="invalid_api_key")
+        token, expires = mint_token(presented, cfg.token_ttl_s)
+        return jsonify({"token": token, "expires_at": expires, "refresh_in": cfg.token_ttl_s // 2})
 
     @app.get("/healthz")
     def healthz():
@@ -242,10 +261,3 @@ def _info_routes(app, cfg: ProxyConfig, router: VersionRouter, triton: TritonCli
     @app.get("/metrics")
     def metrics_page():
         return Response(generate_latest(metrics.registry), mimetype=CONTENT_TYPE_LATEST)
-
-
-def _sse_events(events: Iterator[dict[str, Any]]) -> Iterator[str]:
-    """Server-sent events of the completer's event bodies, ending with ``data: [DONE]``."""
-    for body in events:
-        yield f"data: {json.dumps(body)}\n\n"
-    yield "data: [DONE]\n\n"

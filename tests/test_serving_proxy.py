@@ -96,11 +96,13 @@ def test_stop_string_is_not_split_into_characters(proxy_url: str) -> None:
     assert listed["choices"][0]["text"] == full[: full.find(stop)]
 
 
-def test_over_context_is_400_in_openai_shape(proxy_url: str) -> None:
-    resp = requests.post(f"{proxy_url}/v1/completions",
-                         json={"prompt": "x = 1\n" * 200, "max_tokens": 100}, timeout=30)
+def test_over_context_is_400_in_openai_shape_when_strict(triton_server, triton_repo_root: Path,
+                                                         deployed: ModelRepository) -> None:
+    app = create_proxy_app(ProxyConfig(triton_url=triton_server.url, model_repository=triton_repo_root,
+                                       model_name=MODEL, strict_context=True))
+    resp = app.test_client().post("/v1/completions", json={"prompt": "x = 1\n" * 200, "max_tokens": 100})
     assert resp.status_code == 400
-    error = resp.json()["error"]
+    error = resp.get_json()["error"]
     assert error["type"] == "invalid_request_error"
     assert error["code"] == "context_length_exceeded"
     assert "maximum context length is 256" in error["message"]

@@ -1,0 +1,199 @@
+"""The completion routes of :mod:`serving.proxy`: one handler per protocol, sharing one
+:class:`serving.completer.Completer`, the error shapes, the metrics and the stream limit."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from serving.completer import Completer
+from serving.completions import ApiError, from_serving
+from serving.errors import ServingError
+from serving.protocols import (
+    EventLog,
+    is_tabby_request,
+    llama_body,
+    llama_event,
+    parse_event,
+    parse_infill,
+    parse_llama_completion,
+    parse_tabby,
+    tabby_body,
+    tabby_health,
+)
+
+if TYPE_CHECKING:
+    from serving.proxy import ProxyConfig
+
+VERSION_HEADER = "x-repotune-model-version"
+
+
+class _StreamSlots:
+    """At most ``limit`` streams in flight: a stream holds a slot until its last byte is sent
+    or the client goes away; one more is answered 429 rather than queued behind the others."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._sem = threading.BoundedSemaphore(max(1, limit))
+
+    def take(self) -> Callable[[], None]:
+        if not self._sem.acquire(blocking=False):
+            raise ApiError(429, f"{self.limit} completion streams are already running; retry shortly",
+                           code="too_many_streams", kind="rate_limit_error")
+        once = threading.Lock()
+
+        def release() -> None:
+            if once.acquire(blocking=False):  # the generator's end and the close hook both call it
+                self._sem.release()
+        return release
+
+
+class _Handlers:
+    """One method per protocol; :meth:`run` wraps each with auth, error shapes and metrics."""
+
+    def __init__(self, cfg: ProxyConfig, completer: Completer, metrics) -> None:
+        self.cfg = cfg
+        self.completer = completer
+        self.metrics = metrics
+        self.slots = _StreamSlots(cfg.max_concurrent_streams)
+        self.events = EventLog(cfg.events_dir) if cfg.events_dir is not None else None
+
+    def run(self, route: str, handler: Callable[[Any], Any]):
+        from flask import request
+
+        from serving.proxy import authorize, error_response
+
+        started = time.monotonic()
+        status = 500
+        try:
+            authorize(self.cfg)
+            resp = handler(request.get_json(silent=True))
+            status = resp.status_code
+            return resp
+        except ApiError as err:
+            status = err.status
+            return error_response(err)
+        except ServingError as exc:
+            err = from_serving(exc)
+            status = err.status
+            return error_response(err)
+        finally:
+            self.metrics.requests.labels(route, str(status)).inc()
+            self.metrics.latency.labels(route).observe(time.monotonic() - started)
+
+    def _stream(self, req, prompt, to_sse: Callable[[Iterator[dict[str, Any]]], Iterator[str]]):
+        """Start a stream in a free slot; the slot is released when the last byte is sent or the
+        client goes away (whichever comes first)."""
+        from flask import Response
+
+        release = self.slots.take()
+        try:
+            stream = self.completer.stream(req, prompt, time.monotonic())
+        except BaseException:
+            release()
+            raise
+
+        def body() -> Iterator[str]:
+            try:
+                yield from to_sse(stream.events)
+            finally:
+                release()
+        resp = Response(body(), mimetype="text/event-stream")
+        resp.call_on_close(release)
+        resp.headers.update({"Cache-Control": "no-cache", "X-Accel-Buffering": "no",
+                             VERSION_HEADER: str(stream.version), **prompt.headers})
+        return resp
+
+    @staticmethod
+    def _json(body: dict[str, Any], version: int, headers: dict[str, str]):
+        from flask import jsonify
+
+        resp = jsonify(body)
+        resp.headers.update({VERSION_HEADER: str(version), **headers})
+        return resp
+
+    def openai(self, body: Any):
+        req = self.completer.parse(body)
+        prompt = self.completer.prepare(req)
+        if req.stream:
+            return self._stream(req, prompt, lambda events: _sse(events, done=True))
+        done = self.completer.complete(req, prompt)
+        return self._json(done.body, done.version, prompt.headers)
+
+    def tabby(self, body: Any):
+        req = parse_tabby(body, self.completer.limits)
+        prompt = self.completer.prepare(req)
+        done = self.completer.complete(req, prompt)
+        return self._json(tabby_body(done.body), done.version, prompt.headers)
+
+    def llama(self, body: Any, infill: bool):
+        limits = self.completer.limits
+        req = parse_infill(body, limits) if infill else parse_llama_completion(body, limits)
+        prompt = self.completer.prepare(req, infill=infill)
+        if req.stream:
+            return self._stream(req, prompt, lambda events: _sse(
+                (e for e in map(llama_event, events) if e is not None), done=False))
+        done = self.completer.complete(req, prompt)
+        stopped_word = bool(done.stopped_at and done.stopped_at[0])
+        return self._json(llama_body(done.body, stopped_word=stopped_word), done.version, prompt.headers)
+
+    def event(self):
+        from flask import request
+
+        from serving.proxy import authorize
+
+        authorize(self.cfg)
+        event = parse_event(request.get_json(silent=True))
+        if self.events is not None:
+            self.events.append(event, time.time())
+        return "", 200
+
+
+def completion_routes(app, cfg: ProxyConfig, completer: Completer, metrics) -> None:
+    """Register the completion routes of every protocol, and Tabby's probes and events."""
+    from flask import jsonify, request
+
+    from serving.proxy import authorize
+
+    h = _Handlers(cfg, completer, metrics)
+
+    @app.post("/v1/completions")
+    def completions():
+        if is_tabby_request(request.get_json(silent=True)):
+            return h.run("/v1/completions:tabby", h.tabby)
+        return h.run("/v1/completions", h.openai)
+
+    app.add_url_rule("/completions", "bare_completions", lambda: h.run("/completions", h.openai),
+                     methods=["POST"])
+    app.add_url_rule("/v1/engines/<engine>/completions", "engine_completions",
+                     lambda engine: h.run("/v1/engines/completions", h.openai), methods=["POST"])
+    app.add_url_rule("/infill", "infill", lambda: h.run("/infill", lambda b: h.llama(b, infill=True)),
+                     methods=["POST"])
+    app.add_url_rule("/completion", "llama_completion",
+                     lambda: h.run("/completion", lambda b: h.llama(b, infill=False)), methods=["POST"])
+    app.add_url_rule("/v1/events", "tabby_events", h.event, methods=["POST"])
+
+    @app.get("/v1/health")
+    def tabby_health_route():
+        authorize(cfg)
+        try:
+            version = completer.router.version()
+        except ApiError:
+            version = None
+        return jsonify(tabby_health(cfg.model_name, version))
+
+    @app.get("/v1beta/server_setting")
+    def tabby_server_setting():
+        authorize(cfg)
+        return jsonify({"disable_client_side_telemetry": False})
+
+
+def _sse(events: Iterator[dict[str, Any]], *, done: bool) -> Iterator[str]:
+    """Server-sent events of ``events``; OpenAI's end with ``data: [DONE]``, llama.cpp's do not."""
+    for body in events:
+        yield f"data: {json.dumps(body)}\n\n"
+    if done:
+        yield "data: [DONE]\n\n"

@@ -1,0 +1,73 @@
+"""Real editor clients against the proxy served by the production edge over a real Triton.
+
+tabby-agent (the language server behind Tabby's VS Code, JetBrains and Vim plugins) is driven
+by ``tests/node/tabby_lsp.mjs``: it probes ``/v1/health`` and ``/v1beta/server_setting`` with
+the configured token, then asks ``/v1/completions`` in Tabby's shape."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import requests
+
+from serving import ModelRepository, ProxyConfig, create_proxy_app
+from serving.http import HttpServer
+
+NODE_DIR = Path(__file__).parent / "node"
+MODEL = "editors"
+KEY = "editor-key"
+DOCUMENT = "def add(a, b):\n    \n\nprint(add(1, 2))\n"
+CURSOR = (1, 4)
+
+
+@pytest.fixture(scope="module")
+def proxy(triton_server, triton_repo_root: Path, python_artifact: Path, tmp_path_factory: pytest.TempPathFactory):
+    repo = ModelRepository(triton_repo_root, MODEL, triton_server.url)
+    repo.activate(repo.publish(python_artifact))
+    events = tmp_path_factory.mktemp("tabby-events")
+    app = create_proxy_app(ProxyConfig(triton_url=triton_server.url, model_repository=triton_repo_root,
+                                       model_name=MODEL, timeout_s=30, api_keys=(KEY,), events_dir=events))
+    server = HttpServer(app, "127.0.0.1", 0, name="editors").start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+def _needs_tabby_agent() -> None:
+    if shutil.which("node") is None or not (NODE_DIR / "node_modules" / "tabby-agent").is_dir():
+        pytest.skip("node or tabby-agent missing: run `make editors`")
+
+
+def test_tabby_agent_completion_equals_the_direct_tabby_answer(proxy: str, tmp_path: Path) -> None:
+    _needs_tabby_agent()
+    home = tmp_path / "home"
+    (home / ".tabby-client" / "agent").mkdir(parents=True)
+    (home / ".tabby-client" / "agent" / "config.toml").write_text(
+        f'[server]\nendpoint = "{proxy}"\ntoken = "{KEY}"\n')
+    doc = tmp_path / "main.py"
+    doc.write_text(DOCUMENT)
+    done = subprocess.run(["node", str(NODE_DIR / "tabby_lsp.mjs"), doc.as_uri(), "python", str(doc),
+                           str(CURSOR[0]), str(CURSOR[1]), "60000"], env={**os.environ, "HOME": str(home)},
+                          capture_output=True, text=True, timeout=120, cwd=NODE_DIR)
+    assert done.returncode == 0, done.stderr[-2000:]
+    item = json.loads(done.stdout.strip().splitlines()[-1])["items"][0]
+
+    lines = DOCUMENT.split("\n")
+    offset = sum(len(line) + 1 for line in lines[: CURSOR[0]]) + CURSOR[1]
+    # tabby-agent sends no temperature: the Tabby shape's default is greedy, so both agree.
+    direct = requests.post(f"{proxy}/v1/completions", timeout=30, headers={"Authorization": f"Bearer {KEY}"},
+                           json={"language": "python",
+                                 "segments": {"prefix": DOCUMENT[:offset], "suffix": DOCUMENT[offset:]}})
+    assert direct.status_code == 200, direct.text
+    assert direct.headers["X-RepoTune-Suffix"].startswith("ignored (codegen")  # the tiny model is CodeGen
+    assert item["textEdit"]["newText"] == direct.json()["choices"][0]["text"]
+    assert item["data"]["completionId"].startswith("cmpl-")
+    unauthorised = requests.post(f"{proxy}/v1/completions", timeout=30,
+                                 json={"language": "python", "segments": {"prefix": "x", "suffix": ""}})
+    assert unauthorised.status_code == 401
