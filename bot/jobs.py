@@ -279,10 +279,11 @@ def rollback_job(version: int | None = None) -> int:
 
 
 def eval_job(run_id: str) -> dict[str, t.Any]:
-    """Re-run a run's evaluation against the serving model; updates metrics and the report."""
+    """Re-run a run's evaluation against the serving model; updates metrics and the report.
+    With the settings of now, not the run's snapshot: re-evaluating after the gate's settings
+    changed is what the command is for."""
     settings = current()
     run = load_run(settings.home, run_id)
-    settings = settings.with_run_snapshot(run.settings)
     if not run.checkpoint:
         raise BotError(f"run {run_id} has no checkpoint to evaluate (status {run.status.value})")
     _compare(settings, run)

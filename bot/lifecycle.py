@@ -32,6 +32,7 @@ from bot import queue as q
 from bot.config import Settings, current
 from bot.errors import BotError
 from bot.runs import RunRecord, RunStatus, load_run, run_dir, save_run, transition
+from durable import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -117,9 +118,8 @@ def _failure_message(settings: Settings, run: RunRecord, exc: BaseException) -> 
     if isinstance(exc, ImportError):
         return (f"step {run.status.value!r} needs {exc.name or 'a package'}, which is not installed "
                 f"({exc}); the run stops here and the serving model is unchanged")
-    logs = run_dir(settings.home, run.id) / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    (logs / f"{run.status.value}.error.txt").write_text(traceback.format_exc(), encoding="utf-8")
+    write_atomic(run_dir(settings.home, run.id) / "logs" / f"{run.status.value}.error.txt",
+                 traceback.format_exc())
     return f"{run.status.value} failed: {type(exc).__name__}: {exc}"
 
 
