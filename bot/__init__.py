@@ -1,5 +1,7 @@
 """bot: RepoTune's orchestrator — configuration, the webhook app, jobs, runs, the scheduler, the CLI.
 
+The job functions are not re-exported here: RQ finds them by dotted path (``bot.jobs.train_step``
+…, see :mod:`bot.lifecycle`), and ``bot.train`` would read like the trainer's own ``train``.
 Heavy packages (trainer, converter, serving) are imported inside the jobs that need them, and
 every public name below is resolved on first use (:func:`__getattr__`): ``import bot`` — which
 every ``repotune`` call pays for, ``--help`` included — loads no Flask, RQ or Redis.
@@ -21,18 +23,9 @@ if t.TYPE_CHECKING:
     from bot.errors import QueueUnavailable as QueueUnavailable
     from bot.events import CommentEvent as CommentEvent
     from bot.events import PushEvent as PushEvent
-    from bot.jobs import convert as convert
-    from bot.jobs import eval as eval  # noqa: A004 - the job kind's name
-    from bot.jobs import evaluate as evaluate
-    from bot.jobs import ingest as ingest
-    from bot.jobs import promote as promote
-    from bot.jobs import publish as publish
-    from bot.jobs import reconcile as reconcile
-    from bot.jobs import rollback as rollback
-    from bot.jobs import run_ingest as run_ingest
-    from bot.jobs import train as train
     from bot.runs import RunRecord as RunRecord
     from bot.runs import RunStatus as RunStatus
+    from bot.runs import Trigger as Trigger
     from bot.webhook import create_app as create_app
 
 _LAZY: dict[str, tuple[str, str]] = {
@@ -47,10 +40,8 @@ _LAZY: dict[str, tuple[str, str]] = {
     "PushEvent": ("bot.events", "PushEvent"),
     "RunRecord": ("bot.runs", "RunRecord"),
     "RunStatus": ("bot.runs", "RunStatus"),
+    "Trigger": ("bot.runs", "Trigger"),
     "create_app": ("bot.webhook", "create_app"),
-    **{name: ("bot.jobs", name) for name in ("convert", "eval", "evaluate", "ingest", "promote",
-                                             "publish", "reconcile", "rollback", "run_ingest",
-                                             "train")},
 }
 """Public name -> (module, attribute) it is loaded from on first use."""
 
@@ -67,7 +58,5 @@ def __getattr__(name: str) -> t.Any:
 
 __all__ = [
     "BotError", "CommentEvent", "ConfigError", "PushEvent", "QueueUnavailable", "RepoConfig",
-    "RunRecord", "RunStatus", "Settings", "cli", "convert", "create_app", "eval", "evaluate",
-    "ingest", "load_settings", "main", "promote", "publish", "reconcile", "rollback", "run_ingest",
-    "train",
+    "RunRecord", "RunStatus", "Settings", "Trigger", "cli", "create_app", "load_settings", "main",
 ]

@@ -36,8 +36,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from bot import config
+from bot import config, serving_version
 from bot.errors import BotError
+from durable import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -178,10 +179,7 @@ def add_code(paths: DemoPaths, files: int, seed: int) -> list[str]:
 
 def _ensure_secret(paths: DemoPaths) -> str:
     if not paths.secret.exists():
-        paths.secret.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(paths.secret, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(secrets.token_hex(32))
+        write_atomic(paths.secret, secrets.token_hex(32), mode=0o600)  # born 0600, never world-readable
     return paths.secret.read_text().strip()
 
 
@@ -199,9 +197,9 @@ def setup_demo(settings: config.Settings, *, max_steps: int = 60, num_tasks: int
     create_demo_repository(paths)
     secret = _ensure_secret(paths)
     if not paths.config.exists():
-        paths.config.write_text(DEMO_TOML.format(max_steps=max_steps, num_tasks=num_tasks, name=DEMO_REPO,
-                                                 url=paths.bare.as_uri(), full_name=DEMO_FULL_NAME),
-                                encoding="utf-8")
+        # Atomic: workers re-read this file when its mtime changes and must never see half of it.
+        write_atomic(paths.config, DEMO_TOML.format(max_steps=max_steps, num_tasks=num_tasks, name=DEMO_REPO,
+                                                    url=paths.bare.as_uri(), full_name=DEMO_FULL_NAME))
     # Children (workers, webhook) read the secret through the environment, never the TOML.
     os.environ[SECRET_ENV] = str(paths.secret)
     _adopt(settings, config.load(paths.config, env={**os.environ, SECRET_ENV: str(paths.secret)}))
@@ -245,11 +243,9 @@ def ensure_serving(settings: config.Settings, base: Path,
     if not settings.serving.triton_url:
         return None
     import converter
-    import serving
 
-    repository = serving.ModelRepository(settings.home / "triton", settings.serving.model_name,
-                                         settings.serving.triton_url, keep=settings.serving.keep_versions)
-    current = repository.current()
+    repository = serving_version.repository(settings)
+    current = serving_version.active_version(settings)
     if current is not None:
         repository.activate(current)  # after a restart Triton has nothing loaded
         return current

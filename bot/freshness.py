@@ -1,7 +1,7 @@
 """The served model's freshness curve: forward evaluation on each push's new code.
 
 After an ingest brings a push's changes into a corpus, and before any run trains on them, the
-``forward_eval`` job (queue ``gpu``, :func:`bot.jobs.forward_eval`) scores the model serving now
+``forward_eval_job`` (queue ``gpu``, :func:`bot.jobs.forward_eval_job`) scores the model serving now
 on exactly the files the push changed that landed in the corpus — code it has never seen — with
 :func:`trainer.evaluate.forward_eval`, and appends one JSON line per push to
 
@@ -14,8 +14,8 @@ most :data:`MAX_PATHS`; ``paths_total`` counts all), ``n_tasks``, ``scores``, ``
 ``ok``, ``error`` and ``duration_s``. A failed evaluation is a line with ``ok: false`` and the
 error: it is recorded and logged, never raised, so it cannot stop ingestion or a run.
 
-This module holds the file format (paths, locked atomic appends, reading) and the summary the
-status API and page show; the job itself lives with the others in :mod:`bot.jobs`.
+This module holds the file format (the entry, paths, locked atomic appends, reading) and the
+summary the status API and page show; the job itself lives with the others in :mod:`bot.jobs`.
 """
 
 from __future__ import annotations
@@ -23,12 +23,16 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
+import time
 import typing as t
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-from bot.runs import atomic_write_text
+from durable import write_atomic
+
+log = logging.getLogger(__name__)
 
 JOB_TIMEOUT_SECONDS = 1800
 """Wall-clock limit of one forward-evaluation job (a few dozen tasks; minutes even on a CPU)."""
@@ -70,15 +74,45 @@ def _locked(path: Path) -> Iterator[None]:
 
 
 def append(path: Path, entry: Mapping[str, t.Any]) -> Path:
-    """Add one JSON line to ``path``: under a lock, the whole file rewritten atomically (temp file,
-    fsync, rename), so readers never see half a line and concurrent writers lose none."""
+    """Add one JSON line to ``path``: under a lock, the whole file rewritten atomically
+    (:func:`durable.write_atomic`), so readers never see half a line and concurrent writers lose
+    none. Rewriting rather than ``O_APPEND`` costs a copy of a file of a few hundred short lines,
+    and buys the same guarantee every other file under ``REPOTUNE_HOME`` has: a crash mid-write
+    leaves the previous history whole."""
     line = json.dumps(entry, sort_keys=True, default=str)
     with _locked(path):
         existing = path.read_text(encoding="utf-8") if path.exists() else ""
         if existing and not existing.endswith("\n"):
             existing += "\n"
-        atomic_write_text(path, existing + line + "\n")
+        write_atomic(path, existing + line + "\n")
     return path
+
+
+def new_entry(corpus: str, paths: list[str], commit: str | None, push: Mapping[str, t.Any] | None,
+              reason: str) -> dict[str, t.Any]:
+    """The start of one history line: what is scored, before the scoring (see the module doc)."""
+    return {"corpus": corpus, "commit": commit, "push": commit, "time": time.time(), "reason": reason,
+            "delivery_id": (push or {}).get("delivery_id"), "paths": list(paths[:MAX_PATHS]),
+            "paths_total": len(paths)}
+
+
+def record_scores(entry: dict[str, t.Any], scored: Mapping[str, t.Any]) -> None:
+    """Copy :func:`trainer.evaluate.forward_eval`'s result into ``entry`` and mark it ok."""
+    entry.update({k: scored.get(k) for k in ("created", "files", "model", "n_tasks", "scores",
+                                             "per_language")})
+    entry.update(ok=True, error=None)
+
+
+def finish_entry(home: str | os.PathLike[str], entry: dict[str, t.Any]) -> dict[str, t.Any]:
+    """Stamp the duration and append ``entry`` to its corpus's history; a write failure is
+    logged, not raised (the curve is an observation). Returns the entry."""
+    entry["duration_s"] = round(time.time() - entry["time"], 3)
+    try:
+        append(history_path(home, entry["corpus"]), entry)
+    except Exception as exc:
+        log.warning("could not record the forward evaluation of %s@%s: %s", entry["corpus"],
+                    str(entry.get("commit"))[:12], exc)
+    return entry
 
 
 def read(path: str | os.PathLike[str], last: int | None = None) -> list[dict[str, t.Any]]:

@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
 
+from bot.config import Settings
 from bot.errors import ConfigError
+from bot.runs import DEPLOY_PHASE, EVAL_PHASE, STOPPED, TERMINAL, TRAIN_PHASE, RunRecord, RunStatus
 
 log = logging.getLogger(__name__)
 
@@ -30,10 +31,8 @@ EVAL_CONTEXT = "repotune/eval"
 
 _DESCRIPTION_MAX = 140  # GitHub rejects longer commit-status descriptions
 
-_TRAIN_PHASE = ("queued", "ingesting", "training")
-_EVAL_PHASE = ("evaluating",)
-_DEPLOY_PHASE = ("converting", "publishing")
-_TERMINAL = ("rejected", "serving", "failed", "canceled")
+_TRAIN_WORDS = {RunStatus.QUEUED: "queued", RunStatus.INGESTING: "updating the corpus",
+                RunStatus.TRAINING: "training"}
 
 
 @dataclass(frozen=True)
@@ -45,26 +44,10 @@ class CommitStatus:
     description: str
 
 
-def _value(status: Any) -> str:
-    return str(getattr(status, "value", status))
-
-
-def _history_statuses(run: Any) -> list[str]:
-    """The statuses the run went through, oldest first (tuples, lists or dicts accepted)."""
-    out: list[str] = []
-    for entry in getattr(run, "history", None) or []:
-        if isinstance(entry, dict):
-            out.append(_value(entry.get("status")))
-        elif isinstance(entry, (list, tuple)) and entry:
-            out.append(_value(entry[0]))
-    return out
-
-
-def _previous_status(run: Any) -> str | None:
+def _previous_status(run: RunRecord) -> RunStatus | None:
     """The status the run held before its current one (where a failure happened)."""
-    current = _value(run.status)
-    seen = _history_statuses(run)
-    if seen and seen[-1] == current:
+    seen = [RunStatus(entry[0]) for entry in run.history]
+    if seen and seen[-1] == run.status:
         seen = seen[:-1]
     return seen[-1] if seen else None
 
@@ -76,17 +59,11 @@ def _one_line(text: str) -> str:
     return text
 
 
-def _metric(run: Any, *names: str) -> Any:
-    metrics = getattr(run, "metrics", None) or {}
-    for name in names:
-        if isinstance(metrics, dict) and metrics.get(name) is not None:
-            return metrics[name]
-    return None
-
-
-def _trained_description(run: Any) -> str:
-    loss = _metric(run, "heldout_loss", "train_loss")
-    steps = _metric(run, "steps")
+def _trained_description(run: RunRecord) -> str:
+    loss = run.metrics.get("heldout_loss")
+    if loss is None:
+        loss = run.metrics.get("train_loss")
+    steps = run.metrics.get("steps")
     parts = ["trained"]
     if steps is not None:
         parts.append(f"{steps} steps")
@@ -95,77 +72,67 @@ def _trained_description(run: Any) -> str:
     return ", ".join(parts)
 
 
-def _error_text(run: Any) -> str:
-    error = getattr(run, "error", None)
-    if isinstance(error, dict):
-        error = error.get("message") or error.get("reason") or ""
-    return str(error or "").strip()
-
-
-def statuses_for(run: Any, status: str | None = None) -> list[CommitStatus]:
+def statuses_for(run: RunRecord, status: RunStatus | str | None = None) -> list[CommitStatus]:
     """The commit statuses that describe ``run`` when it is in ``status`` (default: its current
     status). Pure: reads the record, touches nothing."""
-    status = _value(run.status) if status is None else status
-    error = _error_text(run)
-    if status in _TRAIN_PHASE:
-        words = {"queued": "queued", "ingesting": "updating the corpus", "training": "training"}
-        return [CommitStatus(TRAIN_CONTEXT, "pending", words[status])]
-    if status in _EVAL_PHASE:
+    status = run.status if status is None else RunStatus(status)
+    error = (run.error or "").strip()
+    if status in TRAIN_PHASE:
+        return [CommitStatus(TRAIN_CONTEXT, "pending", _TRAIN_WORDS[status])]
+    if status in EVAL_PHASE:
         return [
             CommitStatus(TRAIN_CONTEXT, "success", _trained_description(run)),
             CommitStatus(EVAL_CONTEXT, "pending", "evaluating against the serving model"),
         ]
-    if status in _DEPLOY_PHASE:
-        return [CommitStatus(EVAL_CONTEXT, "success", f"passed the gate; {status}")]
-    if status == "serving":
-        version = getattr(run, "version", None)
-        text = f"passed; serving as version {version}" if version is not None else "passed; serving"
+    if status in DEPLOY_PHASE:
+        return [CommitStatus(EVAL_CONTEXT, "success", f"passed the gate; {status.value}")]
+    if status == RunStatus.SERVING:
+        text = f"passed; serving as version {run.version}" if run.version is not None else "passed; serving"
         return [CommitStatus(EVAL_CONTEXT, "success", text)]
-    if status == "rejected":
+    if status == RunStatus.REJECTED:
         text = "rejected: " + (error or "the candidate did not beat the serving model")
         return [CommitStatus(EVAL_CONTEXT, "failure", text)]
-    if status in ("failed", "canceled"):
-        where = _previous_status(run)
-        word = "failed" if status == "failed" else "canceled"
-        state = "failure" if status == "failed" else "error"
-        suffix = f": {error}" if error else ""
-        if where in _EVAL_PHASE:
-            return [CommitStatus(EVAL_CONTEXT, state, f"evaluation {word}{suffix}")]
-        if where in _DEPLOY_PHASE:
-            # The candidate passed; only getting it served went wrong.
-            return [CommitStatus(EVAL_CONTEXT, "error", f"passed, but {where} {word}{suffix}")]
-        return [CommitStatus(TRAIN_CONTEXT, state, f"{word}{suffix}")]
+    if status in STOPPED:
+        return [_stopped_status(run, status, error)]
     return []
 
 
-def _changed_statuses(run: Any) -> list[CommitStatus]:
+def _stopped_status(run: RunRecord, status: RunStatus, error: str) -> CommitStatus:
+    """A failed or canceled run is reported on the context of the phase it stopped in."""
+    where = _previous_status(run)
+    word = "failed" if status == RunStatus.FAILED else "canceled"
+    state = "failure" if status == RunStatus.FAILED else "error"
+    suffix = f": {error}" if error else ""
+    if where in EVAL_PHASE:
+        return CommitStatus(EVAL_CONTEXT, state, f"evaluation {word}{suffix}")
+    if where in DEPLOY_PHASE:
+        # The candidate passed; only getting it served went wrong.
+        return CommitStatus(EVAL_CONTEXT, "error", f"passed, but {where.value} {word}{suffix}")
+    return CommitStatus(TRAIN_CONTEXT, state, f"{word}{suffix}")
+
+
+def _changed_statuses(run: RunRecord) -> list[CommitStatus]:
     """Statuses for the current state that differ from those already set at the previous one."""
     now = statuses_for(run)
     previous = _previous_status(run)
-    if previous is None or previous in ("failed", "canceled"):
+    if previous is None or previous in STOPPED:
         return now
     before = set(statuses_for(run, previous))
     return [s for s in now if s not in before]
 
 
-def target_url(settings: Any, run: Any) -> str | None:
+def target_url(settings: Settings, run: RunRecord) -> str | None:
     """Link to the run on the status page, when ``settings.status_page_url`` is configured."""
-    base = getattr(settings, "status_page_url", None)
-    if not base:
+    if not settings.status_page_url:
         return None
-    return f"{str(base).rstrip('/')}/runs/{run.id}"
+    return f"{settings.status_page_url.rstrip('/')}/runs/{run.id}"
 
 
-def _trigger(run: Any) -> dict:
-    trigger = getattr(run, "trigger", None) or {}
-    return trigger if isinstance(trigger, dict) else {}
-
-
-def on_run_transition(settings: Any, run: Any) -> None:
+def on_run_transition(settings: Settings, run: RunRecord) -> None:
     """Tell the forge about ``run``'s new status. Never raises.
 
     Push-triggered runs get commit statuses on the pushed commit; a chat-ops run whose trigger
-    names the pull/merge request (``trigger["number"]``) gets a comment when it ends.
+    names the pull/merge request (``trigger.number``) gets a comment when it ends.
     """
     try:
         _report(settings, run)
@@ -176,19 +143,17 @@ def on_run_transition(settings: Any, run: Any) -> None:
                       getattr(run, "id", "?"))
 
 
-def _report(settings: Any, run: Any) -> None:
-    trigger = _trigger(run)
-    forge_name = trigger.get("forge")
-    repo = trigger.get("repo") or getattr(run, "repo", None)
-    if forge_name not in ("github", "gitlab") or not repo:
-        log.debug("run %s: no forge to report to (trigger %s)", run.id, trigger.get("kind"))
+def _report(settings: Settings, run: RunRecord) -> None:
+    trigger = run.trigger
+    repo = trigger.repo or run.repo
+    if trigger.forge not in ("github", "gitlab") or not repo:
+        log.debug("run %s: no forge to report to (trigger %s)", run.id, trigger.kind)
         return
-    from bot.forge import forge_for
+    from bot.forge import forge_for  # the forge clients import PyGithub / python-gitlab
 
-    forge = forge_for(settings, forge_name)
-    kind = trigger.get("kind")
-    sha = trigger.get("commit")
-    if kind == "push" and sha:
+    forge = forge_for(settings, trigger.forge)
+    sha = trigger.commit
+    if trigger.kind == "push" and sha:
         url = target_url(settings, run)
         for st in _changed_statuses(run):
             try:
@@ -197,18 +162,15 @@ def _report(settings: Any, run: Any) -> None:
             except Exception as exc:  # noqa: BLE001 - keep going with the other context
                 log.warning("run %s: could not set %s on %s@%s: %s",
                             run.id, st.context, repo, sha[:12], exc)
-    number = trigger.get("number")
-    if kind == "chatops" and number and _value(run.status) in _TERMINAL:
+    if trigger.kind == "chatops" and trigger.number and run.status in TERMINAL:
         from bot.forge import Target
 
-        forge.comment(Target(repo, int(number), trigger.get("project_id")),
-                      run_summary(settings, run))
+        forge.comment(Target(repo, trigger.number, trigger.project_id), run_summary(settings, run))
 
 
-def run_summary(settings: Any, run: Any) -> str:
+def run_summary(settings: Settings, run: RunRecord) -> str:
     """A short markdown comment saying how a run ended."""
-    status = _value(run.status)
-    lines = [f"**RepoTune run `{run.id}`: {status}**", ""]
+    lines = [f"**RepoTune run `{run.id}`: {run.status.value}**", ""]
     for st in statuses_for(run):
         lines.append(f"- `{st.context}`: {st.state} — {_one_line(st.description)}")
     url = target_url(settings, run)

@@ -11,12 +11,9 @@ jobs that move a run along.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
-import os
 import secrets
-import tempfile
 import time
 import typing as t
 from dataclasses import dataclass, field
@@ -24,6 +21,7 @@ from enum import Enum
 from pathlib import Path
 
 from bot.errors import BotError
+from durable import write_atomic
 
 
 class RunStatus(str, Enum):
@@ -62,9 +60,70 @@ TRANSITIONS: dict[RunStatus, frozenset[RunStatus]] = {
 }
 """Allowed moves; :func:`transition` refuses anything else."""
 
+# Phases: how reporting groups the statuses (commit statuses per phase, see bot.reporting).
+TRAIN_PHASE = frozenset({RunStatus.QUEUED, RunStatus.INGESTING, RunStatus.TRAINING})
+"""Before a candidate exists: ``repotune/train`` is pending."""
+EVAL_PHASE = frozenset({RunStatus.EVALUATING})
+"""The candidate is being compared with the serving model: ``repotune/eval`` is pending."""
+DEPLOY_PHASE = frozenset({RunStatus.CONVERTING, RunStatus.PUBLISHING})
+"""The candidate passed (or was promoted) and is on its way to serving."""
+STOPPED = frozenset({RunStatus.FAILED, RunStatus.CANCELED})
+"""Ended without a verdict of the gate on this attempt (where it stopped decides what is reported)."""
+ACTIVE = frozenset(RunStatus) - TERMINAL
+"""Still moving: a step is queued or running."""
+
 
 class InvalidTransition(BotError):
     """A run was asked to move to a state its current state does not lead to."""
+
+
+@dataclass
+class Trigger:
+    """What started a run, and where to report it (``run.json``'s ``trigger``)."""
+
+    kind: str = "push"
+    """``push``, ``reconcile`` or ``chatops``."""
+    forge: str | None = None
+    """``github``, ``gitlab`` or None (a local repository: nothing to report to)."""
+    repo: str | None = None
+    """Forge path (``owner/repo``) commit statuses and comments go to."""
+    commit: str | None = None
+    """The pushed commit that carries the ``repotune/*`` commit statuses."""
+    pushes: list[dict[str, t.Any]] = field(default_factory=list)
+    """The coalesced push summaries this run covers (as the ingest job noted them)."""
+    requested_by: str | None = None
+    """Chat-ops: who asked for the run."""
+    reason: str | None = None
+    """Chat-ops: the reason given."""
+    number: int | None = None
+    """Chat-ops: the pull/merge request that gets the closing comment."""
+    project_id: int | None = None
+    """Chat-ops on GitLab: the project id of that merge request."""
+    full: bool = False
+    """Rebuild every corpus from scratch instead of updating it."""
+    extra: dict[str, t.Any] = field(default_factory=dict)
+    """Any other key found in ``run.json`` (written by another version), kept as it was."""
+
+    def as_dict(self) -> dict[str, t.Any]:
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
+        return {**self.extra, **data}
+
+    @classmethod
+    def from_dict(cls, data: t.Mapping[str, t.Any] | None) -> Trigger:
+        """A trigger from ``run.json`` or a caller's dict; unknown keys land in ``extra``."""
+        data = dict(data or {})
+        known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        values = {k: v for k, v in data.items() if k in known and v is not None}
+        extra = {k: v for k, v in data.items() if k not in known and k != "extra"}
+        extra.update(data.get("extra") or {})
+        if values.get("number") is not None:
+            values["number"] = int(values["number"])
+        return cls(**values, extra=extra)
+
+    def merged(self, overrides: t.Mapping[str, t.Any] | None) -> Trigger:
+        """This trigger with ``overrides`` applied (chat-ops adds forge, repo and number)."""
+        return Trigger.from_dict({**self.as_dict(), **{k: v for k, v in (overrides or {}).items()
+                                                       if v is not None}})
 
 
 @dataclass
@@ -78,9 +137,8 @@ class RunRecord:
     """Unix time the run was created."""
     repo: str | None = None
     """Configured repository name that triggered it (None: all repositories)."""
-    trigger: dict[str, t.Any] = field(default_factory=dict)
-    """``kind`` (push, chatops, reconcile), ``forge``, ``repo`` (forge path), ``commit``, ``pushes``
-    (the coalesced pushes), ``requested_by``, ``number`` (PR/MR for chat-ops), ``full``."""
+    trigger: Trigger = field(default_factory=Trigger)
+    """What started it and where to report it."""
     history: list[tuple[str, float, str]] = field(default_factory=list)
     """(status, unix time, note) for every state entered, oldest first."""
     corpus_version: dict[str, t.Any] = field(default_factory=dict)
@@ -103,6 +161,9 @@ class RunRecord:
     """Why it failed or was rejected."""
     job_id: str | None = None
     """RQ job currently moving the run (or the last one)."""
+    settings: dict[str, t.Any] = field(default_factory=dict)
+    """The effective ``training`` and ``evaluation`` settings when the run started; every step
+    uses these, so an edit of ``repotune.toml`` mid-run applies to the next run only."""
 
     @property
     def updated(self) -> float:
@@ -112,6 +173,7 @@ class RunRecord:
         data = dataclasses.asdict(self)
         data["status"] = self.status.value
         data["history"] = [list(h) for h in self.history]
+        data["trigger"] = self.trigger.as_dict()
         return data
 
     @classmethod
@@ -120,6 +182,7 @@ class RunRecord:
         values = {k: v for k, v in data.items() if k in known}
         values["status"] = RunStatus(values["status"])
         values["history"] = [tuple(h) for h in values.get("history", [])]
+        values["trigger"] = Trigger.from_dict(values.get("trigger"))
         return cls(**values)
 
 
@@ -129,12 +192,15 @@ def new_run_id(now: float | None = None) -> str:
     return f"{stamp}-{secrets.token_hex(2)}"
 
 
-def new_run(*, repo: str | None, trigger: dict[str, t.Any], model: str | None = None,
+def new_run(*, repo: str | None, trigger: Trigger | t.Mapping[str, t.Any], model: str | None = None,
             now: float | None = None) -> RunRecord:
-    """A queued run (not yet saved)."""
+    """A queued run (not yet saved); ``trigger`` is copied (a mapping is read as :class:`Trigger`)."""
     now = time.time() if now is None else now
+    if not isinstance(trigger, Trigger):
+        trigger = Trigger.from_dict(trigger)
     return RunRecord(id=new_run_id(now), status=RunStatus.QUEUED, created=now, repo=repo,
-                     trigger=dict(trigger), history=[(RunStatus.QUEUED.value, now, "")], model=model)
+                     trigger=Trigger.from_dict(trigger.as_dict()), history=[(RunStatus.QUEUED.value, now, "")],
+                     model=model)
 
 
 def transition(run: RunRecord, status: RunStatus | str, note: str = "", *,
@@ -157,26 +223,12 @@ def run_dir(home: Path, run_id: str) -> Path:
     return Path(home) / "runs" / run_id
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so readers see the old or the new file, never a torn one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def save_run(home: Path, run: RunRecord) -> Path:
     """Write ``runs/<id>/run.json`` atomically; returns its path."""
     path = run_dir(home, run.id) / "run.json"
-    atomic_write_text(path, json.dumps(run.as_dict(), indent=2, sort_keys=True, default=str) + "\n")
+    # write_atomic with our own dumps (not write_json_atomic): ``default=str`` keeps a stray Path
+    # in metrics from failing a run's save.
+    write_atomic(path, json.dumps(run.as_dict(), indent=2, sort_keys=True, default=str) + "\n")
     return path
 
 

@@ -1,10 +1,10 @@
-"""The policy that turns ingested pushes into training runs, and the locks that keep it honest.
+"""The policy that turns ingested pushes into training runs.
 
 State in Redis, per model (``settings.serving.model_name``):
 
 ``repotune:pending:<model>``          hash: files, bytes changed since the last run; first/last push time
 ``repotune:pending:<model>:pushes``   list of JSON push summaries waiting for a run
-``repotune:lock:train:<model>``       run id holding the model (a lease: expires if its worker dies)
+``repotune:lock:train:<model>``       run id holding the model (a lease, :mod:`bot.locks`)
 ``repotune:last_train:<model>``       when the last automatic run started (cooldown)
 ``repotune:paused``                   automatic retraining paused by chat-ops
 ``repotune:reconcile:last``           when the last reconciliation was queued
@@ -25,9 +25,16 @@ import typing as t
 import redis
 from rq.job import Job, JobStatus
 
+from bot import lifecycle
 from bot import queue as q
 from bot.config import Settings
-from bot.runs import RunRecord, RunStatus, active_runs, new_run, save_run, transition
+
+# The lock's functions, for callers that know them as the scheduler's (status, chat-ops, tests).
+from bot.locks import acquire_lock as acquire_lock
+from bot.locks import lock_holder as lock_holder
+from bot.locks import lock_key as lock_key
+from bot.locks import release_lock as release_lock
+from bot.runs import RunRecord, RunStatus, Trigger, active_runs, new_run, save_run, transition
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +48,6 @@ def pending_key(model: str) -> str:
 
 def pushes_key(model: str) -> str:
     return q.key("pending", model, "pushes")
-
-
-def lock_key(model: str) -> str:
-    return q.key("lock", "train", model)
 
 
 def last_train_key(model: str) -> str:
@@ -66,38 +69,6 @@ def resume(connection: redis.Redis) -> None:
 
 def is_paused(connection: redis.Redis) -> bool:
     return bool(connection.exists(PAUSED_KEY))
-
-
-# --- the training lock (a lease) -----------------------------------------------------------
-
-_RENEW = """
-if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end
-return 0
-"""
-_RELEASE = """
-if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
-return 0
-"""
-
-
-def acquire_lock(connection: redis.Redis, model: str, run_id: str, lease_seconds: float) -> bool:
-    """Take the model for ``run_id`` unless another run holds it."""
-    return bool(connection.set(lock_key(model), run_id, nx=True, px=int(lease_seconds * 1000)))
-
-
-def renew_lock(connection: redis.Redis, model: str, run_id: str, lease_seconds: float) -> bool:
-    """Extend the lease if ``run_id`` still holds it (False: it was lost)."""
-    return bool(connection.eval(_RENEW, 1, lock_key(model), run_id, int(lease_seconds * 1000)))
-
-
-def release_lock(connection: redis.Redis, model: str, run_id: str) -> bool:
-    """Free the model if ``run_id`` holds it."""
-    return bool(connection.eval(_RELEASE, 1, lock_key(model), run_id))
-
-
-def lock_holder(connection: redis.Redis, model: str) -> str | None:
-    value = connection.get(lock_key(model))
-    return value.decode() if value else None
 
 
 # --- recording changes ---------------------------------------------------------------------
@@ -146,36 +117,37 @@ def _take_pending(settings: Settings, connection: redis.Redis) -> dict[str, t.An
 # --- starting runs -------------------------------------------------------------------------
 
 
-def _trigger_from_pushes(settings: Settings, pushes: list[dict[str, t.Any]]) -> tuple[dict, str | None]:
+def _trigger_from_pushes(settings: Settings, pushes: list[dict[str, t.Any]]) -> tuple[Trigger, str | None]:
+    """The trigger of a run over ``pushes``: statuses go to the last real push's commit."""
     real = [p for p in pushes if p.get("kind") != "reconcile"]
     last = real[-1] if real else (pushes[-1] if pushes else {})
-    trigger = {"kind": "push" if real else "reconcile", "forge": last.get("forge"),
-               "repo": last.get("repo"), "commit": last.get("after"), "pushes": pushes}
+    trigger = Trigger(kind="push" if real else "reconcile", forge=last.get("forge"),
+                      repo=last.get("repo"), commit=last.get("after"), pushes=list(pushes))
     return trigger, last.get("repo_name")
 
 
-def start_run(settings: Settings, connection: redis.Redis, *, trigger: dict[str, t.Any],
+def start_run(settings: Settings, connection: redis.Redis, *, trigger: Trigger,
               repo: str | None, full: bool = False, now: float | None = None) -> RunRecord | None:
-    """Create a run, take the model's lock and queue its first step; None if the model is busy."""
-    from bot import jobs  # jobs imports this module
+    """Create a run, take the model's lock and queue its first step; None if the model is busy.
 
+    The effective ``training`` and ``evaluation`` settings are snapshotted into the run record
+    here, and every step of the run uses the snapshot."""
     now = time.time() if now is None else now
     model = settings.serving.model_name
     run = new_run(repo=repo, trigger=trigger, model=model, now=now)
     if not acquire_lock(connection, model, run.id, settings.policy.lock_lease_seconds):
         return None
+    run.settings = settings.run_snapshot()
     taken = _take_pending(settings, connection)
-    if taken["pushes"]:
-        run.trigger.setdefault("pushes", [])
-        known = {json.dumps(p, sort_keys=True) for p in run.trigger["pushes"]}
-        run.trigger["pushes"] += [p for p in taken["pushes"] if json.dumps(p, sort_keys=True) not in known]
-    run.trigger["full"] = full
+    known = {json.dumps(p, sort_keys=True) for p in run.trigger.pushes}
+    run.trigger.pushes += [p for p in taken["pushes"] if json.dumps(p, sort_keys=True) not in known]
+    run.trigger.full = full
     run.metrics["changed_files"] = taken["files"]
     run.metrics["changed_bytes"] = taken["bytes"]
     connection.set(last_train_key(model), now)
     save_run(settings.home, run)
     try:
-        job = jobs.enqueue_step(settings, connection, "ingest", run.id, full=full)
+        job = lifecycle.enqueue_step(settings, connection, "ingest", run.id, full=full)
     except Exception:
         release_lock(connection, model, run.id)
         transition(run, RunStatus.FAILED, "could not queue the first step")
@@ -184,8 +156,8 @@ def start_run(settings: Settings, connection: redis.Redis, *, trigger: dict[str,
         raise
     run.job_id = job.id
     save_run(settings.home, run)
-    jobs.report(settings, run)
-    log.info("run %s started (%s, %d files / %d bytes changed)", run.id, trigger.get("kind"),
+    lifecycle.report(settings, run)
+    log.info("run %s started (%s, %d files / %d bytes changed)", run.id, trigger.kind,
              taken["files"], taken["bytes"])
     return run
 
@@ -201,8 +173,7 @@ def request_training(settings: Settings, connection: redis.Redis, repo_name: str
     """
     if repo_name is not None:
         settings.repo(repo_name)  # ConfigError naming the configured repositories
-    full_trigger = {"kind": "chatops", "reason": reason, "requested_by": requested_by}
-    full_trigger.update(trigger or {})
+    full_trigger = Trigger(kind="chatops", reason=reason, requested_by=requested_by).merged(trigger)
     run = start_run(settings, connection, trigger=full_trigger, repo=repo_name, full=full)
     return run.id if run else None
 
@@ -213,8 +184,6 @@ def request_training(settings: Settings, connection: redis.Redis, repo_name: str
 def _check_abandoned(settings: Settings, connection: redis.Redis, now: float) -> list[str]:
     """Fail runs whose lock lapsed because their worker died; re-take the lock of runs whose
     next job is merely waiting in a queue."""
-    from bot import jobs
-
     failed = []
     model = settings.serving.model_name
     for run in active_runs(settings.home):
@@ -229,7 +198,7 @@ def _check_abandoned(settings: Settings, connection: redis.Redis, now: float) ->
         if status in (JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED):
             acquire_lock(connection, run.model or model, run.id, settings.policy.lock_lease_seconds)
             continue
-        jobs.fail_run(settings, connection, run, "abandoned: its worker stopped renewing the "
+        lifecycle.fail_run(settings, connection, run, "abandoned: its worker stopped renewing the "
                       f"training lock (job {run.job_id} is {status.value if status else 'gone'})",
                       now=now)
         failed.append(run.id)
@@ -245,8 +214,6 @@ def tick(settings: Settings, connection: redis.Redis, now: float | None = None) 
     4. start a run when: not paused, no run holds the model, the last push is older than the
        debounce, the change since the last run meets a threshold, and the cooldown passed.
     """
-    from bot import jobs
-
     now = time.time() if now is None else now
     policy = settings.policy
     model = settings.serving.model_name
@@ -260,7 +227,7 @@ def tick(settings: Settings, connection: redis.Redis, now: float | None = None) 
         last = connection.get(RECONCILE_KEY)
         if last is None or now - float(last) >= policy.reconcile_seconds:
             connection.set(RECONCILE_KEY, now)
-            did["reconcile"] = [jobs.enqueue_reconcile(settings, connection, r.name).id
+            did["reconcile"] = [lifecycle.enqueue_reconcile(settings, connection, r.name).id
                                 for r in settings.repos]
 
     state = pending(settings, connection)

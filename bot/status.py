@@ -23,7 +23,6 @@ chat-ops ``status`` reply wait: the webhook keeps answering the forge in time.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import re
@@ -163,17 +162,14 @@ def _repository(settings: Settings, repo: RepoConfig) -> RepositoryStatus:
 
 
 def _serving(settings: Settings) -> ServingStatus:
+    from bot import serving_version
+
     root = settings.home / "triton" / settings.serving.model_name
     versions = sorted(int(p.name) for p in root.iterdir() if p.is_dir() and p.name.isdigit()) \
         if root.is_dir() else []
-    version = None
-    pointer = root / "serving.json"
-    if pointer.is_file():
-        with contextlib.suppress(ValueError, OSError):
-            data = json.loads(pointer.read_text(encoding="utf-8"))
-            version = data.get("version") if isinstance(data, dict) else data
     return ServingStatus(model=settings.serving.model_name, backend=settings.serving.backend,
-                         triton_url=settings.serving.triton_url, version=version, versions=versions)
+                         triton_url=settings.serving.triton_url,
+                         version=serving_version.active_version(settings), versions=versions)
 
 
 def _freshness(settings: Settings) -> dict[str, t.Any]:

@@ -76,11 +76,9 @@ def _model_versions(settings: t.Any, status: dict[str, t.Any]) -> list[dict[str,
     serving = status.get("serving") or {}
     current = serving.get("version")
     try:
-        from serving.repository import ModelRepository
+        from bot import serving_version
 
-        repo = ModelRepository(Path(settings.home) / "triton", settings.serving.model_name, None,
-                               keep=max(1, int(settings.serving.keep_versions)))
-        versions = repo.versions()
+        versions = serving_version.repository(settings, need_triton=False).versions()
     except Exception:  # serving missing or a half-written version folder: show what the snapshot saw
         versions = [{"version": v, "serving": v == current, "failed": None} for v in serving.get("versions", [])]
     from bot.status import scrub

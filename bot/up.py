@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from bot import config, scheduler
 from bot import queue as q
 from bot.errors import BotError
+from bot.settings import SNAPSHOT_SECTIONS
 
 log = logging.getLogger(__name__)
 
@@ -221,11 +222,42 @@ def start(settings: config.Settings, *, bootstrap: Bootstrap | None = None, webh
     return up
 
 
+def _mtime_ns(path: t.Any) -> int | None:
+    try:
+        return os.stat(path).st_mtime_ns if path else None
+    except OSError:
+        return None
+
+
+def _adopt_edited_recipe(up: Up, seen: list[int | None]) -> None:
+    """Take ``[training]`` and ``[evaluation]`` from ``repotune.toml`` again when it changed.
+
+    Workers re-read an edited file for their next job (:func:`bot.config.current`), but this
+    loop holds the settings ``up`` started with, and a run's steps use the snapshot of those
+    sections taken when the run starts (:func:`bot.scheduler.start_run`). Loading them here with
+    the workers' environment keeps "an edit applies to the next run" true under ``repotune up``.
+    An invalid edit is logged and the previous settings stay.
+    """
+    stamp = _mtime_ns(up.settings.source)
+    if stamp == seen[0]:
+        return
+    seen[0] = stamp
+    try:
+        loaded = config.load(up.settings.source, env=up.child_env())
+    except Exception as exc:  # the operator is mid-edit: keep ticking with what we have
+        log.warning("not adopting the edited %s: %s", up.settings.source, exc)
+        return
+    for name in SNAPSHOT_SECTIONS:
+        setattr(up.settings, name, getattr(loaded, name))
+
+
 def scheduler_loop(up: Up) -> None:
     """Call :func:`bot.scheduler.tick` every ``policy.tick_seconds`` until the tree stops."""
     connection = q.connect(str(up.settings.redis_url))
+    seen = [_mtime_ns(up.settings.source)]
     while not up.stop_event.is_set():
         try:
+            _adopt_edited_recipe(up, seen)
             did = scheduler.tick(up.settings, connection)
             if did.get("run"):
                 log.info("scheduler started run %s", did["run"])

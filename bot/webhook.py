@@ -204,7 +204,7 @@ class Pipeline:
             patterns = ", ".join(repo.branches or [repo.branch])
             raise _ignored(f"branch {event.branch} is not tracked (tracked: {patterns})",
                            delivery.delivery_id)
-        from bot.jobs import ingest_spec
+        from bot.lifecycle import ingest_spec
 
         spec = ingest_spec(repo.name, event.branch, dict(event.as_dict(), kind="push"))
         return Plan([spec], [{"queue": "ingest", "kind": "ingest", "repo": repo.name,

@@ -1,7 +1,7 @@
 """RQ cron configuration for the scheduler service: ``rq cron /app/deploy/rq_cron.py --url $REDIS_URL``.
 
 ``repotune up`` ticks the scheduler itself; a deployment of separate processes has no such loop,
-so this enqueues :func:`bot.jobs.tick` (debounce, thresholds, cooldown, reconcile, abandoned-run
+so this enqueues :func:`bot.jobs.tick_job` (debounce, thresholds, cooldown, reconcile, abandoned-run
 cleanup) on the ``control`` queue every ``policy.tick_seconds``, where a CPU worker runs it.
 Run exactly one scheduler: ticks are cheap but need not be doubled.
 """
@@ -12,5 +12,5 @@ from bot import config, jobs
 
 SETTINGS = config.load()
 
-cron.register(jobs.tick, "control", interval=max(1, round(SETTINGS.policy.tick_seconds)),
+cron.register(jobs.tick_job, "control", interval=max(1, round(SETTINGS.policy.tick_seconds)),
               job_timeout=300, result_ttl=60, name="repotune-scheduler-tick")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -123,3 +124,22 @@ def test_runs_and_status_commands(tmp_path, redis_url):
     assert data["redis"]["ok"] is True and data["runs"][0]["id"] == run.id
     bad = runner.invoke(cli, ["worker", "--queues", "nope", "--burst", "--home", str(tmp_path)])
     assert bad.exit_code == 2 and "unknown queue" in bad.output
+
+
+def test_training_and_evaluation_are_the_packages_own_configs(tmp_path):
+    # One declaration per setting: [training] takes exactly FinetuneConfig's recipe fields and
+    # [evaluation] is an EvalConfig, checked by EvalConfig itself.
+    from trainer.evaluate import EvalConfig
+    from trainer.finetune import FinetuneConfig
+
+    s = config.load(write(tmp_path, "[training]\nweight_decay = 0.1\n[evaluation]\nkinds = [\"line\"]\n"), env={})
+    assert s.training.recipe()["weight_decay"] == 0.1 and s.evaluation.kinds == ("line",)
+    assert isinstance(s.evaluation, EvalConfig) and type(s.evaluation.eval_config()) is EvalConfig
+    assert set(s.training.recipe()) == {f.name for f in dataclasses.fields(FinetuneConfig)} - {
+        "base", "train_files", "heldout_files", "output_dir", "cache_dir"}
+    with pytest.raises(ConfigError, match="unknown setting 'training.weight_decayy'"):
+        config.load(write(tmp_path, "[training]\nweight_decayy = 0.1\n"), env={})
+    with pytest.raises(ConfigError, match=r"\[evaluation\].*primary_metric='speed'"):
+        config.load(write(tmp_path, "[evaluation]\nprimary_metric = \"speed\"\n"), env={})
+    row = next(r for r in config.SETTINGS if r.key == "training.weight_decay")
+    assert row.help == "AdamW weight decay."  # FinetuneConfig's docstring is the help text

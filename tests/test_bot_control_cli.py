@@ -34,7 +34,7 @@ def test_pause_resume_retrain_promote(tmp_path: Path, redis_url: str, redis_serv
     assert result.exit_code == 0, result.output
     run_id = result.output.split()[1]
     run = load_run(tmp_path / "home", run_id)
-    assert run.trigger["kind"] == "chatops" and run.trigger["requested_by"] == "cli"
+    assert run.trigger.kind == "chatops" and run.trigger.requested_by == "cli"
 
     result = runner.invoke(cli, ["promote", "no-such-run"], env=env)
     assert result.exit_code == 1

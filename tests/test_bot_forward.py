@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from rq import SimpleWorker
 from rq.job import Job
 
-from bot import freshness, jobs, runs, scheduler, status
+from bot import freshness, recipe, runs, scheduler, status
 from bot.cli import cli
 from bot.queue import get_queue
 from bot.webhook import create_app
@@ -76,7 +76,7 @@ def test_a_push_while_a_model_serves_is_scored_on_exactly_its_new_code(
     head = repo.commit("fresh code")
     deliver(client, github_push(ZERO, head), "push-1")
     work(redis_conn, ("ingest",))
-    assert gpu_jobs(redis_conn) == ["bot.jobs.forward_eval"]
+    assert gpu_jobs(redis_conn) == ["bot.jobs.forward_eval_job"]
     work(redis_conn, ("gpu",))
 
     (entry,) = freshness.read(freshness.history_path(settings.home, "hello"))
@@ -88,7 +88,7 @@ def test_a_push_while_a_model_serves_is_scored_on_exactly_its_new_code(
     # The same scores as scoring the serving model on exactly those files' corpus records.
     records = corpus.records_for_paths(settings.home, "hello", changed)
     assert sorted(r["path"] for r in records) == changed
-    expected = forward_eval(str(tiny_model_copy), records, jobs.forward_eval_config(settings),
+    expected = forward_eval(str(tiny_model_copy), records, recipe.forward_eval_config(settings),
                             push=head, corpus_version=head)
     assert entry["n_tasks"] == expected["n_tasks"]
     for metric in QUALITY:
@@ -145,7 +145,7 @@ def test_pushes_without_new_corpus_code_or_without_a_model_queue_nothing(
     head = repo.commit("three")
     deliver(client, github_push(ZERO, head), "p-5")
     work(redis_conn, ("ingest",))
-    assert gpu_jobs(redis_conn) == ["bot.jobs.forward_eval"]
+    assert gpu_jobs(redis_conn) == ["bot.jobs.forward_eval_job"]
     work(redis_conn, ("gpu",))
     (entry,) = freshness.read(freshness.history_path(settings.home, "hello"))
     assert entry["ok"], entry["error"]
@@ -175,7 +175,7 @@ def test_a_failed_forward_evaluation_is_recorded_and_the_run_goes_on(
     did = scheduler.tick(settings, redis_conn)
     assert did["run"], did
     work(redis_conn, ("ingest",))  # the run's ingest step queues training behind the forward job
-    assert gpu_jobs(redis_conn) == ["bot.jobs.forward_eval", "bot.jobs.train"]
+    assert gpu_jobs(redis_conn) == ["bot.jobs.forward_eval_job", "bot.jobs.train_step"]
 
     # The serving checkpoint is unreadable while the forward evaluation runs (a storage hiccup).
     hidden = tiny_model_copy.with_name("model.away")
@@ -199,7 +199,7 @@ def test_a_failed_forward_evaluation_is_recorded_and_the_run_goes_on(
 
     # The default retrains from the base model.
     settings.training.continue_from_serving = False
-    assert jobs.finetune_config(settings, run).base == str(tiny_model)
+    assert recipe.finetune_config(settings, run).base == str(tiny_model)
 
 
 def test_freshness_history_appends_are_atomic_lines_and_bad_lines_are_skipped(tmp_path):

@@ -7,7 +7,7 @@ import json
 from rq.job import Job
 
 from bot import scheduler
-from bot.jobs import ingest_spec
+from bot.lifecycle import ingest_spec
 from bot.queue import enqueue, get_queue
 from bot.runs import RunStatus, list_runs, load_run
 from bot.webhook import create_app
@@ -54,8 +54,8 @@ def test_push_ingests_and_a_run_starts_once_the_policy_allows(make_repo, bot_set
     did = scheduler.tick(settings, redis_conn, now=t0 + 61)
     run = load_run(settings.home, did["run"])
     assert run.status == RunStatus.QUEUED
-    assert run.trigger["kind"] == "push" and run.trigger["commit"] == head1
-    assert run.trigger["pushes"][0]["delivery_id"] == "d-1"
+    assert run.trigger.kind == "push" and run.trigger.commit == head1
+    assert run.trigger.pushes[0]["delivery_id"] == "d-1"
     assert scheduler.lock_holder(redis_conn, "codegen") == run.id
     assert scheduler.pending(settings, redis_conn)["files"] == 0
 
@@ -70,7 +70,7 @@ def test_push_ingests_and_a_run_starts_once_the_policy_allows(make_repo, bot_set
     assert run.status == RunStatus.INGESTING
     assert run.corpus_version["hello"]["commit"] == head2
     (train_id,) = get_queue("gpu", redis_conn).job_ids
-    assert Job.fetch(train_id, connection=redis_conn).func_name == "bot.jobs.train"
+    assert Job.fetch(train_id, connection=redis_conn).func_name == "bot.jobs.train_step"
 
     # No base model in this home: training fails, the run says why, serving is untouched,
     # and the model is free again.
@@ -83,8 +83,8 @@ def test_push_ingests_and_a_run_starts_once_the_policy_allows(make_repo, bot_set
 
     follow = scheduler.tick(settings, redis_conn, now=t0 + 6000)
     follow_run = load_run(settings.home, follow["run"])
-    assert [p["delivery_id"] for p in follow_run.trigger["pushes"]] == ["d-2"]
-    assert follow_run.trigger["commit"] == head2
+    assert [p["delivery_id"] for p in follow_run.trigger.pushes] == ["d-2"]
+    assert follow_run.trigger.commit == head2
 
 
 def test_small_changes_wait_below_the_threshold(make_repo, bot_settings, redis_conn):
@@ -150,7 +150,7 @@ def test_a_run_whose_job_vanished_is_failed_as_abandoned(make_repo, bot_settings
     settings = bot_settings(github_url=repo.url)
     run_id = scheduler.request_training(settings, redis_conn, "hello", reason="test", requested_by="alice")
     run = load_run(settings.home, run_id)
-    assert run.trigger["kind"] == "chatops" and run.trigger["requested_by"] == "alice"
+    assert run.trigger.kind == "chatops" and run.trigger.requested_by == "alice"
     assert scheduler.request_training(settings, redis_conn, "hello") is None  # the model is busy
     # The job is still queued: a lapsed lease is taken back, the run lives on.
     redis_conn.delete(scheduler.lock_key("codegen"))
@@ -165,7 +165,7 @@ def test_a_run_whose_job_vanished_is_failed_as_abandoned(make_repo, bot_settings
 
 
 def test_a_tracked_release_branch_feeds_its_own_corpus(make_repo, bot_settings, redis_conn):
-    from bot.jobs import _corpora
+    from bot.recipe import corpora as _corpora
 
     repo = make_repo(files=6, seed=10)
     settings = bot_settings(github_url=repo.url)

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from bot import jobs, scheduler
+from bot import lifecycle, scheduler, serving_version
 from bot.runs import RunStatus, load_run
 from serving import TritonServer
 from tests.fixtures.bot import work
@@ -30,10 +30,10 @@ def test_a_run_flows_through_every_step_to_serving(make_repo, bot_settings, redi
         assert run.metrics["gate"]["passed"] in (True, False) and run.eval_report
         if run.status == RunStatus.REJECTED:  # a 2-step model may lose: promote it by hand
             assert scheduler.lock_holder(redis_conn, "codegen") is None
-            jobs.enqueue_promote(settings, redis_conn, run_id)
+            lifecycle.enqueue_promote(settings, redis_conn, run_id)
             work(redis_conn)
             run = load_run(settings.home, run_id)
         assert run.status == RunStatus.SERVING, run.error
         assert [h[0] for h in run.history][-3:] == ["converting", "publishing", "serving"]
-        assert run.version == 1 and jobs.serving_checkpoint(settings) == (1, run.checkpoint)
+        assert run.version == 1 and serving_version.serving_checkpoint(settings) == (1, run.checkpoint)
         assert scheduler.lock_holder(redis_conn, "codegen") is None

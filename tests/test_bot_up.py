@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 import urllib.request
 
-from bot import up
+from bot import config, up
 from tests.fixtures.base import free_port
 from tests.fixtures.bot import github_headers, github_push
 from trainer import corpus
@@ -47,3 +48,20 @@ def test_up_serves_a_push_end_to_end_and_stops_cleanly(make_repo, bot_settings):
         tree.stop()
     assert all(p.poll() is not None for p in procs)
     assert not tree.processes
+
+
+def test_the_up_scheduler_adopts_an_edited_recipe_for_the_next_run(tmp_path):
+    # The loop's settings are pinned; a run snapshots [training]/[evaluation] from them when it
+    # starts, so the loop must see an edit just as a worker's config.current() would.
+    path = tmp_path / "repotune.toml"
+    path.write_text(f'home = "{tmp_path}"\n[training]\nlearning_rate = 0.002\n', encoding="utf-8")
+    tree = up.Up(config.load(path, env={}))
+    seen = [up._mtime_ns(path)]
+    up._adopt_edited_recipe(tree, seen)
+    assert tree.settings.training.learning_rate == 0.002
+    before = path.stat().st_mtime_ns
+    path.write_text(f'home = "{tmp_path}"\n[training]\nlearning_rate = 0.5\n', encoding="utf-8")
+    os.utime(path, ns=(before + 1_000_000_000, before + 1_000_000_000))
+    up._adopt_edited_recipe(tree, seen)
+    assert tree.settings.training.learning_rate == 0.5
+    assert tree.settings.run_snapshot()["training"]["learning_rate"] == 0.5

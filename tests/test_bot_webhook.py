@@ -48,7 +48,7 @@ def test_signed_push_is_accepted_and_queues_one_ingest(app, redis_conn):
     ingest = get_queue("ingest", redis_conn)
     assert ingest.job_ids == [queued["job"]]
     job = ingest.fetch_job(queued["job"])
-    assert job.func_name == "bot.jobs.ingest" and job.args[0] == "hello"
+    assert job.func_name == "bot.jobs.ingest_job" and job.args[0] == "hello"
     assert job.retries_left == 3
 
 

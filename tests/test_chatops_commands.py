@@ -262,8 +262,8 @@ def test_retrain(chat: Chat):
                      f"`{run.id}`. [Details](http://status.test/runs/{run.id})")
     assert run.status == RunStatus.QUEUED
     number = PR if chat.forge_name == "github" else MR
-    assert run.trigger["kind"] == "chatops" and run.trigger["requested_by"] == "alice"
-    assert (run.trigger["forge"], run.trigger["repo"], run.trigger["number"], run.trigger["full"]) \
+    assert run.trigger.kind == "chatops" and run.trigger.requested_by == "alice"
+    assert (run.trigger.forge, run.trigger.repo, run.trigger.number, run.trigger.full) \
         == (chat.forge_name, "acme/web", number, True)
     assert Queue("ingest", connection=chat.conn).count == 1
     # A second request while the model is busy joins the running one.
@@ -289,7 +289,7 @@ def test_eval(chat: Chat):
     (reply,) = chat.say("alice", f"/repotune eval --run={bare.id}")
     gpu = Queue("gpu", connection=chat.conn)
     (job,) = [gpu.fetch_job(j) for j in gpu.job_ids]
-    assert job.func_name == "bot.jobs.eval" and job.args == (bare.id,)
+    assert job.func_name == "bot.jobs.eval_job" and job.args == (bare.id,)
     assert reply == f"@alice :mag: Evaluating run `{bare.id}` (job `{job.id}`); the table follows when it ends."
     (reply,) = chat.say("alice", "/repotune eval --run 20990101-000000-ffff")
     assert "no run `20990101-000000-ffff`" in reply and str(chat.settings.home) not in reply
@@ -307,7 +307,7 @@ def test_promote(chat: Chat):
     assert f"run `{failed.id}` is failed; only a rejected or an already published run" in reply
     (reply,) = chat.say("mia", f"/repotune promote {rejected.id}")
     (job,) = [deploy.fetch_job(j) for j in deploy.job_ids]
-    assert (job.func_name, job.args) == ("bot.jobs.promote", (rejected.id,))
+    assert (job.func_name, job.args) == ("bot.jobs.promote_job", (rejected.id,))
     assert reply.startswith(f"@mia :package: Promoting run `{rejected.id}` (job `{job.id}`).")
 
 
@@ -318,8 +318,8 @@ def test_rollback(chat: Chat):
     (prev,) = chat.say("mia", "/repotune rollback")
     (to_two,) = chat.say("mia", "/repotune rollback v2")
     jobs = [deploy.fetch_job(j) for j in deploy.job_ids]
-    assert [(j.func_name, j.args) for j in jobs] == [("bot.jobs.rollback", (None,)),
-                                                      ("bot.jobs.rollback", (2,))]
+    assert [(j.func_name, j.args) for j in jobs] == [("bot.jobs.rollback_job", (None,)),
+                                                      ("bot.jobs.rollback_job", (2,))]
     assert prev == f"@mia :leftwards_arrow_with_hook: Rolling back to the previous version (job `{jobs[0].id}`)."
     assert to_two == f"@mia :leftwards_arrow_with_hook: Rolling back to version 2 (job `{jobs[1].id}`)."
 

@@ -100,7 +100,7 @@ def test_a_maintainer_of_every_repository_can_and_each_is_asked_once(shared: Cha
     deploy = Queue("deploy", connection=shared.conn)
     (reply,) = shared.say("ada", "/repotune rollback 2")
     (job,) = [deploy.fetch_job(j) for j in deploy.job_ids]
-    assert (job.func_name, job.args) == ("bot.jobs.rollback", (2,))
+    assert (job.func_name, job.args) == ("bot.jobs.rollback_job", (2,))
     assert reply == f"@ada :leftwards_arrow_with_hook: Rolling back to version 2 (job `{job.id}`)."
     assert (_permission_calls(shared, "acme/web"), _permission_calls(shared, "acme/payroll")) \
         == (1, 1)

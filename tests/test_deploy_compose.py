@@ -218,7 +218,7 @@ def test_commands_are_real(compose: dict, dotenv: dict[str, str]) -> None:
     assert webhook_bind(command_argv(services["webhook"]["command"])).threads == int(dotenv["WEBHOOK_THREADS"])
     check_repotune_command(command_argv(services["proxy"]["command"]))
     (tick,) = check_rq_cron(command_argv(services["scheduler"]["command"]), _env(services["scheduler"])["REDIS_URL"])
-    assert tick.func_name == "bot.jobs.tick" and tick.queue_name == "control"
+    assert tick.func_name == "bot.jobs.tick_job" and tick.queue_name == "control"
     assert "ports" not in services["scheduler"] and "ports" not in services["worker-cpu"]
 
 

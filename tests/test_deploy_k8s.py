@@ -232,7 +232,7 @@ def test_commands_are_real(objects: dict) -> None:
     check_repotune_command(_argv(_container(deployments["proxy"])))
     scheduler = _container(deployments["scheduler"])
     (tick,) = check_rq_cron(_argv(scheduler), _env(scheduler, objects)["REDIS_URL"])
-    assert tick.func_name == "bot.jobs.tick" and tick.queue_name == "control"
+    assert tick.func_name == "bot.jobs.tick_job" and tick.queue_name == "control"
     assert deployments["scheduler"]["spec"]["replicas"] == 1, "one scheduler: ticks need not be doubled"
 
 

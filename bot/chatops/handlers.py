@@ -1,6 +1,6 @@
 """What each chat-ops command does: one handler per command, each returning the markdown reply.
 
-Handlers call the bot core (:mod:`bot.scheduler`, :mod:`bot.jobs`, :mod:`bot.runs`,
+Handlers call the bot core (:mod:`bot.scheduler`, :mod:`bot.lifecycle`, :mod:`bot.runs`,
 :mod:`bot.status`), imported inside the handler so the grammar and the webhook import none of
 it. A :class:`~bot.errors.BotError` becomes a ``:x:`` reply, not a crash. ``status`` and ``eval``
 replies pass through :mod:`~bot.chatops.scope`: a commenter sees their repository and the
@@ -106,7 +106,7 @@ def _retrain(ctx: Context, cmd: Command) -> str:
 
 
 def _eval(ctx: Context, cmd: Command) -> str:
-    from bot import jobs
+    from bot import lifecycle
 
     run_id = cmd.args.get("run_id")
     if run_id is None:
@@ -125,28 +125,28 @@ def _eval(ctx: Context, cmd: Command) -> str:
         return f":hourglass: Run `{run.id}` is {_value(run.status)}; its evaluation is not ready."
     if not getattr(run, "checkpoint", None):
         return f"Run `{run.id}` ({_value(run.status)}) has no trained model to evaluate."
-    job_id = jobs.enqueue_eval(ctx.settings, ctx.redis, run.id)
+    job_id = lifecycle.enqueue_eval(ctx.settings, ctx.redis, run.id)
     return f":mag: Evaluating run `{run.id}` (job `{job_id}`); the table follows when it ends."
 
 
 def _promote(ctx: Context, cmd: Command) -> str:
-    from bot import jobs
+    from bot import lifecycle
 
     run = _load_run(ctx, cmd.args["run_id"])
-    # The same precondition bot.jobs.promote enforces, answered now rather than in a failed job.
+    # The same precondition bot.jobs.promote_job enforces, answered now rather than in a failed job.
     if getattr(run, "version", None) is None and (
             _value(run.status) != "rejected" or not getattr(run, "checkpoint", None)):
         raise CommandError(f"run `{run.id}` is {_value(run.status)}; only a rejected or an "
                            "already published run can be promoted")
-    job_id = jobs.enqueue_promote(ctx.settings, ctx.redis, run.id)
+    job_id = lifecycle.enqueue_promote(ctx.settings, ctx.redis, run.id)
     return f":package: Promoting run `{run.id}` (job `{job_id}`).{_run_link(ctx, run.id)}"
 
 
 def _rollback(ctx: Context, cmd: Command) -> str:
-    from bot import jobs
+    from bot import lifecycle
 
     version = cmd.args.get("version")
-    job_id = jobs.enqueue_rollback(ctx.settings, ctx.redis, version)
+    job_id = lifecycle.enqueue_rollback(ctx.settings, ctx.redis, version)
     target = f"version {version}" if version is not None else "the previous version"
     return f":leftwards_arrow_with_hook: Rolling back to {target} (job `{job_id}`)."
 
@@ -204,8 +204,8 @@ def _run_repo(run: Any) -> str | None:
     repo = getattr(run, "repo", None)
     if repo:
         return str(repo)
-    trigger = getattr(run, "trigger", None) or {}
-    return trigger.get("repo") if isinstance(trigger, dict) else None
+    trigger = getattr(run, "trigger", None)
+    return getattr(trigger, "repo", None)
 
 
 def _read_report(run: Any) -> str | None:

@@ -35,10 +35,10 @@ def retrain_command(config_path, home, repo, full) -> None:
 @click.argument("run_id")
 def promote_command(config_path, home, run_id) -> None:
     """Serve RUN_ID even though the gate rejected it (or re-activate its version)."""
-    from bot import jobs
+    from bot import lifecycle
 
     settings = _settings(config_path, home)
-    job = jobs.enqueue_promote(settings, _redis(settings), run_id)
+    job = lifecycle.enqueue_promote(settings, _redis(settings), run_id)
     click.echo(f"promotion of {run_id} queued (job {job})")
 
 

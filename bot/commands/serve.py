@@ -181,14 +181,14 @@ def rollback_command(config_path, home, triton_url, model_name, to_version) -> N
     """Serve an earlier version again (loaded and smoke-tested before the switch).
 
     Runs here and now the function the chat-ops `rollback` job runs on a worker
-    (:func:`bot.jobs.rollback`), so both keep the same number of old versions.
+    (:func:`bot.jobs.rollback_job`), so both keep the same number of old versions.
     """
     from bot import jobs
 
     settings = _settings(config_path, home)
     settings.serving.model_name = model_name
     settings.serving.triton_url = _find_triton(_repo_root(settings.home), triton_url)
-    version = jobs.rollback(to_version)
+    version = jobs.rollback_job(to_version)
     click.echo(f"{model_name} version {version} serving")
 
 

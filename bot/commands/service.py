@@ -211,7 +211,7 @@ def runs_command(config_path, home, as_json, limit) -> None:
     for r in runs:
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(r.created))
         extra = f"v{r.version}" if r.version is not None else (r.error or "")[:60]
-        click.echo(f"{r.id}  {when}  {r.status.value:<10}  {r.trigger.get('kind', ''):<9}  {extra}")
+        click.echo(f"{r.id}  {when}  {r.status.value:<10}  {r.trigger.kind:<9}  {extra}")
 
 
 @click.command("init")

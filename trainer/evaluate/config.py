@@ -51,7 +51,8 @@ class EvalConfig:
     loss_max_tokens: int = 100_000
     """Held-out tokens scored for per-token loss and perplexity (whole records, in hash order)."""
     primary_metric: str = "edit_similarity"
-    """The metric the gate requires to improve; one of :data:`HIGHER_IS_BETTER`."""
+    """The metric the gate requires to improve: ``exact_match``, ``edit_similarity``,
+    ``identifier_match``, ``loss``, ``perplexity`` or ``latency_ms`` (:data:`HIGHER_IS_BETTER`)."""
     margin: float = 0.005
     """Least improvement of the primary metric (its units, in its better direction) to pass."""
     confidence: float = 0.95

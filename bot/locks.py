@@ -1,0 +1,76 @@
+"""The one-run-per-model lock: a Redis lease that a live step renews and a dead worker lets lapse.
+
+``repotune:lock:train:<model>`` holds the id of the run that owns the model. It is a lease
+(``policy.lock_lease_seconds``), not a plain lock, so a worker killed mid-step frees the model
+within one lease and the scheduler can fail the run as ``abandoned``. Steps hold it through
+:func:`heartbeat`; the scheduler takes it when it starts a run and reads it to decide whether a
+new run may start.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+
+import redis
+
+from bot import queue as q
+
+_RENEW = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end
+return 0
+"""
+_RELEASE = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
+return 0
+"""
+
+
+def lock_key(model: str) -> str:
+    """The Redis key of ``model``'s lock."""
+    return q.key("lock", "train", model)
+
+
+def acquire_lock(connection: redis.Redis, model: str, run_id: str, lease_seconds: float) -> bool:
+    """Take the model for ``run_id`` unless another run holds it."""
+    return bool(connection.set(lock_key(model), run_id, nx=True, px=int(lease_seconds * 1000)))
+
+
+def renew_lock(connection: redis.Redis, model: str, run_id: str, lease_seconds: float) -> bool:
+    """Extend the lease if ``run_id`` still holds it (False: it was lost)."""
+    return bool(connection.eval(_RENEW, 1, lock_key(model), run_id, int(lease_seconds * 1000)))
+
+
+def release_lock(connection: redis.Redis, model: str, run_id: str) -> bool:
+    """Free the model if ``run_id`` holds it (a no-op for anyone else)."""
+    return bool(connection.eval(_RELEASE, 1, lock_key(model), run_id))
+
+
+def lock_holder(connection: redis.Redis, model: str) -> str | None:
+    """The run id holding ``model``, or None."""
+    value = connection.get(lock_key(model))
+    return value.decode() if value else None
+
+
+@contextlib.contextmanager
+def heartbeat(connection: redis.Redis, model: str, run_id: str, lease_seconds: float) -> Iterator[None]:
+    """Hold ``model`` for ``run_id`` while the body runs: take the lease if it lapsed (the run's
+    next job waited in a queue longer than a lease), then renew it every third of a lease from a
+    daemon thread. A dead worker stops beating, so the lease lapses and the model is freed."""
+    if not renew_lock(connection, model, run_id, lease_seconds):
+        acquire_lock(connection, model, run_id, lease_seconds)
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(max(lease_seconds / 3.0, 0.5)):
+            with contextlib.suppress(Exception):  # a Redis blip: the next beat tries again
+                renew_lock(connection, model, run_id, lease_seconds)
+
+    thread = threading.Thread(target=beat, name=f"lease-{run_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=5)
