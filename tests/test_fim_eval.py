@@ -143,3 +143,12 @@ def test_forward_eval_uses_fim_tasks_and_codegen_refuses_them(starcoder_pair, he
     assert entry["n_tasks"] > 0 and entry["scores"]["edit_similarity"] >= 0
     with pytest.raises(EvaluationError, match="cannot fill in the middle"):
         compare(tiny_model, None, heldout, EvalConfig(**CFG, kinds=("fim_line",)), corpus_version="v1")
+
+
+def test_eval_config_accepts_fim_kinds_and_checks_family() -> None:
+    assert EvalConfig().kinds is None and EvalConfig().family is None  # chosen by family at run time
+    assert EvalConfig(kinds=["fim_line", "line"], family="qwen2.5-coder").kinds == ("fim_line", "line")
+    with pytest.raises(ValueError, match="family='gpt9' is not one of codegen"):
+        EvalConfig(family="gpt9")
+    with pytest.raises(ValueError, match=r"kinds=\('fill',\)"):
+        EvalConfig(kinds=("fill",))

@@ -79,6 +79,11 @@ class EvalConfig:
         bad_kinds = sorted(set(self.kinds or ()) - set(ALL_TASK_KINDS))
         if bad_kinds or (self.kinds is not None and not self.kinds):
             problems.append(f"kinds={self.kinds!r}: use a non-empty subset of {ALL_TASK_KINDS} (or None)")
+        if self.family is not None:
+            from families import FAMILIES
+
+            if self.family not in FAMILIES:
+                problems.append(f"family={self.family!r} is not one of {', '.join(FAMILIES)} (or None: detected)")
         if not 0.0 < self.confidence < 1.0:
             problems.append(f"confidence={self.confidence} must lie strictly between 0 and 1")
         if self.num_tasks < 1 or self.batch_size < 1 or self.bootstrap < 1:
