@@ -143,6 +143,58 @@ def fim_bench(work: Path, texts: list[str], triton, root: Path, n_latency: int, 
     http.shutdown()
 
 
+def swap_bench(repo, artifact: Path, url: str, body: dict, log: Path, n_swaps: int) -> None:
+    """Swap time, instances loaded per swap, rollback time, failed requests under load."""
+    import requests
+
+    results: list[int] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        s = requests.Session()
+        while not stop.is_set():
+            try:
+                results.append(s.post(url, json=body, timeout=30).status_code)
+            except requests.RequestException:
+                results.append(0)
+            time.sleep(0.04)
+
+    def instance_loads() -> int:
+        # One line per model instance Triton initialises (a load of one version).
+        return log.read_text(errors="replace").count("TRITONBACKEND_ModelInstanceInitialize")
+
+    loader = threading.Thread(target=load)
+    loader.start()
+    time.sleep(1.0)
+    sent_before = len(results)
+    swaps: list[tuple[float, int]] = []
+    t_all = time.perf_counter()
+    for _ in range(n_swaps):
+        loads_before = instance_loads()
+        t = time.perf_counter()
+        new = repo.publish(artifact)
+        repo.activate(new)
+        swaps.append((time.perf_counter() - t, instance_loads() - loads_before))
+    swap_window = time.perf_counter() - t_all
+    sent_during = len(results) - sent_before
+    loads_before = instance_loads()
+    t = time.perf_counter()
+    back = repo.rollback()
+    rollback_s = time.perf_counter() - t
+    rollback_loads = instance_loads() - loads_before
+    time.sleep(1.0)
+    stop.set()
+    loader.join()
+    bad = sum(1 for code in results if code != 200)
+    times = sorted(s for s, _ in swaps)
+    print(f"hot swap (publish + load + smoke + switch), {n_swaps} swaps: "
+          f"median {times[len(times) // 2]:.2f} s, each {', '.join(f'{s:.2f}' for s, _ in swaps)} s; "
+          f"model instances loaded per swap: {', '.join(str(n) for _, n in swaps)}")
+    print(f"rollback to version {back}: {rollback_s:.2f} s, {rollback_loads} model instances loaded")
+    print(f"requests: {sent_during} during the swaps ({sent_during / swap_window:.1f}/s), "
+          f"{len(results)} in all, {bad} failed")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small run")
@@ -203,52 +255,7 @@ def main() -> None:
         print(f"throughput through the proxy ({window_s:.0f} s per concurrency):")
         throughput(f"{base}/v1/completions", body, window_s)
 
-        results: list[int] = []
-        stop = threading.Event()
-
-        def load() -> None:
-            s = requests.Session()
-            while not stop.is_set():
-                try:
-                    results.append(s.post(f"{base}/v1/completions", json=body, timeout=30).status_code)
-                except requests.RequestException:
-                    results.append(0)
-                time.sleep(0.04)
-
-        def instance_loads() -> int:
-            # One line per model instance Triton initialises (a load of one version).
-            return (work / "triton.log").read_text(errors="replace").count("TRITONBACKEND_ModelInstanceInitialize")
-
-        loader = threading.Thread(target=load)
-        loader.start()
-        time.sleep(1.0)
-        sent_before = len(results)
-        swaps: list[tuple[float, int]] = []
-        t_all = time.perf_counter()
-        for _ in range(n_swaps):
-            loads_before = instance_loads()
-            t = time.perf_counter()
-            new = repo.publish(artifact)
-            repo.activate(new)
-            swaps.append((time.perf_counter() - t, instance_loads() - loads_before))
-        swap_window = time.perf_counter() - t_all
-        sent_during = len(results) - sent_before
-        loads_before = instance_loads()
-        t = time.perf_counter()
-        back = repo.rollback()
-        rollback_s = time.perf_counter() - t
-        rollback_loads = instance_loads() - loads_before
-        time.sleep(1.0)
-        stop.set()
-        loader.join()
-        bad = sum(1 for code in results if code != 200)
-        times = sorted(s for s, _ in swaps)
-        print(f"hot swap (publish + load + smoke + switch), {n_swaps} swaps: "
-              f"median {times[len(times) // 2]:.2f} s, each {', '.join(f'{s:.2f}' for s, _ in swaps)} s; "
-              f"model instances loaded per swap: {', '.join(str(n) for _, n in swaps)}")
-        print(f"rollback to version {back}: {rollback_s:.2f} s, {rollback_loads} model instances loaded")
-        print(f"requests: {sent_during} during the swaps ({sent_during / swap_window:.1f}/s), "
-              f"{len(results)} in all, {bad} failed")
+        swap_bench(repo, artifact, f"{base}/v1/completions", body, work / "triton.log", n_swaps)
         http.shutdown()
         fim_bench(work, [p.read_text() for p in files], triton, root, n_latency, window_s)
 
