@@ -11,7 +11,11 @@ Figures:
 * completions/s through the proxy at concurrency 1, 4, 8;
 * swap time (publish + activate, median of several swaps), how many model instances Triton
   initialised per swap (read from its log), rollback time to the previous version, and failed
-  requests while a client sends ~25 requests/s.
+  requests while a client sends ~25 requests/s;
+* FIM (a tiny StarCoder2 served next to it): the cost of building a FIM prompt (build_fim_prompt
+  + tokenising, the work the proxy adds for a ``suffix`` request; target p50 under 2 ms), the
+  proxy's overhead over Triton for a FIM prompt sent as ``prompt`` (as Continue does), the same
+  request with ``suffix`` when the proxy accepts it, and completions/s at concurrency 1, 4, 8.
 """
 
 from __future__ import annotations
@@ -32,11 +36,163 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 PROMPT = "def read_config(path):\n    "
 MAX_TOKENS = 8
+FIM_FAMILY = "starcoder2"
 
 
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+
+
+def throughput(url: str, body: dict, window_s: float) -> None:
+    """Completions/s through the proxy at concurrency 1, 4 and 8 (``window_s`` each)."""
+    import requests
+
+    for concurrency in (1, 4, 8):
+        done, failed = [0], [0]
+        stop_at = time.monotonic() + window_s
+
+        def worker(done=done, failed=failed, stop_at=stop_at) -> None:
+            s = requests.Session()
+            while time.monotonic() < stop_at:
+                r = s.post(url, json=body, timeout=30)
+                if r.status_code == 200:
+                    done[0] += 1
+                else:
+                    failed[0] += 1
+
+        with ThreadPoolExecutor(concurrency) as pool:
+            for _ in range(concurrency):
+                pool.submit(worker)
+        print(f"  concurrency {concurrency}: {done[0] / window_s:7.1f} completions/s  ({failed[0]} failed)")
+
+
+def fim_bench(work: Path, texts: list[str], triton, root: Path, n_latency: int, window_s: float) -> None:
+    """FIM figures on a tiny StarCoder2 published next to the CodeGen model."""
+    import requests
+    from transformers import AutoTokenizer
+    from werkzeug.serving import make_server
+
+    import converter
+    from families import build_fim_prompt, stop_tokens
+    from serving import ModelRepository, ProxyConfig, TritonClient, create_proxy_app
+    from trainer.tiny import TinyModelConfig, init_tiny
+
+    ckpt = init_tiny(texts, work / "fim-model", TinyModelConfig(seed=1), family=FIM_FAMILY)
+    artifact = converter.convert(ckpt, work / "fim-artifact", to="python", model_name="fim", verify=False).artifact
+    repo = ModelRepository(root, "fim", triton.url)
+    repo.activate(repo.publish(artifact))
+    http = make_server("127.0.0.1", 0, create_proxy_app(ProxyConfig(triton_url=triton.url, model_repository=root,
+                                                                    model_name="fim")), threaded=True)
+    threading.Thread(target=http.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{http.server_port}/v1/completions"
+    tok = AutoTokenizer.from_pretrained(str(ckpt))
+    # An editor-sized request: ~3 KB before the cursor, ~1 KB after, cut to the tiny context.
+    prefix, suffix = "\n".join(texts)[:3000], "\n".join(reversed(texts))[:1000]
+    build, fim_tok, plain_tok = [], [], []
+    for _ in range(max(n_latency, 100)):
+        t0 = time.perf_counter()
+        text = build_fim_prompt(FIM_FAMILY, prefix, suffix)
+        t1 = time.perf_counter()
+        tok(text)["input_ids"]
+        t2 = time.perf_counter()
+        tok(prefix)["input_ids"]  # what a left-to-right request tokenises anyway
+        t3 = time.perf_counter()
+        build.append((t1 - t0) * 1000)
+        fim_tok.append((t2 - t1) * 1000)
+        plain_tok.append((t3 - t2) * 1000)
+    added = percentile(build, 50) + percentile(fim_tok, 50) - percentile(plain_tok, 50)
+    print(f"FIM prompt building, {len(prefix)} + {len(suffix)} chars: build_fim_prompt p50 {percentile(build, 50):.4f} ms; "
+          f"tokenise FIM prompt p50 {percentile(fim_tok, 50):.3f} ms vs prefix alone {percentile(plain_tok, 50):.3f} ms; "
+          f"added by FIM p50 {added:.3f} ms -> {'OK' if added < 2 else 'TOO SLOW'} (target < 2 ms)")
+    short_pre, short_suf = prefix[-300:], suffix[:120]
+    prompt = build_fim_prompt(FIM_FAMILY, short_pre, short_suf)
+    stops = list(stop_tokens(FIM_FAMILY))
+    body = {"prompt": prompt, "max_tokens": MAX_TOKENS, "temperature": 0, "stop": stops}
+    ids = tok(prompt)["input_ids"]
+    stop_ids = [tok(s, add_special_tokens=False)["input_ids"] for s in stops]
+    client, session = TritonClient(triton.url, "fim"), requests.Session()
+    direct, proxied, with_suffix = [], [], []
+    suffix_body = {**body, "prompt": short_pre, "suffix": short_suf}
+    # A proxy that builds the FIM prompt from ``suffix`` answers exactly as for the prebuilt prompt.
+    first = session.post(url, json=body, timeout=30).json()["choices"][0]["text"]
+    answer = session.post(url, json=suffix_body, timeout=30)
+    suffix_ok = answer.status_code == 200 and answer.json()["choices"][0]["text"] == first
+    for _ in range(n_latency):
+        t = time.perf_counter()
+        client.generate(ids, MAX_TOKENS, end_id=tok.eos_token_id, stop_words=stop_ids)
+        direct.append((time.perf_counter() - t) * 1000)
+        t = time.perf_counter()
+        assert session.post(url, json=body, timeout=30).status_code == 200
+        proxied.append((time.perf_counter() - t) * 1000)
+        if suffix_ok:
+            t = time.perf_counter()
+            session.post(url, json=suffix_body, timeout=30)
+            with_suffix.append((time.perf_counter() - t) * 1000)
+    print(f"FIM completion ({len(ids)} prompt tokens, {MAX_TOKENS} new), {n_latency} requests each:")
+    print(f"  direct to Triton              p50 {percentile(direct, 50):7.2f} ms")
+    print(f"  proxy, FIM prompt as prompt   p50 {percentile(proxied, 50):7.2f} ms  "
+          f"(overhead {percentile(proxied, 50) - percentile(direct, 50):.2f} ms)")
+    if suffix_ok:
+        print(f"  proxy, prompt + suffix        p50 {percentile(with_suffix, 50):7.2f} ms  "
+              f"(FIM building in the proxy: {percentile(with_suffix, 50) - percentile(proxied, 50):.2f} ms)")
+    else:
+        print("  proxy, prompt + suffix        not turned into a FIM prompt by this proxy (not served yet)")
+    print(f"FIM throughput through the proxy ({window_s:.0f} s per concurrency):")
+    throughput(url, body, window_s)
+    http.shutdown()
+
+
+def swap_bench(repo, artifact: Path, url: str, body: dict, log: Path, n_swaps: int) -> None:
+    """Swap time, instances loaded per swap, rollback time, failed requests under load."""
+    import requests
+
+    results: list[int] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        s = requests.Session()
+        while not stop.is_set():
+            try:
+                results.append(s.post(url, json=body, timeout=30).status_code)
+            except requests.RequestException:
+                results.append(0)
+            time.sleep(0.04)
+
+    def instance_loads() -> int:
+        # One line per model instance Triton initialises (a load of one version).
+        return log.read_text(errors="replace").count("TRITONBACKEND_ModelInstanceInitialize")
+
+    loader = threading.Thread(target=load)
+    loader.start()
+    time.sleep(1.0)
+    sent_before = len(results)
+    swaps: list[tuple[float, int]] = []
+    t_all = time.perf_counter()
+    for _ in range(n_swaps):
+        loads_before = instance_loads()
+        t = time.perf_counter()
+        new = repo.publish(artifact)
+        repo.activate(new)
+        swaps.append((time.perf_counter() - t, instance_loads() - loads_before))
+    swap_window = time.perf_counter() - t_all
+    sent_during = len(results) - sent_before
+    loads_before = instance_loads()
+    t = time.perf_counter()
+    back = repo.rollback()
+    rollback_s = time.perf_counter() - t
+    rollback_loads = instance_loads() - loads_before
+    time.sleep(1.0)
+    stop.set()
+    loader.join()
+    bad = sum(1 for code in results if code != 200)
+    times = sorted(s for s, _ in swaps)
+    print(f"hot swap (publish + load + smoke + switch), {n_swaps} swaps: "
+          f"median {times[len(times) // 2]:.2f} s, each {', '.join(f'{s:.2f}' for s, _ in swaps)} s; "
+          f"model instances loaded per swap: {', '.join(str(n) for _, n in swaps)}")
+    print(f"rollback to version {back}: {rollback_s:.2f} s, {rollback_loads} model instances loaded")
+    print(f"requests: {sent_during} during the swaps ({sent_during / swap_window:.1f}/s), "
+          f"{len(results)} in all, {bad} failed")
 
 
 def main() -> None:
@@ -97,71 +253,11 @@ def main() -> None:
               f"p99 {percentile(proxied, 99) - percentile(direct, 99):7.2f} ms")
 
         print(f"throughput through the proxy ({window_s:.0f} s per concurrency):")
-        for concurrency in (1, 4, 8):
-            done, failed = [0], [0]
-            stop_at = time.monotonic() + window_s
+        throughput(f"{base}/v1/completions", body, window_s)
 
-            def worker(done=done, failed=failed, stop_at=stop_at) -> None:
-                s = requests.Session()
-                while time.monotonic() < stop_at:
-                    r = s.post(f"{base}/v1/completions", json=body, timeout=30)
-                    if r.status_code == 200:
-                        done[0] += 1
-                    else:
-                        failed[0] += 1
-
-            with ThreadPoolExecutor(concurrency) as pool:
-                for _ in range(concurrency):
-                    pool.submit(worker)
-            print(f"  concurrency {concurrency}: {done[0] / window_s:7.1f} completions/s  ({failed[0]} failed)")
-
-        results: list[int] = []
-        stop = threading.Event()
-
-        def load() -> None:
-            s = requests.Session()
-            while not stop.is_set():
-                try:
-                    results.append(s.post(f"{base}/v1/completions", json=body, timeout=30).status_code)
-                except requests.RequestException:
-                    results.append(0)
-                time.sleep(0.04)
-
-        def instance_loads() -> int:
-            # One line per model instance Triton initialises (a load of one version).
-            return (work / "triton.log").read_text(errors="replace").count("TRITONBACKEND_ModelInstanceInitialize")
-
-        loader = threading.Thread(target=load)
-        loader.start()
-        time.sleep(1.0)
-        sent_before = len(results)
-        swaps: list[tuple[float, int]] = []
-        t_all = time.perf_counter()
-        for _ in range(n_swaps):
-            loads_before = instance_loads()
-            t = time.perf_counter()
-            new = repo.publish(artifact)
-            repo.activate(new)
-            swaps.append((time.perf_counter() - t, instance_loads() - loads_before))
-        swap_window = time.perf_counter() - t_all
-        sent_during = len(results) - sent_before
-        loads_before = instance_loads()
-        t = time.perf_counter()
-        back = repo.rollback()
-        rollback_s = time.perf_counter() - t
-        rollback_loads = instance_loads() - loads_before
-        time.sleep(1.0)
-        stop.set()
-        loader.join()
-        bad = sum(1 for code in results if code != 200)
-        times = sorted(s for s, _ in swaps)
-        print(f"hot swap (publish + load + smoke + switch), {n_swaps} swaps: "
-              f"median {times[len(times) // 2]:.2f} s, each {', '.join(f'{s:.2f}' for s, _ in swaps)} s; "
-              f"model instances loaded per swap: {', '.join(str(n) for _, n in swaps)}")
-        print(f"rollback to version {back}: {rollback_s:.2f} s, {rollback_loads} model instances loaded")
-        print(f"requests: {sent_during} during the swaps ({sent_during / swap_window:.1f}/s), "
-              f"{len(results)} in all, {bad} failed")
+        swap_bench(repo, artifact, f"{base}/v1/completions", body, work / "triton.log", n_swaps)
         http.shutdown()
+        fim_bench(work, [p.read_text() for p in files], triton, root, n_latency, window_s)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,9 @@
-"""One call from a fine-tuned Hugging Face CodeGen checkpoint to a servable artifact.
+"""One call from a fine-tuned Hugging Face checkpoint to a servable artifact.
+
+The python backend serves any family of :data:`families.FAMILIES` that lists it (CodeGen,
+StarCoder2, Qwen2.5-Coder, DeepSeek-Coder, CodeLlama, CodeGemma): the checkpoint is copied as
+it is. FasterTransformer serves CodeGen only (the GPT-J weight layout); any other family is
+refused with a message naming the python backend.
 
 An artifact (docs/architecture.md) is a folder holding ``artifact.json``, ``config.pbtxt``
 and the version payload: ``model/`` (Hugging Face checkpoint with tokenizer) for the python
@@ -29,6 +34,9 @@ ProgressFn = Callable[[dict[str, Any]], None]
 
 ARTIFACT_FILE = "artifact.json"
 SUPPORTED_MODEL_TYPES = ("codegen",)
+"""``model_type`` values the FasterTransformer path converts (CodeGen → GPT-J layout)."""
+EMBEDDING_NAMES = ("transformer.wte.weight", "wte.weight", "model.embed_tokens.weight", "embed_tokens.weight")
+"""Input-embedding tensor names, CodeGen first, then the Llama-style layout of every other family."""
 
 
 @dataclass
@@ -77,10 +85,11 @@ def convert(
     model_mount: str = "/model",
     mp: int | None = None,
 ) -> ConvertResult:
-    """Turn the CodeGen checkpoint ``src`` into the artifact folder ``out``.
+    """Turn the checkpoint ``src`` into the artifact folder ``out``.
 
-    ``to="python"`` copies the checkpoint (weights, config, tokenizer) after checking that its
-    embeddings, config and tokenizer agree. ``to="fastertransformer"`` converts CodeGen →
+    ``to="python"`` copies the checkpoint (weights, config, tokenizer) of any family the python
+    backend serves after checking that its embeddings, config and tokenizer agree; the family
+    (detected from ``config.json`` and the vocabulary) is recorded in ``artifact.json``. ``to="fastertransformer"`` converts CodeGen →
     GPT-J → FasterTransformer for ``gpus`` ranks in one streaming pass and, with ``verify``,
     compares an independent NumPy forward pass over the written files with the Hugging Face
     model. ``schema`` picks the FasterTransformer backend's config format (``v1.1`` or
@@ -143,20 +152,21 @@ def read_artifact(path: str | Path) -> dict[str, Any]:
 
 def check_vocab(src: Path, config: dict[str, Any], reader: TensorReader,
                 tokenizer_length: int) -> int:
-    """Embedding rows of a CodeGen checkpoint, after checking config, lm_head and tokenizer agree.
+    """Embedding rows of a checkpoint, after checking config, lm_head and tokenizer agree.
 
     These are the disagreements that made the original recipe serve garbage: embeddings
     resized to ``len(tokenizer)`` while the config (and so Triton) still claims the base
     model's vocabulary.
     """
     names = set(reader.keys())
-    wte_name = _first(names, ("transformer.wte.weight", "wte.weight"))
+    wte_name = _first(names, EMBEDDING_NAMES)
     head_name = _first(names, ("lm_head.weight",))
-    if wte_name is None or head_name is None:
-        raise CheckpointError(f"{src} lacks transformer.wte.weight or lm_head.weight; "
-                              "is it a CodeGenForCausalLM checkpoint?")
+    tied = bool(config.get("tie_word_embeddings")) and head_name is None
+    if wte_name is None or (head_name is None and not tied):
+        raise CheckpointError(f"{src} lacks an input embedding ({' or '.join(EMBEDDING_NAMES)}) or "
+                              "lm_head.weight; is it a *ForCausalLM checkpoint saved with save_pretrained()?")
     rows = reader.shape(wte_name)[0]
-    head_rows = reader.shape(head_name)[0]
+    head_rows = rows if tied else reader.shape(head_name)[0]
     declared = int(config.get("vocab_size", rows))
     if rows != declared:
         raise CheckpointError(
@@ -180,11 +190,32 @@ def _first(names: set[str], choices: tuple[str, ...]) -> str | None:
     return next((n for n in choices if n in names), None)
 
 
+def checkpoint_family(src: Path, backend: str) -> str:
+    """The family of the checkpoint ``src``, after checking that ``backend`` can serve it.
+
+    Raises :class:`CheckpointError` naming the family and the backends that serve it (the
+    python backend serves every family; FasterTransformer only CodeGen).
+    """
+    from families import FamilyError, detect_checkpoint_family
+
+    try:
+        family = detect_checkpoint_family(src)
+    except FamilyError as exc:
+        raise CheckpointError(f"{src}: {exc}") from exc
+    if backend not in family.backends:
+        raise CheckpointError(
+            f"{src} is a {family.name} checkpoint; the {backend} backend cannot serve it (it serves "
+            f"{family.name} only through {' or '.join(family.backends)}). Convert with "
+            "to='python' (repotune convert --to python) to serve it on Triton's python backend.")
+    return family.name
+
+
 def _check_model_type(src: Path, config: dict[str, Any]) -> None:
     kind = config.get("model_type")
     if kind not in SUPPORTED_MODEL_TYPES:
-        raise CheckpointError(f"{src} is a {kind!r} model; RepoTune converts CodeGen checkpoints "
-                              f"(model_type one of {SUPPORTED_MODEL_TYPES})")
+        raise CheckpointError(f"{src} is a {kind!r} model; FasterTransformer converts CodeGen checkpoints "
+                              f"(model_type one of {SUPPORTED_MODEL_TYPES}); convert with to='python' "
+                              "to serve it on Triton's python backend")
 
 
 # ---------------------------------------------------------------- python backend
@@ -192,7 +223,7 @@ def _check_model_type(src: Path, config: dict[str, Any]) -> None:
 def _to_python(src: Path, staging: Path, *, model_name: str, verify: bool, max_batch_size: int,
                progress: ProgressFn | None):
     config = read_config(src)
-    _check_model_type(src, config)
+    family = checkpoint_family(src, "python")
     start_id, end_id, tok_len = token_ids(src)
     with TensorReader(src) as reader:
         vocab = check_vocab(src, config, reader, tok_len)
@@ -216,7 +247,8 @@ def _to_python(src: Path, staging: Path, *, model_name: str, verify: bool, max_b
         _emit(progress, "verify", 0, 1)
         report = smoke_check_hf(payload)
         _emit(progress, "verify", 1, 1)
-    meta = {"vocab_size": vocab, "start_id": start_id, "end_id": end_id, "payload": "model"}
+    meta = {"vocab_size": vocab, "start_id": start_id, "end_id": end_id, "payload": "model",
+            "family": family}
     return meta, report
 
 
@@ -229,6 +261,7 @@ def _to_fastertransformer(src: Path, staging: Path, *, gpus: int, dtype: str, mo
     from converter.gptj import gptj_config_from_codegen, gptj_tensors, infer_qkv_blocks
 
     config = read_config(src)
+    family = checkpoint_family(src, "fastertransformer")
     _check_model_type(src, config)
     start_id, end_id, tok_len = token_ids(src)
     is_v11 = schema == "v1.1"
@@ -259,7 +292,7 @@ def _to_fastertransformer(src: Path, staging: Path, *, gpus: int, dtype: str, mo
         _emit(progress, "verify", 1, 1)
     meta = {"vocab_size": vocab, "start_id": start_id, "end_id": end_id,
             "payload": ft_dir.name, "schema": schema, "qkv_blocks": blocks,
-            "weight_data_type": file_dtype, "model_mount": model_mount}
+            "weight_data_type": file_dtype, "model_mount": model_mount, "family": family}
     return meta, report
 
 

@@ -1,5 +1,6 @@
-"""RepoTune's Triton python-backend model: a Hugging Face CodeGen/GPT-J checkpoint behind the
-FasterTransformer GPT-J tensor interface.
+"""RepoTune's Triton python-backend model: any Hugging Face causal-LM checkpoint (CodeGen,
+StarCoder2, Qwen2.5-Coder, DeepSeek-Coder, CodeLlama, CodeGemma) behind the FasterTransformer
+GPT-J tensor interface.
 
 Publishing copies this file into every version folder (``<model>/<version>/model.py``); the
 checkpoint lies next to it in ``<model>/<version>/model/``. It runs inside Triton's python
@@ -21,6 +22,13 @@ Generation stops at EOS (not emitted), after a stop sequence (emitted, as Faster
 does) or after ``request_output_len`` tokens. ``runtime_top_k == 1`` or ``temperature == 0``
 means greedy.
 
+Nothing here is specific to one architecture: the end id comes from the checkpoint's
+``generation_config.json`` or ``config.json`` (the first of a list; a request's ``end_id`` wins),
+position ids are computed from the attention mask (left padding), and the KV cache is passed
+under whichever keyword the installed transformers takes (``cache`` in 5.x, ``past_key_values``
+before). A FIM prompt is just input ids: the proxy builds it, and sends the family's sentinels
+and end-of-text as ``stop_words_list``.
+
 Dynamic batching: Triton hands ``execute`` every queued request at once; rows that share their
 sampling parameters run through the model together (left-padded), one forward per new token
 with a KV cache.
@@ -28,6 +36,7 @@ with a KV cache.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 from pathlib import Path
@@ -40,6 +49,8 @@ except ImportError:  # pragma: no cover - lets the pure helpers be imported for 
     pb_utils = None
 
 DEFAULT_OUTPUT_LEN = 16
+DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+"""``config.pbtxt`` parameter ``dtype`` values; fp32 unless asked (CPU kernels are fp32-first)."""
 
 
 def _scalar_per_row(request, name: str, batch: int, default, dtype):
@@ -85,13 +96,19 @@ class TritonPythonModel:
         checkpoint = version_dir / (params.get("model_dir") or "model")
         if not checkpoint.is_dir():
             raise RuntimeError(f"no Hugging Face checkpoint at {checkpoint}; publish an artifact with model/")
-        self.model = AutoModelForCausalLM.from_pretrained(str(checkpoint), dtype=torch.float32)
+        dtype = DTYPES.get(params.get("dtype") or "fp32")
+        if dtype is None:
+            raise RuntimeError(f"parameter dtype={params.get('dtype')!r}: use one of {', '.join(DTYPES)}")
+        self.model = AutoModelForCausalLM.from_pretrained(str(checkpoint), dtype=getattr(torch, dtype))
         self.model.eval()
         cfg = self.model.config
-        eos = cfg.eos_token_id if cfg.eos_token_id is not None else 0
-        self.end_id = int(eos[0] if isinstance(eos, (list, tuple)) else eos)
+        self.end_id = default_end_id(checkpoint, cfg)
         self.vocab_size = int(cfg.vocab_size)
-        self.max_positions = int(getattr(cfg, "n_positions", 0) or getattr(cfg, "max_position_embeddings", 2048))
+        self.max_positions = int(getattr(cfg, "n_positions", 0) or getattr(cfg, "max_position_embeddings", 0)
+                                 or 2048)
+        # transformers 5.x renamed the forward's ``past_key_values`` to ``cache``.
+        taken = inspect.signature(self.model.forward).parameters
+        self.cache_kw = "cache" if "cache" in taken else "past_key_values"
         self.output_dtypes = {
             out["name"]: pb_utils.triton_string_to_numpy(out["data_type"])
             for out in self.model_config.get("output", [])
@@ -197,8 +214,8 @@ class TritonPythonModel:
                 if all(done):
                     break
                 out = self.model(input_ids=current, attention_mask=mask, position_ids=current_pos,
-                                 past_key_values=past, use_cache=True)
-                past = out.past_key_values
+                                 use_cache=True, **({self.cache_kw: past} if past is not None else {}))
+                past = getattr(out, self.cache_kw, None)
                 logits = out.logits[:, -1, :].float()
                 logprobs = torch.log_softmax(logits, dim=-1)
                 scores = self._process(logits, seen, mask, first)
@@ -276,6 +293,23 @@ class TritonPythonModel:
 
     def finalize(self) -> None:
         self.model = None
+
+
+def default_end_id(checkpoint: Path, cfg) -> int:
+    """The end-of-text id a request without ``end_id`` stops on.
+
+    ``generation_config.json`` first (where Qwen and Llama-family checkpoints keep it), then
+    ``config.json``; a list (several end tokens) gives its first entry; none at all gives 0.
+    """
+    eos = None
+    gen_path = checkpoint / "generation_config.json"
+    if gen_path.is_file():
+        eos = json.loads(gen_path.read_text(encoding="utf-8")).get("eos_token_id")
+    if eos is None:
+        eos = getattr(cfg, "eos_token_id", None)
+    if isinstance(eos, (list, tuple)):
+        eos = eos[0] if eos else None
+    return int(eos) if eos is not None else 0
 
 
 def _ends_with_stop(tokens: list[int], stops: list[list[int]]) -> bool:

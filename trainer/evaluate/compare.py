@@ -3,6 +3,12 @@
 ``score_model`` runs one model on a task set (and the held-out loss); ``compare`` runs the
 candidate and the baseline on the *same* tasks and records, computes paired intervals per
 metric, overall and per language, applies the gate and (optionally) writes the reports.
+
+Which tasks: ``EvalConfig.kinds``, or by family when it is None — a model that fills in the
+middle (StarCoder2, Qwen2.5-Coder …) is judged on FIM tasks, asked with its own FIM prompt,
+because that is how editors use it; CodeGen keeps the left-to-right tasks it always had. The
+family is the candidate's (detected, or ``EvalConfig.family``), and the comparison records the
+resolved kinds and family in its config so ``eval.json`` says what was asked.
 """
 
 from __future__ import annotations
@@ -14,17 +20,24 @@ import math
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from trainer.errors import EvaluationError
-from trainer.evaluate.config import EvalConfig
+from trainer.evaluate.config import TASK_KINDS, EvalConfig
 from trainer.evaluate.gate import GateDecision, decide
-from trainer.evaluate.generate import LoadedModel, generate_completions, load_model, record_losses
+from trainer.evaluate.generate import (
+    LoadedModel,
+    fim_budgets,
+    generate_completions,
+    load_model,
+    model_family,
+    record_losses,
+)
 from trainer.evaluate.metrics import STRING_METRICS, aggregate_loss, mean_scores, score_completion
 from trainer.evaluate.stats import Interval, paired_bootstrap
-from trainer.evaluate.tasks import Task, build_tasks
+from trainer.evaluate.tasks import FIM_TASK_KINDS, Task, build_tasks
 
 Progress = Callable[[dict[str, Any]], None] | None
 ModelRef = str | Path | LoadedModel
@@ -76,6 +89,8 @@ class Comparison:
     gate: GateDecision | None
     created: str
     duration_s: float
+    per_kind: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per task kind: ``n_tasks`` and ``deltas`` of the string metrics (empty without a baseline)."""
 
     def as_dict(self) -> dict[str, Any]:
         """The content of ``eval.json``."""
@@ -98,6 +113,7 @@ class Comparison:
                        "intervals": {k: v.as_dict() for k, v in info["intervals"].items()}}
                 for lang, info in self.per_language.items()
             },
+            "per_kind": self.per_kind,
             "gate": self.gate.as_dict() if self.gate else None,
             "duration_s": self.duration_s,
         }
@@ -128,11 +144,30 @@ def loss_records(records: Sequence[Mapping[str, Any]], cfg: EvalConfig, corpus_v
     return sorted(records, key=lambda r: _record_key(cfg.seed, str(corpus_version), r))
 
 
+def resolve_config(lm: LoadedModel, cfg: EvalConfig) -> EvalConfig:
+    """``cfg`` with ``family`` (``lm``'s, unless given) and ``kinds`` (by family, unless given) filled in."""
+    family = model_family(lm, cfg.family)
+    kinds = cfg.kinds
+    if kinds is None:
+        kinds = FIM_TASK_KINDS if family is not None and family.has_fim else TASK_KINDS
+    if any(k in FIM_TASK_KINDS for k in kinds) and (family is None or not family.has_fim):
+        raise EvaluationError(
+            f"EvalConfig.kinds {kinds} asks for fill-in-the-middle tasks, but {lm.name} is "
+            f"{family.name if family else 'of no known family'}, which cannot fill in the middle; "
+            "leave kinds unset (None) or set EvalConfig.family to the model's FIM family")
+    return replace(cfg, kinds=tuple(kinds), family=family.name if family else None)
+
+
 def _tasks_for(lm: LoadedModel, records: Sequence[Mapping[str, Any]], cfg: EvalConfig, version: str) -> list[Task]:
+    cfg = resolve_config(lm, cfg)
     keep = lm.context - min(cfg.max_new_tokens, cfg.block_max_new_tokens)
+    suffix_tokens = None
+    if lm.family is not None and any(k in FIM_TASK_KINDS for k in cfg.kinds):
+        # Leave room for the sentinels and the suffix, so the FIM prompt fits the context whole.
+        keep, suffix_tokens = fim_budgets(lm.tokenizer, lm.family, max(keep, 1))
     tasks = build_tasks(records, seed=cfg.seed, n=cfg.num_tasks, corpus_version=version, kinds=cfg.kinds,
                         block_lines=cfg.block_lines, min_prefix_chars=cfg.min_prefix_chars,
-                        tokenizer=lm.tokenizer, max_prompt_tokens=max(keep, 1))
+                        tokenizer=lm.tokenizer, max_prompt_tokens=max(keep, 1), max_suffix_tokens=suffix_tokens)
     if not tasks:
         raise EvaluationError(
             f"no completion tasks could be cut from {len(records)} held-out records (all empty or "
@@ -243,6 +278,7 @@ def _compare(candidate: ModelRef, baseline: ModelRef | None, records: list[Mappi
                               "(the held-out split is empty)")
     started = time.perf_counter()
     cand_lm = load_model(candidate, cfg.device)
+    cfg = resolve_config(cand_lm, cfg)
     tasks = _tasks_for(cand_lm, records, cfg, version)
     cand = score_model(cand_lm, records, cfg, corpus_version=version, tasks=tasks, progress=progress,
                        label="candidate")
@@ -254,8 +290,12 @@ def _compare(candidate: ModelRef, baseline: ModelRef | None, records: list[Mappi
     deltas: dict[str, float] = {}
     intervals: dict[str, Interval] = {}
     per_language: dict[str, dict[str, Any]] = {}
+    per_kind: dict[str, dict[str, Any]] = {}
     gate = None
     if base is not None:
+        per_kind = {kind: {"n_tasks": int(scores.get("n_tasks", 0)),
+                           "deltas": _deltas(scores, base.per_kind.get(kind, {}))}
+                    for kind, scores in cand.per_kind.items()}
         deltas = _deltas(cand.overall, base.overall)
         intervals = _intervals(cand, base, cfg, None)
         for lang in sorted(set(cand.per_language) | set(base.per_language)):
@@ -268,7 +308,7 @@ def _compare(candidate: ModelRef, baseline: ModelRef | None, records: list[Mappi
     result = Comparison(candidate=cand, baseline=base, tasks=list(tasks), config=cfg, corpus_version=version,
                         deltas=deltas, intervals=intervals, per_language=per_language, gate=gate,
                         created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-                        duration_s=time.perf_counter() - started)
+                        duration_s=time.perf_counter() - started, per_kind=per_kind)
     if out_dir is not None:
         from trainer.evaluate.report import write_reports
 

@@ -13,7 +13,7 @@ HIGHER_IS_BETTER = {"exact_match": True, "edit_similarity": True, "identifier_ma
 """Direction of every metric the evaluation reports (True: a larger value is better)."""
 
 TASK_KINDS = ("line", "next_line", "block")
-"""The three completion task kinds, in the order tasks are dealt out."""
+"""The three left-to-right completion task kinds, in the order tasks are dealt out."""
 
 
 def _default_tolerances() -> dict[str, float]:
@@ -36,8 +36,13 @@ class EvalConfig:
     """Lines in a ``block`` target (fewer at the end of a file)."""
     min_prefix_chars: int = 3
     """A ``line`` task cuts a line after at least this many non-indent characters."""
-    kinds: tuple[str, ...] = TASK_KINDS
-    """Task kinds to build; any subset of ``("line", "next_line", "block")``."""
+    kinds: tuple[str, ...] | None = None
+    """Task kinds to build: a subset of ``("line", "next_line", "block")`` and, for a FIM family,
+    of :data:`trainer.evaluate.tasks.FIM_TASK_KINDS`. None: chosen by family (the left-to-right
+    kinds for CodeGen, the FIM kinds for a family that fills in the middle)."""
+    family: str | None = None
+    """Model family (``families.FAMILIES``) whose FIM prompt and stop tokens are used; None:
+    detected from the candidate checkpoint (config ``model_type`` and tokenizer sentinels)."""
     token_healing: bool = True
     """Back off the prompt's last token and make the first generated token start with its text
     (prompts cut mid-token otherwise end in token sequences the model never saw)."""
@@ -70,9 +75,16 @@ class EvalConfig:
         unknown = sorted(set(self.tolerances) - set(HIGHER_IS_BETTER))
         if unknown:
             problems.append(f"tolerances name unknown metrics {unknown}; known: {sorted(HIGHER_IS_BETTER)}")
-        bad_kinds = sorted(set(self.kinds) - set(TASK_KINDS))
-        if bad_kinds or not self.kinds:
-            problems.append(f"kinds={self.kinds!r}: use a non-empty subset of {TASK_KINDS}")
+        from trainer.evaluate.tasks import ALL_TASK_KINDS  # tasks imports this module
+
+        bad_kinds = sorted(set(self.kinds or ()) - set(ALL_TASK_KINDS))
+        if bad_kinds or (self.kinds is not None and not self.kinds):
+            problems.append(f"kinds={self.kinds!r}: use a non-empty subset of {ALL_TASK_KINDS} (or None)")
+        if self.family is not None:
+            from families import FAMILIES
+
+            if self.family not in FAMILIES:
+                problems.append(f"family={self.family!r} is not one of {', '.join(FAMILIES)} (or None: detected)")
         if not 0.0 < self.confidence < 1.0:
             problems.append(f"confidence={self.confidence} must lie strictly between 0 and 1")
         if self.num_tasks < 1 or self.batch_size < 1 or self.bootstrap < 1:
@@ -81,4 +93,4 @@ class EvalConfig:
             problems.append("max_new_tokens, block_max_new_tokens and block_lines must be at least 1")
         if problems:
             raise ValueError("invalid EvalConfig: " + "; ".join(problems))
-        self.kinds = tuple(self.kinds)
+        self.kinds = tuple(self.kinds) if self.kinds is not None else None

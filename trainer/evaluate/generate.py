@@ -6,6 +6,11 @@ torch and transformers are imported inside the functions so ``import trainer`` s
 Generation is a plain greedy loop rather than ``model.generate`` because we need two things
 it does not give per sequence: a stop rule that counts completed *lines* (after the first
 non-blank character), and the time at which each sequence stopped (its latency).
+
+Fill-in-the-middle tasks (``Task.suffix``, kinds :data:`~trainer.evaluate.tasks.FIM_TASK_KINDS`)
+are asked the way an editor asks: the prompt is :func:`families.build_fim_prompt` of the
+model's family, and a sequence also stops on any of :func:`families.stop_tokens` (end-of-text,
+the sentinels, the file separator). Left-to-right tasks stop on end-of-text alone, as before.
 """
 
 from __future__ import annotations
@@ -17,13 +22,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from families import Family, FamilyError, build_fim_prompt, detect_family, get_family, stop_tokens
 from trainer.errors import EvaluationError
 from trainer.evaluate.config import EvalConfig
-from trainer.evaluate.tasks import Task
+from trainer.evaluate.tasks import FIM_TASK_KINDS, Task, truncate_left, truncate_right
 
 Progress = Callable[[dict[str, Any]], None] | None
 
 LINE_KINDS = ("line", "next_line")
+ONE_LINE_KINDS = (*LINE_KINDS, "fim_inline", "fim_line_end", "fim_line")
+"""Kinds whose target is (part of) one line: short cap, stop after one line."""
+INSIDE_LINE_KINDS = ("line", "fim_inline", "fim_line_end")
+"""Kinds whose cursor is inside a line: the first newline ends the completion."""
 
 
 @dataclass(frozen=True)
@@ -47,6 +57,8 @@ class LoadedModel:
     name: str
     device: Any
     cache: dict[str, Any] = field(default_factory=dict, repr=False)
+    family: Family | None = None
+    """The model's family once :func:`model_family` resolved it (None: left-to-right only)."""
     """Per-model derived data (token tables), so nothing is keyed by object id globally."""
 
     @property
@@ -84,6 +96,30 @@ def load_model(ref: str | Path | LoadedModel, device: str = "auto") -> LoadedMod
     chosen = resolve_device(device)
     model.to(chosen).eval()
     return LoadedModel(model=model, tokenizer=tokenizer, name=str(path), device=chosen)
+
+
+def model_family(lm: LoadedModel, explicit: str | None = None) -> Family | None:
+    """The family of ``lm`` (``explicit`` wins), remembered on it; None when undetectable.
+
+    Detection reads the config's ``model_type`` and the tokenizer's sentinels. An architecture
+    no family row knows is evaluated left to right, as every model was before families; an
+    explicit name that is unknown raises :class:`EvaluationError`.
+    """
+    if explicit:
+        try:
+            lm.family = get_family(explicit)
+        except FamilyError as exc:
+            raise EvaluationError(f"EvalConfig.family: {exc}") from exc
+        return lm.family
+    if lm.family is None and "family_checked" not in lm.cache:
+        lm.cache["family_checked"] = True
+        tokenizer = lm.tokenizer
+        vocab = set(tokenizer.get_vocab()) | {str(t) for t in getattr(tokenizer, "all_special_tokens", ())}
+        try:
+            lm.family = detect_family(getattr(lm.model.config, "model_type", None), vocab)
+        except FamilyError:
+            lm.family = None
+    return lm.family
 
 
 def context_length(model: Any) -> int:
@@ -148,12 +184,12 @@ def _vocab(lm: LoadedModel, vocab: int) -> _Vocab:
 
 
 def _cap(task: Task, cfg: EvalConfig) -> int:
-    return cfg.max_new_tokens if task.kind in LINE_KINDS else cfg.block_max_new_tokens
+    return cfg.max_new_tokens if task.kind in ONE_LINE_KINDS else cfg.block_max_new_tokens
 
 
 def postprocess(task: Task, generated: str) -> str:
     """Cut a raw generation to what is compared with the target."""
-    if task.kind == "line":
+    if task.kind in INSIDE_LINE_KINDS:
         return generated.split("\n", 1)[0]
     lines = generated.split("\n")
     while lines and not lines[0].strip():
@@ -180,23 +216,14 @@ def generate_completions(lm: LoadedModel, tasks: Sequence[Task], cfg: EvalConfig
     eos = _eos_id(tokenizer)
     vocab = model.get_output_embeddings().weight.shape[0]
     table = _vocab(lm, vocab)
-    ctx = lm.context
-    encoded: list[list[int]] = []
-    healed: list[str] = []
-    for task in tasks:
-        keep = ctx - _cap(task, cfg)
-        if keep < 1:
-            raise EvaluationError(
-                f"model context {ctx} leaves no room for a prompt with {_cap(task, cfg)} new tokens; "
-                "lower EvalConfig.max_new_tokens / block_max_new_tokens")
-        # A bounded character window keeps tokenising linear in the context, not the file size.
-        ids = tokenizer(task.prompt[-keep * 16:], add_special_tokens=False)["input_ids"][-keep:] or [eos]
-        prefix = ""
-        if cfg.token_healing and len(ids) >= 2:
-            prefix = table.texts[ids[-1]]
-            ids = ids[:-1]
-        encoded.append(ids)
-        healed.append(prefix)
+    family = model_family(lm, cfg.family)
+    if any(t.kind in FIM_TASK_KINDS for t in tasks) and (family is None or not family.has_fim):
+        name = family.name if family else getattr(lm.model.config, "model_type", "unknown")
+        raise EvaluationError(
+            f"fill-in-the-middle tasks need a FIM family, but {lm.name} is {name!r}; evaluate it with "
+            "left-to-right kinds (EvalConfig.kinds=None picks them) or set EvalConfig.family")
+    stops = stop_ids(tokenizer, family, eos)
+    encoded, healed = _encode_tasks(lm, tasks, cfg, table, eos, family)
     order = sorted(range(len(tasks)), key=lambda i: (_cap(tasks[i], cfg), len(encoded[i]), i))
     results: list[Completion | None] = [None] * len(tasks)
     done_count = 0
@@ -212,7 +239,7 @@ def generate_completions(lm: LoadedModel, tasks: Sequence[Task], cfg: EvalConfig
     with torch.inference_mode():
         for batch in batches:
             outs = _generate_batch(model, [encoded[i] for i in batch], [tasks[i] for i in batch],
-                                   [healed[i] for i in batch], _cap(tasks[batch[0]], cfg), eos, lm.device, table)
+                                   [healed[i] for i in batch], _cap(tasks[batch[0]], cfg), stops, lm.device, table)
             for i, (ids, latency) in zip(batch, outs, strict=True):
                 raw = tokenizer.decode(ids, skip_special_tokens=True)
                 if healed[i] and raw.startswith(healed[i]):
@@ -225,9 +252,82 @@ def generate_completions(lm: LoadedModel, tasks: Sequence[Task], cfg: EvalConfig
     return [r for r in results if r is not None]
 
 
-def _generate_batch(model, prompts, tasks, healed, cap, eos, device, table: _Vocab):
+def stop_ids(tokenizer: Any, family: Family | None, eos: int) -> list[int]:
+    """Token ids that end a completion: ``eos`` first, then the family's stop tokens that are
+    single tokens of ``tokenizer`` (for CodeGen that is ``eos`` alone)."""
+    vocab = tokenizer.get_vocab()
+    found = [vocab[t] for t in (stop_tokens(family) if family else ()) if t in vocab]
+    return list(dict.fromkeys([eos, *found]))
+
+
+def _encode_tasks(lm: LoadedModel, tasks: Sequence[Task], cfg: EvalConfig, table: _Vocab, eos: int,
+                  family: Family | None) -> tuple[list[list[int]], list[str]]:
+    """Prompt ids per task (left-truncated to the context minus its cap) and the healed text.
+
+    A FIM task's prompt is the family's FIM prompt; it is never token-healed (it ends in the
+    middle sentinel, not in a cut token).
+    """
+    encoded: list[list[int]] = []
+    healed: list[str] = []
+    ctx = lm.context
+    for task in tasks:
+        keep = ctx - _cap(task, cfg)
+        if keep < 1:
+            raise EvaluationError(
+                f"model context {ctx} leaves no room for a prompt with {_cap(task, cfg)} new tokens; "
+                "lower EvalConfig.max_new_tokens / block_max_new_tokens")
+        if task.kind in FIM_TASK_KINDS and family is not None:
+            encoded.append(fim_prompt_ids(lm.tokenizer, family, task.prompt, task.suffix, keep))
+            healed.append("")
+            continue
+        # A bounded character window keeps tokenising linear in the context, not the file size.
+        ids = lm.tokenizer(task.prompt[-keep * 16:], add_special_tokens=False)["input_ids"][-keep:] or [eos]
+        prefix = ""
+        if cfg.token_healing and len(ids) >= 2:
+            prefix = table.texts[ids[-1]]
+            ids = ids[:-1]
+        encoded.append(ids)
+        healed.append(prefix)
+    return encoded, healed
+
+
+def fim_budgets(tokenizer: Any, family: Family, keep: int) -> tuple[int, int]:
+    """(prefix tokens, suffix tokens) a FIM prompt of at most ``keep`` tokens may hold.
+
+    The sentinels' own tokens come off first; the suffix gets a quarter of the rest (the code
+    right after the hole matters most, the prefix carries the file's context).
+    """
+    fixed = len(tokenizer(build_fim_prompt(family, "", ""), add_special_tokens=False)["input_ids"])
+    room = max(keep - fixed, 2)
+    suffix = max(room // 4, 1)
+    return room - suffix, suffix
+
+
+def fim_prompt_ids(tokenizer: Any, family: Family, prefix: str, suffix: str, keep: int) -> list[int]:
+    """Token ids of ``family``'s FIM prompt for (prefix, suffix), at most ``keep`` of them.
+
+    Too long a prompt loses the start of the prefix and the end of the suffix (never a
+    sentinel), cut on token boundaries of the original text.
+    """
+    def encode(pre: str, suf: str) -> list[int]:
+        return tokenizer(build_fim_prompt(family, pre, suf), add_special_tokens=False)["input_ids"]
+
+    prefix, suffix = prefix[-keep * 16:], suffix[:keep * 16]
+    ids = encode(prefix, suffix)
+    pre_budget, suf_budget = fim_budgets(tokenizer, family, keep)
+    while len(ids) > keep and pre_budget > 0:
+        # Tokens merging across a seam can add one or two; shrink the prefix until it fits.
+        ids = encode(truncate_left(prefix, tokenizer, pre_budget), truncate_right(suffix, tokenizer, suf_budget))
+        pre_budget -= max(len(ids) - keep, 0)
+    return ids
+
+
+def _generate_batch(model, prompts, tasks, healed, cap, stops, device, table: _Vocab):
     import torch
 
+    eos = stops[0]
+    stop_set = set(stops)
+    stop_tensor = torch.tensor(stops, dtype=torch.long, device=device)
     nl_total, nl_after, has_content = table.nl_total, table.nl_after, table.has_content
     bsz, width = len(prompts), max(len(p) for p in prompts)
     input_ids = torch.full((bsz, width), eos, dtype=torch.long)
@@ -237,9 +337,10 @@ def _generate_batch(model, prompts, tasks, healed, cap, eos, device, table: _Voc
         mask[row, width - len(ids):] = 1
     input_ids, mask = input_ids.to(device), mask.to(device)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    stop_after = torch.tensor([1 if t.kind in LINE_KINDS else t.target_lines for t in tasks], device=device)
-    # A "line" task is already inside a line; the others start counting at the first non-blank char.
-    started = torch.tensor([t.kind == "line" for t in tasks], dtype=torch.bool, device=device)
+    stop_after = torch.tensor([1 if t.kind in ONE_LINE_KINDS else t.target_lines for t in tasks], device=device)
+    # A cursor inside a line (``line``, ``fim_inline``, ``fim_line_end``) is already in it; the
+    # others start counting at the first non-blank char.
+    started = torch.tensor([t.kind in INSIDE_LINE_KINDS for t in tasks], dtype=torch.bool, device=device)
     lines = torch.zeros(bsz, dtype=torch.long, device=device)
     done = torch.zeros(bsz, dtype=torch.bool, device=device)
     generated: list[list[int]] = [[] for _ in range(bsz)]
@@ -274,9 +375,9 @@ def _generate_batch(model, prompts, tasks, healed, cap, eos, device, table: _Voc
             content = has_content[token]
         lines += counted * active
         started |= content
-        newly = active & ((token == eos) | (lines >= stop_after))
+        newly = active & (torch.isin(token, stop_tensor) | (lines >= stop_after))
         for row, (tok, live) in enumerate(zip(token.tolist(), active.tolist(), strict=True)):
-            if live and tok != eos:
+            if live and tok not in stop_set:
                 generated[row].append(tok)
         done |= newly
         now = time.perf_counter() - start

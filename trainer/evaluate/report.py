@@ -143,9 +143,22 @@ def render_markdown(comparison: Comparison) -> str:
         for lang, scores in c.candidate.per_language.items():
             out.append(f"| {lang} | {int(scores.get('n_tasks', 0))} | "
                        + " | ".join(_num(scores.get(m)) for m in shown) + " |")
+    out += _per_kind_table(c, shown[:3])
     out += ["", f"Throughput: {_num(cand.get('tasks_per_s'), 1)} tasks/s (candidate); "
             f"evaluation took {c.duration_s:.1f} s.", ""]
     return "\n".join(out)
+
+
+def _per_kind_table(c: Comparison, shown: tuple[str, ...]) -> list[str]:
+    """Per task kind (``line`` … or ``fim_inline`` …): a model may fill a hole inside a line well
+    and a missing block badly, which the overall mean hides."""
+    out = ["", "### Per task kind", "", "| kind | tasks | " + " | ".join(METRIC_LABELS[m].split(" (")[0] for m in shown)
+           + " |", "|---|---:|" + "---:|" * len(shown)]
+    for kind, scores in c.candidate.per_kind.items():
+        base = c.baseline.per_kind.get(kind, {}) if c.baseline else {}
+        cells = [f"{_num(base.get(m))} → {_num(scores.get(m))}" if base else _num(scores.get(m)) for m in shown]
+        out.append(f"| {kind} | {int(scores.get('n_tasks', 0))} | " + " | ".join(cells) + " |")
+    return out
 
 
 def _history_entries(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
