@@ -206,6 +206,38 @@ class ServingSettings:
     """Comma-separated Bearer keys the completion proxy accepts (compared in constant time); required to listen beyond loopback."""
     insecure_no_api_keys: bool = False
     """Development only: let the proxy listen on a non-loopback address without API keys."""
+    proxy_threads: int = 8
+    """Worker threads of the proxy's HTTP server (slow clients hold a socket, not a thread)."""
+    request_timeout_seconds: float = 30.0
+    """Deadline of one completion request, all stream chunks together (seconds); over it is a 504."""
+    family: str | None = None
+    """Model family of the served checkpoints (a name from the `families` registry, e.g. codegen); unset detects it per version."""
+    strict_suffix: bool = False
+    """Answer 400 to a `suffix` the model cannot use (left-to-right family) instead of ignoring it with an X-RepoTune-Suffix header."""
+    strict_context: bool = False
+    """Answer 400 when prompt + max_tokens exceed the context window (OpenAI's behaviour) instead of trimming the prompt."""
+    events_dir: str | None = None
+    """Folder where editors' telemetry (Tabby's /v1/events) is appended as daily JSON-lines files; default <home>/telemetry."""
+    max_body_bytes: int = 8 * 1024 * 1024
+    """Largest completion request body in bytes; larger is answered 413 before it is parsed."""
+    max_prompt_chars: int = 1_000_000
+    """Characters of prompt + suffix + extra context per request; more is answered 413 before tokenizing."""
+    max_tokens_limit: int = 2048
+    """Largest `max_tokens` a request may ask for; more is answered 400."""
+    default_context_window: int = 2048
+    """Context window (tokens) assumed when the serving version does not state one."""
+    stream_chunk_tokens: int = 8
+    """Tokens generated per Triton call when streaming (smaller: earlier first bytes, more calls)."""
+    max_choices: int = 16
+    """Prompts × `n` per request; more is answered 400."""
+    max_stops: int = 16
+    """Stop strings per request; more is answered 400."""
+    max_stop_chars: int = 256
+    """Characters per stop string; longer is answered 400."""
+    max_concurrent_streams: int = 64
+    """Streamed completions in flight at once; one more is answered 429."""
+    token_ttl_seconds: int = 1800
+    """Lifetime of a token minted by /copilot_internal/v2/token (seconds)."""
 
 
 @dataclass
