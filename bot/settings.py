@@ -240,6 +240,29 @@ class ServingSettings:
     """Lifetime of a token minted by /copilot_internal/v2/token (seconds)."""
 
 
+_TOKEN_VARIABLES = {"github": "REPOTUNE_GITHUB_TOKEN", "gitlab": "REPOTUNE_GITLAB_TOKEN"}
+
+
+def _refuse_credentials(name: str, url: str, forge: str) -> None:
+    """A clone URL with ``user:token@`` would put the token in the mirror's git config, the
+    corpus manifest and every log line naming the URL: refuse it and name the variable to use."""
+    from urllib.parse import urlsplit
+
+    if "://" not in url:
+        return  # a path, or scp-style git@host:path (an SSH user, not a credential)
+    parts = urlsplit(url)
+    if parts.password is None and not (parts.username and parts.scheme in ("http", "https")):
+        return
+    wanted = _TOKEN_VARIABLES.get(forge)
+    variable = (f"{wanted} (or {wanted}_FILE)" if wanted else
+                "REPOTUNE_GITHUB_TOKEN or REPOTUNE_GITLAB_TOKEN (or their _FILE forms; set forge)")
+    host = f"[{parts.hostname}]" if ":" in (parts.hostname or "") else (parts.hostname or "")
+    clean = parts._replace(netloc=host + (f":{parts.port}" if parts.port else "")).geturl()
+    raise ConfigError(f"repos.{name}.url holds credentials (user:token@ before the host); tokens never go "
+                      f"in repotune.toml, where they would reach the mirror and the corpus manifest. "
+                      f"Write url = \"{clean}\" and set {variable}.")
+
+
 @dataclass
 class RepoConfig:
     """One repository to learn from (a ``[[repos]]`` table)."""
@@ -281,6 +304,7 @@ class RepoConfig:
             raise ConfigError(f"repos.{self.name}.forge = {self.forge!r}: use github, gitlab or local")
         if self.secrets not in ("redact", "drop"):
             raise ConfigError(f"repos.{self.name}.secrets = {self.secrets!r}: use redact or drop")
+        _refuse_credentials(self.name, self.url, self.forge)
         if self.full_name is None:
             self.full_name = self.name
 
