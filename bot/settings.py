@@ -270,7 +270,7 @@ class RepoConfig:
     name: str = None  # type: ignore[assignment]  # required; __post_init__ names the fix
     """Short unique name (may contain one '/'); names the mirror and corpus folders."""
     url: str = None  # type: ignore[assignment]
-    """Clone URL (https://…, file://… or a local path)."""
+    """Clone URL (https://…, ssh, file://… or a local path), without credentials: a user:token@ URL is refused; the token comes from REPOTUNE_GITHUB_TOKEN or REPOTUNE_GITLAB_TOKEN."""
     forge: str = "local"
     """github, gitlab or local (no webhooks; reconciliation only)."""
     full_name: str | None = None
