@@ -206,6 +206,61 @@ class ServingSettings:
     """Comma-separated Bearer keys the completion proxy accepts (compared in constant time); required to listen beyond loopback."""
     insecure_no_api_keys: bool = False
     """Development only: let the proxy listen on a non-loopback address without API keys."""
+    proxy_threads: int = 8
+    """Worker threads of the proxy's HTTP server (slow clients hold a socket, not a thread)."""
+    request_timeout_seconds: float = 30.0
+    """Deadline of one completion request, all stream chunks together (seconds); over it is a 504."""
+    family: str | None = None
+    """Model family of the served checkpoints (a name from the `families` registry, e.g. codegen); unset detects it per version."""
+    strict_suffix: bool = False
+    """Answer 400 to a `suffix` the model cannot use (left-to-right family) instead of ignoring it with an X-RepoTune-Suffix header."""
+    strict_context: bool = False
+    """Answer 400 when prompt + max_tokens exceed the context window (OpenAI's behaviour) instead of trimming the prompt."""
+    events_dir: str | None = None
+    """Folder where editors' telemetry (Tabby's /v1/events) is appended as daily JSON-lines files; default <home>/telemetry."""
+    max_body_bytes: int = 8 * 1024 * 1024
+    """Largest completion request body in bytes; larger is answered 413 before it is parsed."""
+    max_prompt_chars: int = 1_000_000
+    """Characters of prompt + suffix + extra context per request; more is answered 413 before tokenizing."""
+    max_tokens_limit: int = 2048
+    """Largest `max_tokens` a request may ask for; more is answered 400."""
+    default_context_window: int = 2048
+    """Context window (tokens) assumed when the serving version does not state one."""
+    stream_chunk_tokens: int = 8
+    """Tokens generated per Triton call when streaming (smaller: earlier first bytes, more calls)."""
+    max_choices: int = 16
+    """Prompts × `n` per request; more is answered 400."""
+    max_stops: int = 16
+    """Stop strings per request; more is answered 400."""
+    max_stop_chars: int = 256
+    """Characters per stop string; longer is answered 400."""
+    max_concurrent_streams: int = 64
+    """Streamed completions in flight at once; one more is answered 429."""
+    token_ttl_seconds: int = 1800
+    """Lifetime of a token minted by /copilot_internal/v2/token (seconds)."""
+
+
+_TOKEN_VARIABLES = {"github": "REPOTUNE_GITHUB_TOKEN", "gitlab": "REPOTUNE_GITLAB_TOKEN"}
+
+
+def _refuse_credentials(name: str, url: str, forge: str) -> None:
+    """A clone URL with ``user:token@`` would put the token in the mirror's git config, the
+    corpus manifest and every log line naming the URL: refuse it and name the variable to use."""
+    from urllib.parse import urlsplit
+
+    if "://" not in url:
+        return  # a path, or scp-style git@host:path (an SSH user, not a credential)
+    parts = urlsplit(url)
+    if parts.password is None and not (parts.username and parts.scheme in ("http", "https")):
+        return
+    wanted = _TOKEN_VARIABLES.get(forge)
+    variable = (f"{wanted} (or {wanted}_FILE)" if wanted else
+                "REPOTUNE_GITHUB_TOKEN or REPOTUNE_GITLAB_TOKEN (or their _FILE forms; set forge)")
+    host = f"[{parts.hostname}]" if ":" in (parts.hostname or "") else (parts.hostname or "")
+    clean = parts._replace(netloc=host + (f":{parts.port}" if parts.port else "")).geturl()
+    raise ConfigError(f"repos.{name}.url holds credentials (user:token@ before the host); tokens never go "
+                      f"in repotune.toml, where they would reach the mirror and the corpus manifest. "
+                      f"Write url = \"{clean}\" and set {variable}.")
 
 
 @dataclass
@@ -215,7 +270,7 @@ class RepoConfig:
     name: str = None  # type: ignore[assignment]  # required; __post_init__ names the fix
     """Short unique name (may contain one '/'); names the mirror and corpus folders."""
     url: str = None  # type: ignore[assignment]
-    """Clone URL (https://…, file://… or a local path)."""
+    """Clone URL (https://…, ssh, file://… or a local path), without credentials: a user:token@ URL is refused; the token comes from REPOTUNE_GITHUB_TOKEN or REPOTUNE_GITLAB_TOKEN."""
     forge: str = "local"
     """github, gitlab or local (no webhooks; reconciliation only)."""
     full_name: str | None = None
@@ -249,6 +304,7 @@ class RepoConfig:
             raise ConfigError(f"repos.{self.name}.forge = {self.forge!r}: use github, gitlab or local")
         if self.secrets not in ("redact", "drop"):
             raise ConfigError(f"repos.{self.name}.secrets = {self.secrets!r}: use redact or drop")
+        _refuse_credentials(self.name, self.url, self.forge)
         if self.full_name is None:
             self.full_name = self.name
 

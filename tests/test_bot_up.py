@@ -1,11 +1,14 @@
-"""``repotune up``'s process tree: embedded Redis, bundled Triton, workers, gunicorn webhook, proxy."""
+"""``repotune up``'s process tree: embedded Redis, bundled Triton, workers, waitress webhook, proxy."""
 
 from __future__ import annotations
 
 import json
 import os
 import time
+import urllib.error
 import urllib.request
+
+import pytest
 
 from bot import config, up
 from tests.fixtures.base import free_port
@@ -20,11 +23,16 @@ def test_up_serves_a_push_end_to_end_and_stops_cleanly(make_repo, bot_settings):
     settings.webhook.port = free_port()
     settings.serving.proxy_port = free_port()
     booted = []
-    tree = up.start(settings, bootstrap=lambda s: booted.append(s.redis_url), webhook_workers=1)
+    tree = up.start(settings, bootstrap=lambda s: booted.append(s.redis_url), webhook_threads=2)
     try:
         assert booted == [settings.redis_url] and settings.redis_url.startswith("unix://")
         assert settings.serving.triton_url  # the bundled Triton is up
         assert tree.urls["completions"].endswith("/v1/completions")
+        healthz = tree.urls["completions"].replace("/v1/completions", "/healthz")
+        with pytest.raises(urllib.error.HTTPError) as no_version:  # nothing deployed yet: 503
+            urllib.request.urlopen(healthz, timeout=10)
+        assert no_version.value.code == 503
+        assert no_version.value.headers["Server"] == "repotune"  # waitress, as under `repotune serve`
         body = json.dumps(github_push("0" * 40, repo.head())).encode()
         req = urllib.request.Request(tree.urls["webhook_github"], data=body, method="POST",
                                      headers=github_headers("push", body, "up-1"))

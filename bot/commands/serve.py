@@ -11,6 +11,7 @@ import click
 
 from bot.commands._common import home_option, progress_bar, resolve_home
 from bot.commands.service import _settings, config_option
+from bot.errors import ConfigError
 
 URL_FILE = "triton.url"
 """Written under ``<home>/triton/`` by ``repotune serve`` so deploy/rollback find the embedded Triton."""
@@ -37,25 +38,6 @@ def _find_triton(root: Path, triton_url: str | None) -> str:
         f"(it records its address in {url_file})")
 
 
-LOOPBACK = ("127.0.0.1", "::1", "localhost")
-"""Addresses only this machine reaches; anything else needs API keys (or an explicit insecure flag)."""
-
-
-def _api_keys(raw: str | None) -> tuple[str, ...]:
-    """``serving.api_keys`` (env ``REPOTUNE_API_KEYS`` or ``REPOTUNE_API_KEYS_FILE``), comma-separated."""
-    return tuple(k.strip() for k in (raw or "").split(",") if k.strip())
-
-
-def _check_exposure(host: str, keys: tuple[str, ...], insecure: bool) -> None:
-    """Refuse to put an unauthenticated model on the network: its completions reveal the code it learnt."""
-    if keys or insecure or host in LOOPBACK or host.startswith("127."):
-        return
-    raise click.ClickException(
-        f"refusing to listen on {host} without API keys: anyone who reaches it could read completions of "
-        "your private code. Set REPOTUNE_API_KEYS (or REPOTUNE_API_KEYS_FILE=/run/secrets/...), or pass "
-        "--insecure-no-api-keys for a trusted network.")
-
-
 def _stop_on_sigterm() -> None:
     """SIGTERM (docker stop, kubectl delete, systemd) unwinds like Ctrl-C, so ``finally`` stops Triton."""
     import signal
@@ -74,7 +56,8 @@ def _stop_on_sigterm() -> None:
               help="Triton model name (and the engine name editors send). Default: serving.model_name.")
 @click.option("--host", default=None, help="Address the proxy listens on. Default: serving.proxy_host.")
 @click.option("--port", type=int, default=None, help="Port the proxy listens on. Default: serving.proxy_port.")
-@click.option("--timeout", "timeout_s", default=30.0, show_default=True, help="Per-request deadline (s).")
+@click.option("--timeout", "timeout_s", type=float, default=None,
+              help="Per-request deadline (s). Default: serving.request_timeout_seconds.")
 @click.option("--insecure-no-api-keys", is_flag=True, default=None,
               help="Listen on a non-loopback address without API keys (trusted networks only).")
 @click.option("--get", "get_path", default=None,
@@ -84,34 +67,34 @@ def serve_command(config_path, home, triton_url, model_name, host, port, timeout
                   get_path) -> None:
     """Serve OpenAI/FauxPilot-compatible completions (embedded Triton unless a Triton URL is set).
 
-    Settings come from repotune.toml and the environment (``REPOTUNE_SERVING_TRITON_URL``,
-    ``REPOTUNE_SERVING_PROXY_HOST``/``_PORT``, ``REPOTUNE_SERVING_MODEL_NAME``, ``REPOTUNE_API_KEYS``);
-    the options override them. API keys are never taken on the command line (``ps`` shows it)."""
-    from serving import (
-        ModelRepository,
-        ProxyConfig,
-        TritonServer,
-        create_proxy_app,
-        tritonserver_binary,
-    )
+    Settings come from repotune.toml's ``[serving]`` and the environment (``REPOTUNE_SERVING_*``,
+    ``REPOTUNE_API_KEYS``), built by :func:`bot.proxy_settings.proxy_config` exactly as
+    ``repotune up`` builds its proxy; the options override them. API keys are never taken on the
+    command line (``ps`` shows it)."""
+    from bot.proxy_settings import api_keys, check_exposure, http_limits, proxy_config
+    from serving import ModelRepository, TritonServer, create_proxy_app, tritonserver_binary
     from serving.http import HttpServer
 
-    sv = _settings(config_path, home).serving
+    settings = _settings(config_path, home)
+    sv = settings.serving
     triton_url = triton_url or sv.triton_url
     model_name = model_name or sv.model_name
     host = host or sv.proxy_host
     port = sv.proxy_port if port is None else port
-    keys = _api_keys(sv.api_keys)
+    keys = api_keys(sv.api_keys)
     if not get_path:
-        _check_exposure(host, keys, bool(insecure_no_api_keys or sv.insecure_no_api_keys))
-    root = _repo_root(home)
+        try:
+            check_exposure(host, keys, bool(insecure_no_api_keys or sv.insecure_no_api_keys))
+        except ConfigError as exc:
+            raise click.ClickException(str(exc)) from exc
+    root = settings.home / "triton"  # the home repotune.toml names too, as `repotune up` uses it
     root.mkdir(parents=True, exist_ok=True)
     _stop_on_sigterm()
     server = None
     try:
         if not triton_url:
             tritonserver_binary()  # names the fix when the binary is missing
-            log = resolve_home(home) / "logs" / "tritonserver.log"
+            log = settings.home / "logs" / "tritonserver.log"
             server = TritonServer(root, log_path=log).start()
             triton_url = server.url
             (root / URL_FILE).write_text(triton_url + "\n")
@@ -121,8 +104,8 @@ def serve_command(config_path, home, triton_url, model_name, host, port, timeout
         if version is None:
             click.echo(f"no version of {model_name!r} deployed yet: run `repotune deploy <checkpoint>`",
                        err=True)
-        app = create_proxy_app(ProxyConfig(triton_url=triton_url, model_repository=root,
-                                           model_name=model_name, timeout_s=timeout_s, api_keys=keys))
+        app = create_proxy_app(proxy_config(settings, triton_url=triton_url, model_name=model_name,
+                                            timeout_s=timeout_s))
         if get_path:
             resp = app.test_client().get(get_path, headers=(
                 {"Authorization": f"Bearer {keys[0]}"} if keys else {}))
@@ -130,7 +113,7 @@ def serve_command(config_path, home, triton_url, model_name, host, port, timeout
             if resp.status_code != 200:
                 raise click.ClickException(f"GET {get_path} answered {resp.status_code}")
             return
-        http = HttpServer(app, host, port, name="proxy").bind()
+        http = HttpServer(app, host, port, http_limits(settings), name="proxy").bind()
         click.echo(f"completions on {http.url}/v1 (model {model_name!r}, version {version}, "
                    f"{'API keys required' if keys else 'no API keys'})", err=True)
         http.serve_forever()

@@ -1,7 +1,10 @@
 """Bare mirrors: clone or fetch a repository into ``mirrors/<name>.git`` (never checked out).
 
 A token travels only in the environment of the git child (``GIT_CONFIG_*`` -> an
-``http.extraHeader``), never on a command line, in the mirror's config, or in a message.
+``http.extraHeader``), never on a command line, in the mirror's config, or in a message. A URL
+that carries ``user:password@`` itself (the bot refuses those in its settings; a library caller
+may still pass one) is cut in two the same way: git sees the bare URL, the credentials go into
+that header, so neither the mirror's ``remote.origin.url`` nor the manifest holds them.
 ``file://`` URLs and local paths work the same way as HTTPS.
 """
 
@@ -16,12 +19,29 @@ from pathlib import Path
 from durable import fsync_dir
 from trainer.errors import RepositoryError
 
-_CRED = re.compile(r"(https?://)[^/@\s]+@")
+_CRED = re.compile(r"([a-z][a-z0-9+.-]*://)[^/\s]*@", re.IGNORECASE)
+"""``scheme://`` then the userinfo up to the LAST ``@`` before the path: a password may contain
+``@`` itself (``https://u:p@ss@host``), and stopping at the first would leave ``ss`` showing."""
 
 
 def redact_url(text: str) -> str:
-    """Hide ``user:password@`` in URLs inside ``text``."""
+    """Hide ``user:password@`` in URLs inside ``text`` (up to the last ``@`` before the host's path)."""
     return _CRED.sub(r"\1***@", text)
+
+
+def split_credentials(url: str) -> tuple[str, tuple[str, str] | None]:
+    """``url`` without its ``user:password@``, and that (user, password) pair (None if absent).
+
+    Uses the last ``@`` before the path, so a password containing ``@`` stays whole."""
+    match = re.match(r"^([a-z][a-z0-9+.-]*://)([^/\s]*)@(.*)$", url, re.IGNORECASE | re.DOTALL)
+    if not match:
+        return url, None
+    from urllib.parse import unquote
+
+    user, sep, password = match.group(2).partition(":")
+    if not sep:  # https://TOKEN@host: forges take a lone token as the user name
+        user, password = "x-access-token", user
+    return match.group(1) + match.group(3), (unquote(user), unquote(password))
 
 
 def name_from_url(url: str) -> str:
@@ -39,11 +59,13 @@ def name_from_url(url: str) -> str:
     return parts[-1] if parts else "repo"
 
 
-def _git_env(token: str | None) -> dict[str, str]:
+def _git_env(token: str | None, user: str = "x-access-token") -> dict[str, str]:
+    """The git child's environment: no prompts, and the token as an ``Authorization`` header
+    given through ``GIT_CONFIG_*`` (config that lives only in this process's environment)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
     env.update(GIT_TERMINAL_PROMPT="0", GIT_ASKPASS="/bin/true", LC_ALL="C")
     if token:
-        basic = base64.b64encode(f"x-access-token:{token}".encode()).decode()
+        basic = base64.b64encode(f"{user}:{token}".encode()).decode()
         env.update(GIT_CONFIG_COUNT="1", GIT_CONFIG_KEY_0="http.extraHeader",
                    GIT_CONFIG_VALUE_0=f"Authorization: Basic {basic}")
     return env
@@ -71,9 +93,15 @@ def _source(url: str) -> str:
 
 
 def sync(url: str, mirror: Path, token: str | None = None) -> Path:
-    """Create the bare mirror if missing, then fetch every branch and tag (pruning deleted ones)."""
-    source = _source(url)
-    env = _git_env(token)
+    """Create the bare mirror if missing, then fetch every branch and tag (pruning deleted ones).
+
+    ``token`` (or credentials inside ``url``, see :func:`split_credentials`) reach git only as
+    an ``http.extraHeader`` in its environment; ``token`` wins over credentials in the URL."""
+    source, creds = split_credentials(_source(url))
+    user = "x-access-token"
+    if creds is not None and not token:
+        user, token = creds
+    env = _git_env(token, user)
     if not (mirror / "HEAD").exists():
         mirror.parent.mkdir(parents=True, exist_ok=True)
         tmp = mirror.with_name(mirror.name + ".cloning")

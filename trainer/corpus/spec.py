@@ -47,6 +47,12 @@ class CorpusSpec:
             raise ValueError(f"corpus name {self.name!r}: use letters, digits, -_. and at most one /")
         if not 0 <= self.heldout_fraction < 1 or self.num_shards < 1:
             raise ValueError("heldout_fraction must be in [0, 1) and num_shards >= 1")
+        from trainer.corpus.mirror import split_credentials
+
+        url, creds = split_credentials(self.url)  # user:token@ in a URL would reach the manifest
+        if creds is not None:
+            object.__setattr__(self, "url", url)
+            object.__setattr__(self, "token", self.token or creds[1])
         object.__setattr__(self, "include", tuple(self.include))
         object.__setattr__(self, "exclude", tuple(self.exclude))
 
