@@ -112,8 +112,9 @@ def _pass(lead: bytes, **alternatives: bytes) -> re.Pattern[bytes]:
 # Credential words, on the lowercased proxy (the ASCII letters of any case-folded match).
 _LOW_PASSES = tuple(p.finditer for p in (
     _pass(b"p", j_pass=rb"ass(?:(?=w)|" + _after(*(x + b"pass" for x in _DS_PASS_PREFIXES)) + rb")",
-          c_pass=rb"ass" + _TAIL, j_pwd=rb"wd", v_pypi=rb"ypi-"),
-    _pass(b"a", j_auth=rb"uth", j_aws=rb"ws"),
+          c_pass=rb"ass" + _TAIL, v_pypi=rb"ypi-"),
+    _pass(b"w", j_pwd=rb"d(?<=pwd)", j_aws=rb"s(?<=aws)"),          # 'w' and 'h' are rarer than 'a'
+    _pass(b"h", j_auth=rb"(?<=auth)"),
     _pass(b"c", j_secret=rb"ret(?<=secret)", j_contrase=rb"ontrase", c_cred=rb"red" + _TAIL),
     _pass(b"k", j_key=rb"ey" + _after(*(x + b"key" for x in _DS_KEY_PREFIXES)),
           c_token=rb"en(?<=token)" + _TAIL, c_key=rb"ey(?<=[a-z_\-]key)" + _TAIL,
@@ -125,7 +126,7 @@ _DATA_PASSES = tuple(p.finditer for p in (
     _pass(b"A", j_aws_azure_google=rb"(?:KIA|SIA|BIA|CCA|3T|GPA|IDA|ROA|NPA|NVA|IPA|Iza|KC|ccountKey="
                                    rb"|C[a-z0-9]{32}|P[0-9A-F][a-zA-Z0-9]{8})"),
     _pass(b"S", j_sendgrid_twilio_azure=rb"(?:G\.|K[a-z0-9]{32}|haredAccess)"),
-    _pass(b"g", j_github_gitlab=rb"(?:h[pousr]_|ithub_pat_|l[a-z]{2,6}-)"),
+    _pass(b"g", j_github_gitlab=rb"(?:h[pousr]_|ithub_pat_|l[a-z]{2,6}-)", j_azure_sas=rb"=(?<=sig=)"),
     _pass(b"q", j_square=rb"0(?<=sq0)[a-z]{3}-"),
     _pass(b"J", j_jwt=rb"(?<=eyJ)"),
     _pass(b"G", j_gitlab_runner=rb"R1348941"),
@@ -133,7 +134,7 @@ _DATA_PASSES = tuple(p.finditer for p in (
     _pass(b"-", j_mailchimp=rb"us[0-9]"),
     _pass(b".", j_discord=rb"[a-zA-Z0-9_\-]{6}\.[a-zA-Z0-9_\-]{27}"),
     _pass(b":", j_url=rb"//", j_telegram=rb"[0-9A-Za-z_\-]{35}", r_colon=_ASSIGNED_RUN),
-    _pass(b"=", j_azure_sas=rb"(?<=sig=)", r_equals=_ASSIGNED_RUN),
+    _pass(b"=", r_equals=_ASSIGNED_RUN),
     _pass(b"'", r_single=_RUN + rb"'"),
     _pass(b'"', r_double=_RUN + rb'"'),
 ))
