@@ -32,6 +32,7 @@ import functools
 import math
 import re
 from collections import Counter
+from collections.abc import Callable, Iterator
 
 from trainer.corpus import _secret_rules as rules
 from trainer.corpus._secret_reference import judge_line
@@ -104,15 +105,16 @@ def _after(*words: bytes) -> bytes:
     return rb"(?:" + rb"|".join(rb"(?<=%s)" % re.escape(w) for w in words) + rb")"
 
 
-def _pass(lead: bytes, **alternatives: bytes) -> re.Pattern[bytes]:
+def _pass(lead: bytes, **alternatives: bytes) -> tuple[bytes, Callable[..., Iterator[re.Match[bytes]]]]:
     """One literal-led pass: ``lead``, then one alternative per keyword argument, each closed by
-    an empty group named after it (its meaning, see above)."""
-    return re.compile(re.escape(lead) + rb"(?:" + rb"|".join(
-        rx + rb"(?P<%s>)" % name.encode() for name, rx in alternatives.items()) + rb")")
+    an empty group named after it (its meaning, see above). With its lead byte: a file without
+    it (``J``, ``G``, ``q`` often) skips the pass after one ``memchr`` (~10 GB/s)."""
+    return lead, re.compile(re.escape(lead) + rb"(?:" + rb"|".join(
+        rx + rb"(?P<%s>)" % name.encode() for name, rx in alternatives.items()) + rb")").finditer
 
 
 # Credential words, on the lowercased proxy (the ASCII letters of any case-folded match).
-_LOW_PASSES = tuple(p.finditer for p in (
+_LOW_PASSES = (
     _pass(b"p", j_pass=rb"ass(?:(?=w)|" + _after(*(x + b"pass" for x in _DS_PASS_PREFIXES)) + rb")",
           c_pass=rb"ass" + _TAIL, v_pypi=rb"ypi-"),
     _pass(b"w", j_pwd=rb"d(?<=pwd)", j_aws=rb"s(?<=aws)"),          # 'w' and 'h' are rarer than 'a'
@@ -122,9 +124,9 @@ _LOW_PASSES = tuple(p.finditer for p in (
           c_token=rb"en(?<=token)" + _TAIL, c_key=rb"ey(?<=[a-z_\-]key)" + _TAIL,
           v_stripe=rb"_(?:live|test)_", v_openai=rb"-(?<=sk-)[a-z0-9_\-]{20}"),
     _pass(b"x", j_xox=rb"ox"),
-))
+)
 # Vendor token prefixes (case-sensitive) and entropy runs, on the proxy.
-_DATA_PASSES = tuple(p.finditer for p in (
+_DATA_PASSES = (
     _pass(b"A", j_aws_azure_google=rb"(?:KIA|SIA|BIA|CCA|3T|GPA|IDA|ROA|NPA|NVA|IPA|Iza|KC|ccountKey="
                                    rb"|C[a-z0-9]{32}|P[0-9A-F][a-zA-Z0-9]{8})"),
     _pass(b"S", j_sendgrid_twilio_azure=rb"(?:G\.|K[a-z0-9]{32}|haredAccess)"),
@@ -139,7 +141,7 @@ _DATA_PASSES = tuple(p.finditer for p in (
     _pass(b"=", r_equals=_ASSIGNED_RUN),
     _pass(b"'", r_single=_RUN + rb"'"),
     _pass(b'"', r_double=_RUN + rb'"'),
-))
+)
 _HEX = set("0123456789abcdefABCDEF")
 
 
@@ -161,7 +163,9 @@ def _candidates(data: bytes, text: str) -> dict[int, bool]:
     found: dict[int, bool] = {}
     low = data.lower()
     for passes, subject in ((_LOW_PASSES, low), (_DATA_PASSES, data)):
-        for finditer in passes:
+        for lead, finditer in passes:
+            if lead not in subject:
+                continue
             for m in finditer(subject):
                 kind = m.lastgroup
                 if kind[0] == "c":
