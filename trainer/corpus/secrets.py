@@ -6,7 +6,7 @@ a *quoted* literal, or a long quoted literal) missed unquoted YAML/INI/env value
 passwords, Dockerfile ``ENV`` lines and more. So :func:`scrub`:
 
 1. redacts the body of every PEM block (multi-line, any label) on the whole text;
-2. finds candidate lines in 19 passes over the text, each led by one literal byte (Python's regex
+2. finds candidate lines in 17 passes over the text, each led by one literal byte (Python's regex
    engine skips to such a byte at ~1 GB/s; an alternation of different first bytes or ``(?i)``
    steps through every position at ~15-90 MB/s): credential words on a lowercased ASCII proxy of
    the text (:func:`_proxy`), vendor token prefixes (``AKIA``, ``ghp_``, ``xox``, ``sk_live_``,
@@ -97,7 +97,7 @@ _ASSIGNED_RUN = rb"[ \t]*" + _RUN + rb"(?![^'\" \t\r\n,;}\]#])"
 # Exact, case-sensitive forms of the v_* prefixes, matched at the hit (offset from its start).
 _EXACT = {"v_stripe": (re.compile(rb"k_(?:live|test)_").match, 0),
           "v_openai": (re.compile(rb"sk-[A-Za-z0-9_\-]{20}").match, -1),
-          "v_pypi": (re.compile(rb"pypi-").match, 0)}
+          "v_pypi": (re.compile(rb"pypi-").match, 0), "v_putty": (re.compile(rb"PuTTY").match, 0)}
 
 
 def _after(*words: bytes) -> bytes:
@@ -116,7 +116,7 @@ def _pass(lead: bytes, **alternatives: bytes) -> tuple[bytes, Callable[..., Iter
 # Credential words, on the lowercased proxy (the ASCII letters of any case-folded match).
 _LOW_PASSES = (
     _pass(b"p", j_pass=rb"ass(?:(?=w)|" + _after(*(x + b"pass" for x in _DS_PASS_PREFIXES)) + rb")",
-          c_pass=rb"ass" + _TAIL, v_pypi=rb"ypi-"),
+          c_pass=rb"ass" + _TAIL, v_pypi=rb"ypi-", v_putty=rb"utty"),
     _pass(b"w", j_pwd=rb"d(?<=pwd)", j_aws=rb"s(?<=aws)"),          # 'w' and 'h' are rarer than 'a'
     _pass(b"h", j_auth=rb"(?<=auth)"),
     _pass(b"c", j_secret=rb"ret(?<=secret)", j_contrase=rb"ontrase", c_cred=rb"red" + _TAIL),
@@ -131,11 +131,9 @@ _DATA_PASSES = (
                                    rb"|C[a-z0-9]{32}|P[0-9A-F][a-zA-Z0-9]{8})"),
     _pass(b"S", j_sendgrid_twilio_azure=rb"(?:G\.|K[a-z0-9]{32}|haredAccess)"),
     _pass(b"g", j_github_gitlab=rb"(?:h[pousr]_|ithub_pat_|l[a-z]{2,6}-)", j_azure_sas=rb"=(?<=sig=)"),
-    _pass(b"q", j_square=rb"0(?<=sq0)[a-z]{3}-"),
     _pass(b"J", j_jwt=rb"(?<=eyJ)"),
     _pass(b"G", j_gitlab_runner=rb"R1348941"),
-    _pass(b"P", j_putty=rb"uTTY"),
-    _pass(b"-", j_mailchimp=rb"us[0-9]"),
+    _pass(b"-", j_mailchimp=rb"us[0-9]", j_square=rb"(?<=sq0[a-z]{3}-)"),
     _pass(b".", j_discord=rb"[a-zA-Z0-9_\-]{6}\.[a-zA-Z0-9_\-]{27}"),
     _pass(b":", j_url=rb"//", j_telegram=rb"[0-9A-Za-z_\-]{35}", r_colon=_ASSIGNED_RUN),
     _pass(b"=", r_equals=_ASSIGNED_RUN),
