@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -25,6 +27,7 @@ from trainer.corpus import (
     verify,
 )
 from trainer.corpus.mirror import sync
+from trainer.corpus.spec import ENGINE_VERSION
 from trainer.errors import CorpusError, RepositoryError, ShardCorrupt
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -355,3 +358,23 @@ def test_shard_count_follows_split_size_and_incremental_equals_full(make_repo, c
     fresh2 = tmp_path / "fresh2"
     update(spec, fresh2)
     assert corpus_state(corpus_home, "acme") == corpus_state(fresh2, "acme")
+
+
+def test_full_rebuild_logs_why(make_repo, corpus_home, caplog):
+    """An existing corpus rebuilt for a new engine says which versions and why (issue 13: every
+    corpus is rebuilt once with the widened secrets scanner); a settings change names the keys."""
+    repo = make_repo(files=8, seed=5)
+    update(_spec(repo), corpus_home)
+    conn = sqlite3.connect(corpus_home / "corpus" / "acme" / "manifest.sqlite")
+    with conn:  # what engine 3 wrote
+        conn.execute("UPDATE meta SET value=replace(value, ?, ?) WHERE key='fingerprint'",
+                     (f'"engine": {ENGINE_VERSION}', '"engine": 3'))
+    conn.close()
+    with caplog.at_level(logging.INFO, logger="trainer.corpus.update"):
+        assert update(_spec(repo), corpus_home).full
+        assert not update(_spec(repo), corpus_home).full  # rebuilt once, then current
+        assert update(_spec(repo, secrets="drop"), corpus_home).full
+    lines = [r.getMessage() for r in caplog.records if "full rebuild" in r.getMessage()]
+    assert lines == [f"corpus acme: full rebuild, engine version 3 -> {ENGINE_VERSION} "
+                     "(4: secrets scanner widened (unquoted/env/URL/PEM-body/vendor-token values now redacted))",
+                     "corpus acme: full rebuild, settings changed: secrets"], lines

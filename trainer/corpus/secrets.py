@@ -6,12 +6,14 @@ a *quoted* literal, or a long quoted literal) missed unquoted YAML/INI/env value
 passwords, Dockerfile ``ENV`` lines and more. So :func:`scrub`:
 
 1. redacts the body of every PEM block (multi-line, any label) on the whole text;
-2. finds candidate lines with literal-led searches only (Python's regex engine scans at GB/s for a
-   pattern that starts with one literal character; an alternation or ``(?i)`` runs at ~15-50 MB/s):
-   credential words on a lowercased ASCII proxy of the text (:func:`_proxy`), vendor token
-   prefixes (``AKIA``, ``ghp_``, ``xox``, ``sk_live_``, ``SG.``, ``AIza``, ``eyJ``, ``AccountKey=``
-   …), ``://``, and quoted or ``:``/``=``-assigned runs of hex (>= 9) or base64 (>= 23) characters
-   whose entropy passes detect-secrets' limits;
+2. finds candidate lines in 17 passes over the text, each led by one literal byte (Python's regex
+   engine skips to such a byte at ~1 GB/s; an alternation of different first bytes or ``(?i)``
+   steps through every position at ~15-90 MB/s): credential words on a lowercased ASCII proxy of
+   the text (:func:`_proxy`), vendor token prefixes (``AKIA``, ``ghp_``, ``xox``, ``sk_live_``,
+   ``SG.``, ``AIza``, ``eyJ``, ``AccountKey=`` …), ``://``, and quoted or ``:``/``=``-assigned
+   runs of hex (>= 9) or base64 (>= 23) characters whose entropy passes detect-secrets' limits.
+   Every rule led by (or anchored by a lookbehind on) the same byte is one alternative of that
+   byte's pass, and says in a marker group what a hit means, so Python sees only real hits;
 3. on each candidate line (cached by content), applies the precise rules of
    :mod:`trainer.corpus._secret_rules` and, where detect-secrets could flag the line at all,
    :func:`trainer.corpus._secret_reference.judge_line`; each reported value becomes
@@ -30,6 +32,7 @@ import functools
 import math
 import re
 from collections import Counter
+from collections.abc import Callable, Iterator
 
 from trainer.corpus import _secret_rules as rules
 from trainer.corpus._secret_reference import judge_line
@@ -67,44 +70,77 @@ def _proxy(text: str) -> bytes:
 
 
 # --------------------------------------------------------------------------- prefilter
-# Each pattern below is one pass over the text; the count of passes is the scanner's cost
-# (~2-4 us per 4 KB file each), so related hints share a pass behind one literal first byte.
-# Credential words, on the lowercased proxy, one ``bytes.find`` pass each (~1-4 GB/s; an
-# alternation of them runs at ~90 MB/s). "key" counts only inside a compound name (api_key,
-# privatekey, cl-key …).
-_WORDS = (b"pass", b"pwd", b"secret", b"token", b"auth", b"cred", b"key", b"aws", b"xox", b"://", b"contrase")
-# detect-secrets' keyword plugin only fires on these (its DENYLIST, and the vendor plugins'
-# prefixes): a word-hit line goes to detect-secrets only if it holds one.
-_DS_WORDS = frozenset((b"pwd", b"secret", b"contrase", b"aws", b"xox", b"://", b"auth"))
+# The prefilter's cost is its number of passes over the text: Python's regex engine scans for a
+# pattern's literal first byte at ~1.3 GB/s (~3 us per 4 KB file, more where that byte is common),
+# while an alternation of different first bytes, a character class or (?i) steps through every
+# position at ~15-90 MB/s (and pyahocorasick, all literals in one pass, measured ~80 us a file).
+# So the prefilter is a few passes, each led by one literal byte, that hold every rule starting
+# with that byte (or anchored on it by a lookbehind) as one alternative each. Each alternative ends
+# in an empty marker group whose name says what a hit means (:func:`_candidates` reads
+# ``m.lastgroup``):
+#   j_* the line may hold something detect-secrets reports: it judges the line (the keyword
+#       DENYLIST, its URL and vendor plugins);
+#   c_* a credential word followed by a literal-looking value: the cheap rules alone judge it
+#       (``token_cache = load(x)`` is no candidate; a bare "key" is never a hit);
+#   v_* a case-sensitive vendor prefix found on the lowercased text: checked on the text itself;
+#   r_* a quoted or ':'/'='-assigned run of >= 9 hex or >= 23 base64 characters (group ``run``):
+#       a candidate if its entropy passes detect-secrets' limits (:func:`_high_entropy`).
+_TAIL = (rb"(?=[a-z0-9_.\-]*+[\"'\]]{0,2}[ \t]*(?::=|=>|==|[:=]|[ \t])[ \t]*+"
+         rb"(?:[\"'`][^\"'`\s]{4}|[^\s\"'`(\[]{4,}+(?:[\s,;)}\]]|$)))")
 _DS_KEY_PREFIXES = tuple(p + s for p in (b"api", b"auth", b"service", b"account", b"db", b"database",
                                          b"priv", b"private", b"client") for s in (b"", b"_"))
 _DS_PASS_PREFIXES = (b"db", b"db_", b"database", b"database_", b"key", b"key_")
-# After a credential word, the rest of a name, an operator and a literal-looking value: a
-# word-hit line without it (``token_cache = load(x)``) can only matter to detect-secrets.
-_WORD_ASSIGN = re.compile(
-    rb"[a-z0-9_.\-]*+[\"'\]]{0,2}[ \t]*(?::=|=>|==|[:=]|[ \t])[ \t]*+"
-    rb"(?:[\"'`][^\"'`\s]{4}|[^\s\"'`(\[]{4,}+(?:[\s,;)}\]]|$))").match
-# Vendor token prefixes, case-sensitive on the proxy, each led by one literal byte.
-_HINT_RES = tuple(re.compile(p).search for p in (
-    rb"A(?:KIA|SIA|BIA|CCA|3T|GPA|IDA|ROA|NPA|NVA|IPA|Iza|KC|ccountKey=|C[a-z0-9]{32}|P[0-9A-F][a-zA-Z0-9]{8})",
-    rb"S(?:G\.|K[a-z0-9]{32}|haredAccess)",                    # SendGrid, Twilio, Azure
-    rb"g(?:h[pousr]_|ithub_pat_|l[a-z]{2,6}-)",                 # GitHub, GitLab
-    rb"s(?:k-[A-Za-z0-9_\-]{20}|q0[a-z]{3}-|ig=)",              # OpenAI-style, Square, Azure SAS
-    rb"k_(?:live|test)_",                                       # Stripe
-    rb"eyJ", rb"pypi-", rb"GR1348941", rb"PuTTY",               # JWT, PyPI, GitLab runner, PuTTY
-    rb"-us[0-9]",                                               # Mailchimp
-    rb"\.[a-zA-Z0-9_\-]{6}\.[a-zA-Z0-9_\-]{27}",                # Discord
-    rb":[0-9A-Za-z_\-]{35}",                                    # Telegram
-))
-_B64 = rb"[A-Za-z0-9+/=_\-]{23,}"
-_HEXRUN = rb"[0-9a-fA-F]{9,}"
-_HEX = set("0123456789abcdefABCDEF")
 # The only shapes detect-secrets' entropy plugins can report: a quoted literal, or a value after
-# ':' / '=' (what its YAML/INI transformers quote), of >= 9 hex or >= 23 base64 characters.
-_RUN_RES = tuple(re.compile(lead + rb"(" + _HEXRUN + rb"|" + _B64 + rb")" + tail).search
-                 for lead, tail in ((b"'", b"'"), (b'"', b'"'), (rb":[ \t]*", rb"(?![^'\" \t\r\n,;}\]#])"),
-                                    (rb"=[ \t]*", rb"(?![^'\" \t\r\n,;}\]#])")))
-_KEY_PREFIX_END = frozenset(b"abcdefghijklmnopqrstuvwxyz_-")
+# ':' / '=' (what its YAML/INI transformers quote). The lookahead fails fast on short words.
+_RUN = rb"(?=[A-Za-z0-9+/=_\-]{9})(?P<run>[0-9a-fA-F]{9,}|[A-Za-z0-9+/=_\-]{23,})"
+_ASSIGNED_RUN = rb"[ \t]*" + _RUN + rb"(?![^'\" \t\r\n,;}\]#])"
+# Exact, case-sensitive forms of the v_* prefixes, matched at the hit (offset from its start).
+_EXACT = {"v_stripe": (re.compile(rb"k_(?:live|test)_").match, 0),
+          "v_openai": (re.compile(rb"sk-[A-Za-z0-9_\-]{20}").match, -1),
+          "v_pypi": (re.compile(rb"pypi-").match, 0), "v_putty": (re.compile(rb"PuTTY").match, 0)}
+
+
+def _after(*words: bytes) -> bytes:
+    """A lookbehind: the text just before this point ends with one of ``words``."""
+    return rb"(?:" + rb"|".join(rb"(?<=%s)" % re.escape(w) for w in words) + rb")"
+
+
+def _pass(lead: bytes, **alternatives: bytes) -> tuple[bytes, Callable[..., Iterator[re.Match[bytes]]]]:
+    """One literal-led pass: ``lead``, then one alternative per keyword argument, each closed by
+    an empty group named after it (its meaning, see above). With its lead byte: a file without
+    it (``J``, ``G``, ``q`` often) skips the pass after one ``memchr`` (~10 GB/s)."""
+    return lead, re.compile(re.escape(lead) + rb"(?:" + rb"|".join(
+        rx + rb"(?P<%s>)" % name.encode() for name, rx in alternatives.items()) + rb")").finditer
+
+
+# Credential words, on the lowercased proxy (the ASCII letters of any case-folded match).
+_LOW_PASSES = (
+    _pass(b"p", j_pass=rb"ass(?:(?=w)|" + _after(*(x + b"pass" for x in _DS_PASS_PREFIXES)) + rb")",
+          c_pass=rb"ass" + _TAIL, v_pypi=rb"ypi-", v_putty=rb"utty"),
+    _pass(b"w", j_pwd=rb"d(?<=pwd)", j_aws=rb"s(?<=aws)"),          # 'w' and 'h' are rarer than 'a'
+    _pass(b"h", j_auth=rb"(?<=auth)"),
+    _pass(b"c", j_secret=rb"ret(?<=secret)", j_contrase=rb"ontrase", c_cred=rb"red" + _TAIL),
+    _pass(b"k", j_key=rb"ey" + _after(*(x + b"key" for x in _DS_KEY_PREFIXES)),
+          c_token=rb"en(?<=token)" + _TAIL, c_key=rb"ey(?<=[a-z_\-]key)" + _TAIL,
+          v_stripe=rb"_(?:live|test)_", v_openai=rb"-(?<=sk-)[a-z0-9_\-]{20}"),
+    _pass(b"x", j_xox=rb"ox"),
+)
+# Vendor token prefixes (case-sensitive) and entropy runs, on the proxy.
+_DATA_PASSES = (
+    _pass(b"A", j_aws_azure_google=rb"(?:KIA|SIA|BIA|CCA|3T|GPA|IDA|ROA|NPA|NVA|IPA|Iza|KC|ccountKey="
+                                   rb"|C[a-z0-9]{32}|P[0-9A-F][a-zA-Z0-9]{8})"),
+    _pass(b"S", j_sendgrid_twilio_azure=rb"(?:G\.|K[a-z0-9]{32}|haredAccess)"),
+    _pass(b"g", j_github_gitlab=rb"(?:h[pousr]_|ithub_pat_|l[a-z]{2,6}-)", j_azure_sas=rb"=(?<=sig=)"),
+    _pass(b"J", j_jwt=rb"(?<=eyJ)"),
+    _pass(b"G", j_gitlab_runner=rb"R1348941"),
+    _pass(b"-", j_mailchimp=rb"us[0-9]", j_square=rb"(?<=sq0[a-z]{3}-)"),
+    _pass(b".", j_discord=rb"[a-zA-Z0-9_\-]{6}\.[a-zA-Z0-9_\-]{27}"),
+    _pass(b":", j_url=rb"//", j_telegram=rb"[0-9A-Za-z_\-]{35}", r_colon=_ASSIGNED_RUN),
+    _pass(b"=", r_equals=_ASSIGNED_RUN),
+    _pass(b"'", r_single=_RUN + rb"'"),
+    _pass(b'"', r_double=_RUN + rb'"'),
+)
+_HEX = set("0123456789abcdefABCDEF")
 
 
 def _entropy(s: str) -> float:
@@ -119,64 +155,27 @@ def _high_entropy(value: str) -> bool:
     return len(value) >= 23 and _entropy(value) > 4.5
 
 
-def _line_start(data: bytes, pos: int) -> int:
-    return data.rfind(b"\n", 0, pos) + 1
-
-
-def _line_end(data: bytes, pos: int) -> int:
-    end = data.find(b"\n", pos)
-    return len(data) if end < 0 else end
-
-
-def _judged(low: bytes, k: int, word: bytes) -> bool | None:
-    """Whether a hit of ``word`` at ``k`` can matter to detect-secrets (its keyword DENYLIST, its
-    URL and vendor plugins); None for a bare "key", which matters to no rule."""
-    if word in _DS_WORDS:
-        return True
-    if word == b"pass":
-        return low.startswith(b"passw", k) or any(low.endswith(p, 0, k) for p in _DS_PASS_PREFIXES)
-    if word == b"key":
-        if k == 0 or low[k - 1] not in _KEY_PREFIX_END:
-            return None
-        return any(low.endswith(p, 0, k) for p in _DS_KEY_PREFIXES)
-    return False
-
-
 def _candidates(data: bytes, text: str) -> dict[int, bool]:
     """Candidate line starts of ``text`` (``data`` is its proxy), each with whether detect-secrets
-    must judge it (else only the precise rules run). After a hit the search resumes at the end
-    of its line: one hit is enough."""
-    low = data.lower()
+    must judge it (else only the precise rules run)."""
     found: dict[int, bool] = {}
-    for word in _WORDS:
-        k = low.find(word)
-        while k >= 0:
-            judge = _judged(low, k, word)
-            if judge is None:  # "key" alone, not a compound name
-                k = low.find(word, k + 3)
+    low = data.lower()
+    for passes, subject in ((_LOW_PASSES, low), (_DATA_PASSES, data)):
+        for lead, finditer in passes:
+            if lead not in subject:
                 continue
-            start, end = _line_start(data, k), _line_end(data, k)
-            if judge:
-                found[start] = True
-                k = low.find(word, end)
-                continue
-            if _WORD_ASSIGN(low, k + len(word), end):
-                found.setdefault(start, False)
-            k = low.find(word, k + len(word))
-    for search in _HINT_RES:
-        m = search(data)
-        while m:
-            end = _line_end(data, m.start())
-            found[_line_start(data, m.start())] = True
-            m = search(data, end)
-    for search in _RUN_RES:
-        m = search(data)
-        while m:
-            if _high_entropy(text[m.start(1):m.end(1)]):
-                found[_line_start(data, m.start())] = True
-                m = search(data, _line_end(data, m.start()))
-            else:
-                m = search(data, m.end(1))
+            for m in finditer(subject):
+                kind = m.lastgroup
+                if kind[0] == "c":
+                    found.setdefault(data.rfind(b"\n", 0, m.start()) + 1, False)
+                    continue
+                if kind[0] == "v":
+                    match, offset = _EXACT[kind]
+                    if not match(data, m.start() + offset):
+                        continue
+                elif kind[0] == "r" and not _high_entropy(text[m.start("run"):m.end("run")]):
+                    continue
+                found[data.rfind(b"\n", 0, m.start()) + 1] = True
     return found
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import sqlite3
 import time
@@ -32,10 +33,17 @@ from durable import fsync_dir, write_atomic
 from trainer.corpus import gitobjects, manifest, mirror
 from trainer.corpus._apply import CorpusUpdate
 from trainer.corpus._rows import attr_rules
-from trainer.corpus.spec import CorpusResult, CorpusSpec
+from trainer.corpus.spec import ENGINE_VERSION, CorpusResult, CorpusSpec
 from trainer.errors import CorpusError, RepositoryError
 
+log = logging.getLogger(__name__)
 Progress = Callable[[dict], None]
+_ENGINE_CHANGES = {
+    3: "a full build writes the held-out shard of a pinned file",
+    4: "secrets scanner widened (unquoted/env/URL/PEM-body/vendor-token values now redacted)",
+}
+"""Why each engine version forces a rebuild (as in ``spec.ENGINE_VERSION``'s docstring): logged
+when an existing corpus is rebuilt for it, so an operator sees why a push took minutes."""
 _test_hook: Callable[[str], None] | None = None
 """Called with a stage name at each crash-relevant point; tests use it to SIGKILL the process."""
 
@@ -177,10 +185,28 @@ def update(spec: CorpusSpec, home: str | os.PathLike[str], to_rev: str | None = 
                 conn.close()
 
 
+def _log_rebuild(spec: CorpusSpec, old_fingerprint: str | None) -> None:
+    """Say why an existing corpus is rebuilt in full: an engine version change, or settings."""
+    old = json.loads(old_fingerprint or "{}")
+    if old.get("engine") != ENGINE_VERSION:
+        reasons = "; ".join(f"{v}: {why}" for v, why in sorted(_ENGINE_CHANGES.items())
+                            if int(old.get("engine") or 0) < v <= ENGINE_VERSION)
+        log.info("corpus %s: full rebuild, engine version %s -> %s (%s)", spec.name,
+                 old.get("engine", "unknown"), ENGINE_VERSION, reasons or "engine changed")
+        return
+    new = json.loads(spec.fingerprint())
+    changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    log.info("corpus %s: full rebuild, settings changed: %s", spec.name, ", ".join(changed))
+
+
 def _update_locked(spec, home, cdir, repo, conn, commit, full, report, started) -> CorpusResult:
     old_commit = manifest.get_meta(conn, "commit")
     version = int(manifest.get_meta(conn, "version", "0"))
-    full = full or old_commit is None or manifest.get_meta(conn, "fingerprint") != spec.fingerprint()
+    old_fingerprint = manifest.get_meta(conn, "fingerprint")
+    if old_commit is not None and old_fingerprint != spec.fingerprint():
+        _log_rebuild(spec, old_fingerprint)
+        full = True
+    full = full or old_commit is None
     if not full and old_commit == commit:
         s = manifest.summary(conn)
         return CorpusResult(spec.name, commit, manifest.get_meta(conn, "previous_commit"), version,
