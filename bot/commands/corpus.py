@@ -91,8 +91,8 @@ def _size(nbytes: int) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print one corpus.json summary per corpus.")
 @home_option
 def list_cmd(as_json: bool, home: Path | None) -> None:
-    """The corpora under --home: name, version, commit, files (train + held-out), size, and, once
-    a corpus is retired (its branch was deleted, so runs leave it out), a RETIRED column."""
+    """The corpora under --home: name, version, commit, files (train + held-out) and size."""
+    # Once a corpus is retired (its branch was deleted, so runs leave it out), a RETIRED column.
     from bot.recipe import retirement
     from trainer.corpus import stats
     from trainer.errors import CorpusError
