@@ -1,8 +1,8 @@
 """Webhook deliveries → typed events. Pure: no Flask, no Redis, no git.
 
 :func:`parse_github` and :func:`parse_gitlab` take the event name, delivery id and decoded payload
-and return one of :class:`PushEvent`, :class:`CommentEvent`, :class:`Ping` or :class:`Ignored`
-(with the reason a person would want to read). :func:`decode_github_body` handles both delivery
+and return one of :class:`PushEvent`, :class:`BranchDeleted`, :class:`CommentEvent`, :class:`Ping`
+or :class:`Ignored` (with the reason a person would want to read). :func:`decode_github_body` handles both delivery
 content types; the two ``verify_*`` functions compare secrets in constant time.
 """
 
@@ -110,7 +110,29 @@ class Ignored:
     reason: str
 
 
-Event = PushEvent | CommentEvent | Ping | Ignored
+@dataclass(frozen=True)
+class BranchDeleted:
+    """A push that deleted a branch (GitHub ``deleted: true``; GitLab ``after`` all zeros).
+
+    Routed to the retirement of the branch's corpus (:func:`bot.jobs.retire_job`) when the
+    branch is tracked; otherwise answered like :class:`Ignored`, with :attr:`reason`."""
+
+    forge: str
+    repo: str
+    branch: str
+    delivery_id: str
+    project_id: int | None = None
+    pusher: str = ""
+
+    @property
+    def reason(self) -> str:
+        return f"branch {self.branch} was deleted"
+
+    def as_dict(self) -> dict[str, t.Any]:
+        return dataclasses.asdict(self)
+
+
+Event = PushEvent | BranchDeleted | CommentEvent | Ping | Ignored
 
 
 # --- is this comment for the bot? ---------------------------------------------------------
@@ -294,11 +316,12 @@ def _github_push(delivery_id: str, payload: t.Mapping[str, t.Any]) -> Event:
     if branch is None:
         return Ignored(f"push to {ref} is not a branch")
     after = text(payload, "after")
-    if payload.get("deleted") or after == ZERO_SHA:
-        return Ignored(f"branch {branch} was deleted")
     repo = obj(payload, "repository")
     pusher = (text(payload, "pusher", "name", required=False)
               or text(payload, "sender", "login", required=False))
+    if payload.get("deleted") or after == ZERO_SHA:
+        return BranchDeleted(forge="github", repo=text(repo, "full_name"), branch=branch,
+                             delivery_id=delivery_id, pusher=pusher)
     return PushEvent(
         forge="github", repo=text(repo, "full_name"),
         clone_url=text(repo, "clone_url", required=False), ref=ref, branch=branch,
@@ -334,11 +357,14 @@ def _gitlab_push(delivery_id: str, payload: t.Mapping[str, t.Any]) -> Event:
     if branch is None:
         return Ignored(f"push to {ref} is not a branch")
     after = text(payload, "after")
-    if after == ZERO_SHA:
-        return Ignored(f"branch {branch} was deleted")
     project = obj(payload, "project")
     pusher = (text(payload, "user_username", required=False)
               or text(payload, "user_name", required=False))
+    if after == ZERO_SHA:
+        return BranchDeleted(
+            forge="gitlab", repo=text(project, "path_with_namespace"), branch=branch,
+            delivery_id=delivery_id, pusher=pusher,
+            project_id=integer(payload, "project_id", required=False) or integer(project, "id", required=False))
     return PushEvent(
         forge="gitlab", repo=text(project, "path_with_namespace"),
         clone_url=text(project, "git_http_url", required=False), ref=ref, branch=branch,

@@ -1,7 +1,8 @@
 """RQ job functions, one per kind, each a few lines around one package call.
 
     ingest_job       (queue ingest)  trainer.corpus.update for a push; retried with back-off
-    reconcile_job    (queue ingest)  the same, for a repository whose webhook may have been missed
+    reconcile_job    (queue ingest)  the same, for every tracked branch (webhooks may have been missed)
+    retire_job       (queue ingest)  a deleted branch: retire its corpus (bot.recipe.retire)
     forward_eval_job (queue gpu)     trainer.evaluate.forward_eval of the serving model (bot.freshness)
     ingest_step      (queue ingest)  a run's step 1: trainer.corpus.update of every corpus
     train_step       (queue gpu)     step 2: trainer.finetune.train (CPU, in-process) or .launch (GPUs)
@@ -29,18 +30,44 @@ import redis
 from bot import freshness, lifecycle, locks, recipe, serving_version
 from bot import queue as q
 from bot import scheduler as sched
-from bot.config import Settings, current
+from bot.config import RepoConfig, Settings, current
 from bot.errors import BotError
 from bot.progress import Progress, recorder
 from bot.runs import RunRecord, RunStatus, load_run, run_dir, save_run
 
 if t.TYPE_CHECKING:
+    from trainer.corpus import CorpusResult
     from trainer.evaluate import GateDecision
 
 log = logging.getLogger(__name__)
 
 
 # --- ingestion -----------------------------------------------------------------------------
+
+
+def _update_or_retire(settings: Settings, repo: RepoConfig, branch: str | None, *, full: bool = False,
+                      progress: Progress | None = None, reason: str = "push") -> CorpusResult | None:
+    """``trainer.corpus.update`` of one branch's corpus; None when the branch is gone.
+
+    A tracked branch other than the default one that the remote no longer has (merged and
+    deleted) retires its corpus (:func:`bot.recipe.retire`) instead of failing every later
+    update; one that is there again after being retired is revived. A failure with the branch
+    still present (the remote unreachable, say) is raised as before."""
+    from trainer import corpus
+    from trainer.errors import RepositoryError
+
+    spec = repo.corpus_spec(settings.token_for(repo.forge), branch)
+    try:
+        result = corpus.update(spec, settings.home, None, full=full, progress=progress)
+    except RepositoryError:
+        if branch in (None, repo.branch) or not recipe.branch_gone(settings.home, spec.name, branch):
+            raise
+        if recipe.retire(settings.home, spec.name, branch, f"branch {branch} is gone ({reason})"):
+            log.warning("corpus %s retired: branch %s of %s is gone", spec.name, branch, repo.name)
+        return None
+    if recipe.revive(settings.home, spec.name):
+        log.info("corpus %s revived: branch %s was pushed again", spec.name, branch)
+    return result
 
 
 def ingest_job(repo_name: str, branch: str | None = None, push: dict[str, t.Any] | None = None,
@@ -50,33 +77,55 @@ def ingest_job(repo_name: str, branch: str | None = None, push: dict[str, t.Any]
     The update always goes to the branch head, not the push's ``after``: deliveries can arrive
     out of order, and the corpus diffs from what it last ingested, so force pushes and missed
     webhooks are covered. Two ingest workers never race: the corpus holds a file lock (flock)
-    for the update, which a killed worker releases by dying.
+    for the update, which a killed worker releases by dying. A branch found deleted retires its
+    corpus (:func:`_update_or_retire`).
     """
-    from trainer import corpus
-
     settings = current()
     conn = lifecycle.connection(settings)
     repo = settings.repo(repo_name)
-    spec = repo.corpus_spec(settings.token_for(repo.forge), branch)
-    result = corpus.update(spec, settings.home, None, progress=recorder(every_s=0.1))
+    name = repo.corpus_name(branch)
+    result = _update_or_retire(settings, repo, branch, progress=recorder(every_s=0.1), reason=reason)
+    if result is None:
+        return {"corpus": name, "reason": reason, "retired": True, "changed_files": 0}
     files = result.added + result.modified + result.deleted
-    changed = _changed_records(settings, spec.name, result.changed_paths)
+    changed = _changed_records(settings, name, result.changed_paths)
     nbytes = sum(len(r["text"].encode("utf-8")) for r in changed)
     # Queued before the change is noted, so it sits on the gpu queue ahead of any run's
     # training on this push: the serving model is scored on code it has not seen.
-    forward = _queue_forward_eval(settings, conn, spec.name, sorted({r["path"] for r in changed}),
+    forward = _queue_forward_eval(settings, conn, name, sorted({r["path"] for r in changed}),
                                   result.commit, push, reason)
     if files or push is not None:
         sched.note_change(settings, conn, repo=repo.name, files=files, nbytes=nbytes, push=push)
-    log.info("ingest %s (%s): %s → %s, %d files changed", spec.name, reason,
+    log.info("ingest %s (%s): %s → %s, %d files changed", name, reason,
              str(result.previous_commit)[:12], str(result.commit)[:12], files)
-    return {"corpus": spec.name, "reason": reason, "changed_files": files, "changed_bytes": nbytes,
+    return {"corpus": name, "reason": reason, "changed_files": files, "changed_bytes": nbytes,
             "commit": result.commit, "version": result.version, "forward_eval": forward}
 
 
 def reconcile_job(repo_name: str) -> dict[str, t.Any]:
-    """Fetch a repository and ingest if its tracked branch moved (catches missed webhooks)."""
-    return ingest_job(repo_name, None, None, reason="reconcile")
+    """Fetch a repository and ingest every tracked branch that moved (catches missed webhooks);
+    a branch found deleted retires its corpus, one pushed again revives it."""
+    settings = current()
+    out = {}
+    for repo, branch in recipe.corpora(settings, retired=True):
+        if repo.name == repo_name:
+            out[repo.corpus_name(branch)] = ingest_job(repo_name, branch, None, reason="reconcile")
+    return out
+
+
+def retire_job(repo_name: str, branch: str, push: dict[str, t.Any] | None = None) -> dict[str, t.Any]:
+    """A tracked branch was deleted (a forge's deletion push): retire its corpus now.
+
+    The corpus is fetched rather than retired on the webhook's word, so a deletion delivered
+    after the branch was created again leaves it live (and brings it to the new head)."""
+    settings = current()
+    repo = settings.repo(repo_name)
+    name = repo.corpus_name(branch)
+    if not (settings.home / "corpus" / name).is_dir():
+        return {"corpus": name, "retired": False, "reason": "no corpus was built for this branch"}
+    result = _update_or_retire(settings, repo, branch, reason="branch deleted")
+    return {"corpus": name, "retired": result is None,
+            "commit": None if result is None else result.commit}
 
 
 def _changed_records(settings: Settings, name: str, paths: list[str]) -> list[dict]:
@@ -144,17 +193,18 @@ def _step_progress(settings: Settings, run: RunRecord) -> Progress | None:
 
 
 def ingest_step(run_id: str, full: bool = False) -> dict[str, t.Any]:
-    """Step 1: every corpus to its branch head (a full rebuild with ``full``); record versions."""
-    from trainer import corpus
-
+    """Step 1: every live corpus to its branch head (a full rebuild with ``full``); record versions.
+    A branch deleted since its last ingest retires its corpus here rather than failing the run."""
     with lifecycle.step(run_id, RunStatus.INGESTING) as (settings, run, conn):
         if not settings.repos:
             raise BotError("no repositories are configured; add a [[repos]] table to repotune.toml")
         progress = _step_progress(settings, run)
         for repo, branch in recipe.corpora(settings):
-            spec = repo.corpus_spec(settings.token_for(repo.forge), branch)
-            result = corpus.update(spec, settings.home, None, full=full, progress=progress)
-            run.corpus_version[spec.name] = {"version": result.version, "commit": result.commit}
+            result = _update_or_retire(settings, repo, branch, full=full, progress=progress,
+                                       reason=f"run {run.id}")
+            if result is not None:  # None: the branch is gone, its corpus retired
+                run.corpus_version[repo.corpus_name(branch)] = {"version": result.version,
+                                                                "commit": result.commit}
         save_run(settings.home, run)
         lifecycle.advance(settings, conn, run, "train")
     return run.corpus_version

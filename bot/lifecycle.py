@@ -167,6 +167,14 @@ def ingest_spec(repo_name: str, branch: str | None, push: dict[str, t.Any] | Non
                       "description": f"ingest {repo_name}@{branch or 'default'} ({reason})"})
 
 
+def retire_spec(repo_name: str, branch: str, push: dict[str, t.Any]) -> q.JobSpec:
+    """The retirement of a deleted branch's corpus (the webhook queues it for a deletion push)."""
+    return q.JobSpec("ingest", "bot.jobs.retire_job", (repo_name, branch, push), {},
+                     {"timeout": defaults.INGEST_JOB_TIMEOUT_SECONDS, "retry": q.ingest_retry(),
+                      "result_ttl": defaults.RESULT_TTL_SECONDS,
+                      "description": f"retire {repo_name}@{branch} (branch deleted)"})
+
+
 def enqueue_ingest(settings: Settings, conn: redis.Redis, repo_name: str,
                    branch: str | None = None, push: dict[str, t.Any] | None = None) -> Job:
     return q.enqueue(conn, ingest_spec(repo_name, branch, push))

@@ -7,9 +7,9 @@ Queues: ``ingest`` (CPU: corpus updates), ``gpu`` (training, evaluation, convers
 
 from __future__ import annotations
 
+import json
 import os
 import socket
-import time
 import typing as t
 from dataclasses import dataclass, field
 
@@ -129,36 +129,68 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _worker_alive(worker: t.Any, now: float, dead_after: float) -> bool:
+def server_time(connection: redis.Redis) -> float:
+    """Now on the Redis server's clock (``TIME``), in seconds since the epoch.
+
+    The one clock liveness is judged on: workers on other hosts may be minutes off, and a
+    timestamp one host wrote compared with another host's ``time.time()`` measures the skew,
+    not the silence."""
+    seconds, micros = connection.time()
+    return float(seconds) + micros / 1_000_000
+
+
+BEATS_SEEN_KEY = key("workers", "beats")
+"""Hash: worker name → ``{"beat": its last heartbeat as written, "at": server time first seen}``."""
+
+
+def _remote_worker_alive(connection: redis.Redis, worker: t.Any, now: float, dead_after: float) -> bool:
+    """Whether a worker on another host beat within ``dead_after`` seconds of ``now`` (Redis time).
+
+    The heartbeat RQ writes carries the worker host's clock, so its value is used only to notice
+    that it *changed*; when it changes is read on the Redis clock and remembered in
+    :data:`BEATS_SEEN_KEY`. A worker first seen now counts as just beaten."""
+    beat = worker.last_heartbeat.isoformat() if worker.last_heartbeat else ""
+    raw = connection.hget(BEATS_SEEN_KEY, worker.name)
+    seen = json.loads(raw) if raw else None
+    if seen is None or seen.get("beat") != beat:
+        connection.hset(BEATS_SEEN_KEY, worker.name, json.dumps({"beat": beat, "at": now}))
+        return True
+    return now - float(seen["at"]) <= dead_after
+
+
+def _worker_alive(connection: redis.Redis, worker: t.Any, now: float, dead_after: float) -> bool:
     """Whether the worker that started a job still lives.
 
-    On this host its pid answers the question at once. Elsewhere its heartbeat does: a worker
-    silent for ``dead_after`` seconds is dead. (A SimpleWorker does not beat during a job, so run
-    long jobs on other hosts with the forking worker, the default.)
+    On this host its pid answers the question at once. Elsewhere its heartbeat does, judged on
+    the Redis clock (:func:`_remote_worker_alive`): a worker silent for ``dead_after`` seconds is
+    dead. (A SimpleWorker does not beat during a job, so run long jobs on other hosts with the
+    forking worker, the default.)
     """
     if worker is None:
         return False  # its registration expired or it deregistered: gone
     if worker.hostname == socket.gethostname() and worker.pid:
         return _pid_alive(int(worker.pid))
-    beat = worker.last_heartbeat.timestamp() if worker.last_heartbeat else None
-    return beat is not None and now - beat <= dead_after
+    return _remote_worker_alive(connection, worker, now, dead_after)
 
 
 def clean_registries(connection: redis.Redis, now: float | None = None,
                      dead_after: float = defaults.WORKER_DEAD_AFTER_SECONDS) -> list[str]:
     """Hand jobs whose worker died back to RQ, which retries them (retries left) or fails them.
 
-    RQ itself notices only when the job's timeout has passed; here a job also counts as abandoned
-    when its worker is gone (see :func:`_worker_alive`).
+    ``now`` is the Redis server's clock (:func:`server_time`) unless a test passes its own.
+    A job counts as abandoned when its worker is gone (see :func:`_worker_alive`). The started
+    registry's scores are expiry times computed on the *worker's* clock, so RQ's own cleanup
+    would fail the jobs of a worker whose clock runs behind: the entries of live workers are
+    moved to ``now + dead_after`` first, and only what is due on the Redis clock is cleaned.
     Returns the ids of the abandoned jobs.
     """
     from rq import Worker
 
-    now = time.time() if now is None else now
+    now = server_time(connection) if now is None else now
     abandoned = []
     for name in QUEUES:
         registry = get_queue(name, connection).started_job_registry
-        for entry in connection.zrange(registry.key, 0, -1):
+        for entry, score in connection.zrange(registry.key, 0, -1, withscores=True):
             job_id = entry.decode().split(":", 1)[0]
             try:
                 job = Job.fetch(job_id, connection=connection)
@@ -166,11 +198,23 @@ def clean_registries(connection: redis.Redis, now: float | None = None,
                 continue
             worker = Worker.find_by_key(Worker.redis_worker_namespace_prefix + (job.worker_name or ""),
                                         connection=connection) if job.worker_name else None
-            if not _worker_alive(worker, now, dead_after):
+            if not _worker_alive(connection, worker, now, dead_after):
                 connection.zadd(registry.key, {entry: 0})  # expired: RQ's cleanup takes it from here
                 abandoned.append(job_id)
+            elif score < now:  # alive, its expiry written on a slow clock: not abandoned
+                connection.zadd(registry.key, {entry: now + dead_after}, xx=True)
         registry.cleanup(timestamp=now)
+    _forget_gone_workers(connection)
     return abandoned
+
+
+def _forget_gone_workers(connection: redis.Redis) -> None:
+    """Drop the remembered beats of workers whose registration is gone (names are per process)."""
+    from rq import Worker
+
+    for name in connection.hkeys(BEATS_SEEN_KEY):
+        if not connection.exists(Worker.redis_worker_namespace_prefix + name.decode()):
+            connection.hdel(BEATS_SEEN_KEY, name)
 
 
 def enqueue_due(connection: redis.Redis, now: float | None = None) -> int:

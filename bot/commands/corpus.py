@@ -92,6 +92,8 @@ def _size(nbytes: int) -> str:
 @home_option
 def list_cmd(as_json: bool, home: Path | None) -> None:
     """The corpora under --home: name, version, commit, files (train + held-out) and size."""
+    # Once a corpus is retired (its branch was deleted, so runs leave it out), a RETIRED column.
+    from bot.recipe import retirement
     from trainer.corpus import stats
     from trainer.errors import CorpusError
 
@@ -103,19 +105,26 @@ def list_cmd(as_json: bool, home: Path | None) -> None:
             summaries[name] = stats(root.parent, name)
         except CorpusError:  # mirrored, but no update has completed yet
             summaries[name] = None
+    # Retired (the bot's marker, see docs/corpus.md): its branch was deleted; kept, not trained on.
+    retired = {name for name in names if retirement(root.parent, name) is not None}
     if as_json:
+        for name in retired:
+            if summaries[name] is not None:
+                summaries[name] = dict(summaries[name], retired=True)
         click.echo(json.dumps(summaries, indent=2))
         return
     if not summaries:
         click.echo(f"no corpora under {root}; build one with `repotune corpus build <url-or-path> --name NAME`")
         return
-    rows = [("NAME", "VERSION", "COMMIT", "FILES", "SIZE")]
+    rows: list[tuple[str, ...]] = [("NAME", "VERSION", "COMMIT", "FILES", "SIZE")]
     for name, data in summaries.items():
         if data is None:
             rows.append((name, "-", "not built yet", "-", "-"))
             continue
         rows.append((name, str(data["version"]), str(data["commit"])[:12],
                      str(data["train_files"] + data["heldout_files"]), _size(data["bytes"])))
+    if retired:  # the column appears once a corpus is retired
+        rows = [rows[0] + ("RETIRED",)] + [row + ("yes" if row[0] in retired else "no",) for row in rows[1:]]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())

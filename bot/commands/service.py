@@ -168,6 +168,8 @@ def status_command(config_path, home, as_json) -> None:
         c = repo.corpus or {}
         click.echo(f"repo {repo.name}: commit {str(c.get('commit') or '—')[:12]} "
                    f"version {c.get('version', '—')} files {c.get('train_files', '—')}+{c.get('heldout_files', '—')}")
+        if repo.retired:
+            click.echo(f"  retired (branch deleted): {', '.join(repo.retired)}")
     queue = status.queue
     if queue.ok:
         queues = ", ".join(f"{n} {v['queued']}/{v['started']}" for n, v in queue.queues.items())
