@@ -16,6 +16,7 @@ from collections.abc import Iterator
 import redis
 
 from bot import queue as q
+from bot.errors import BotError
 
 _RENEW = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end
@@ -57,9 +58,15 @@ def lock_holder(connection: redis.Redis, model: str) -> str | None:
 def heartbeat(connection: redis.Redis, model: str, run_id: str, lease_seconds: float) -> Iterator[None]:
     """Hold ``model`` for ``run_id`` while the body runs: take the lease if it lapsed (the run's
     next job waited in a queue longer than a lease), then renew it every third of a lease from a
-    daemon thread. A dead worker stops beating, so the lease lapses and the model is freed."""
-    if not renew_lock(connection, model, run_id, lease_seconds):
-        acquire_lock(connection, model, run_id, lease_seconds)
+    daemon thread. A dead worker stops beating, so the lease lapses and the model is freed.
+
+    Raises :class:`BotError` when another run took the lapsed lease meanwhile: two runs must never
+    train one model at once, so this step stops instead of running unlocked."""
+    if not renew_lock(connection, model, run_id, lease_seconds) and not acquire_lock(
+            connection, model, run_id, lease_seconds):
+        raise BotError(f"run {lock_holder(connection, model)} took {model} while this run's step waited "
+                       "in the queue longer than policy.lock_lease_seconds; this run stops so that only "
+                       "one trains the model (raise the lease, or add workers to the step's queue)")
     stop = threading.Event()
 
     def beat() -> None:

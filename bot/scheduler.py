@@ -174,6 +174,9 @@ def request_training(settings: Settings, connection: redis.Redis, repo_name: str
     if repo_name is not None:
         settings.repo(repo_name)  # ConfigError naming the configured repositories
     full_trigger = Trigger(kind="chatops", reason=reason, requested_by=requested_by).merged(trigger)
+    # As in tick: a run whose next step merely waits in a queue re-takes its lapsed lease first,
+    # so a retrain never starts beside it.
+    _check_abandoned(settings, connection, time.time())
     run = start_run(settings, connection, trigger=full_trigger, repo=repo_name, full=full)
     return run.id if run else None
 
