@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import redis
 
 from bot import queue as q
+from bot.errors import BotError
 
 log = logging.getLogger(__name__)
 
@@ -96,10 +97,16 @@ def heartbeat(connection: redis.Redis, model: str, run_id: str, lease_seconds: f
     """Hold ``model`` for ``run_id`` while the body runs: take the lease if it lapsed (the run's
     next job waited in a queue longer than a lease), then keep it every third of a lease from a
     daemon thread (:func:`keep_lock`: renewed, or set again after a Redis restart lost the key).
-    A dead worker stops beating, so the lease lapses and the model is freed."""
+    A dead worker stops beating, so the lease lapses and the model is freed.
+
+    Raises :class:`BotError` when another run took the lapsed lease meanwhile: two runs must never
+    train one model at once, so this step stops instead of running unlocked."""
     lease = Lease(model, run_id)
-    if not renew_lock(connection, model, run_id, lease_seconds):
-        acquire_lock(connection, model, run_id, lease_seconds)
+    if not renew_lock(connection, model, run_id, lease_seconds) and not acquire_lock(
+            connection, model, run_id, lease_seconds):
+        raise BotError(f"run {lock_holder(connection, model)} took {model} while this run's step waited "
+                       "in the queue longer than policy.lock_lease_seconds; this run stops so that only "
+                       "one trains the model (raise the lease, or add workers to the step's queue)")
     stop = threading.Event()
 
     def beat() -> None:

@@ -35,7 +35,16 @@ from bot.locks import acquire_lock as acquire_lock
 from bot.locks import lock_holder as lock_holder
 from bot.locks import lock_key as lock_key
 from bot.locks import release_lock as release_lock
-from bot.runs import RunRecord, RunStatus, Trigger, active_runs, new_run, save_run, transition
+from bot.runs import (
+    RunRecord,
+    RunStatus,
+    Trigger,
+    active_runs,
+    load_run,
+    new_run,
+    save_run,
+    transition,
+)
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +184,10 @@ def request_training(settings: Settings, connection: redis.Redis, repo_name: str
     if repo_name is not None:
         settings.repo(repo_name)  # ConfigError naming the configured repositories
     full_trigger = Trigger(kind="chatops", reason=reason, requested_by=requested_by).merged(trigger)
+    # As in tick: a run whose next step merely waits in a queue re-takes its lapsed lease first,
+    # so a retrain never starts beside it.
+    q.clean_registries(connection)
+    _check_abandoned(settings, connection, time.time())
     run = start_run(settings, connection, trigger=full_trigger, repo=repo_name, full=full)
     return run.id if run else None
 
@@ -184,7 +197,8 @@ def request_training(settings: Settings, connection: redis.Redis, repo_name: str
 
 def _check_abandoned(settings: Settings, connection: redis.Redis, now: float) -> list[str]:
     """Fail runs whose lock lapsed because their worker died; re-take the lock of runs whose
-    next job is merely waiting in a queue."""
+    job is merely waiting in a queue or running on a live worker. Call after
+    :func:`bot.queue.clean_registries`."""
     failed = []
     model = settings.serving.model_name
     for run in active_runs(settings.home):
@@ -196,8 +210,16 @@ def _check_abandoned(settings: Settings, connection: redis.Redis, now: float) ->
                 status = Job.fetch(run.job_id, connection=connection).get_status()
             except Exception:  # NoSuchJobError and friends: the job is gone
                 status = None
-        if status in (JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED):
-            acquire_lock(connection, run.model or model, run.id, settings.policy.lock_lease_seconds)
+        # A started job's worker lives: q.clean_registries, run just before, handed back every job
+        # whose worker died. Its step may not have taken the lease yet (a lease lapsed while it
+        # waited in the queue), so re-take it rather than fail a live run.
+        if status in (JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED, JobStatus.STARTED):
+            if (acquire_lock(connection, run.model or model, run.id, settings.policy.lock_lease_seconds)
+                    and load_run(settings.home, run.id).status.terminal):
+                release_lock(connection, run.model or model, run.id)  # it ended since we read it
+            continue
+        run = load_run(settings.home, run.id)  # fresh: a run that ended since is not abandoned
+        if run.status.terminal:
             continue
         lifecycle.fail_run(settings, connection, run, "abandoned: its worker stopped renewing the "
                       f"training lock (job {run.job_id} is {status.value if status else 'gone'})",
