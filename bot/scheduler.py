@@ -187,7 +187,7 @@ def request_training(settings: Settings, connection: redis.Redis, repo_name: str
     # As in tick: a run whose next step merely waits in a queue re-takes its lapsed lease first,
     # so a retrain never starts beside it.
     q.clean_registries(connection)
-    _check_abandoned(settings, connection, time.time())
+    _check_abandoned(settings, connection, q.server_time(connection))
     run = start_run(settings, connection, trigger=full_trigger, repo=repo_name, full=full)
     return run.id if run else None
 
