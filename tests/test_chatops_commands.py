@@ -21,7 +21,7 @@ from rq import Queue, SimpleWorker
 
 from bot import config
 from bot.config import ChatopsSettings, GitHubSettings, GitLabSettings, RepoConfig, Settings
-from bot.runs import RunStatus, new_run, save_run, transition
+from bot.runs import RunStatus, Trigger, new_run, save_run, transition
 from tests.fixtures.forge import GITHUB_TOKEN, GITLAB_TOKEN, LocalForge
 
 PAYLOADS = Path(__file__).parent / "fixtures" / "payloads"
@@ -147,7 +147,7 @@ def _run(settings: Settings, *steps: str, report: str | None = None, **fields) -
         path.write_text(report)
         run.eval_report = str(path)
     for k, v in fields.items():
-        setattr(run, k, v)
+        setattr(run, k, Trigger.from_dict(v) if k == "trigger" else v)
     save_run(settings.home, run)
     return run
 
