@@ -100,7 +100,8 @@ class _Handlers:
             raise
         events = stream.events
         if self.telemetry is not None:
-            events = self._watch(stream.events, req, prompt, route, self._context(), self._started.value)
+            events = self._watch(stream.events, req, prompt, route, self._context(), self._started.value,
+                                 stream.version)
 
         def body() -> Iterator[str]:
             try:
@@ -127,14 +128,14 @@ class _Handlers:
         if req.stream:
             return self._stream(req, prompt, lambda events: _sse(events, done=True), route)
         done = self.completer.complete(req, prompt)
-        self._record(route, req, prompt, done.body)
+        self._record(route, req, prompt, done.body, done.version)
         return self._json(done.body, done.version, prompt.headers)
 
     def tabby(self, body: Any):
         req = parse_tabby(body, self.completer.limits)
         prompt = self.completer.prepare(req)
         done = self.completer.complete(req, prompt)
-        self._record("/v1/completions:tabby", req, prompt, done.body)
+        self._record("/v1/completions:tabby", req, prompt, done.body, done.version)
         return self._json(tabby_body(done.body), done.version, prompt.headers)
 
     def llama(self, body: Any, infill: bool):
@@ -146,7 +147,7 @@ class _Handlers:
             return self._stream(req, prompt, lambda events: _sse(
                 (e for e in map(llama_event, events) if e is not None), done=False), route)
         done = self.completer.complete(req, prompt)
-        self._record(route, req, prompt, done.body)
+        self._record(route, req, prompt, done.body, done.version)
         stopped_word = bool(done.stopped_at and done.stopped_at[0])
         return self._json(llama_body(done.body, stopped_word=stopped_word), done.version, prompt.headers)
 
@@ -203,7 +204,7 @@ class _Handlers:
         assert self.telemetry is not None
         return str(language)[:64], self.telemetry.client(credential)
 
-    def _record(self, route: str, req: CompletionRequest, prompt: Prompt, body: dict[str, Any],
+    def _record(self, route: str, req: CompletionRequest, prompt: Prompt, body: dict[str, Any], version: int,
                 context: tuple[str, str] | None = None, started: float | None = None) -> None:
         if self.telemetry is None:
             return
@@ -211,7 +212,7 @@ class _Handlers:
         suffix = req.suffix if SUFFIX_HEADER not in prompt.headers else ""
         tok = prompt.tokenizer
         self.telemetry.completion(
-            cid=body["id"], model=self.cfg.model_name, version=int(str(body["model"]).rsplit("@", 1)[-1]),
+            cid=body["id"], model=self.cfg.model_name, version=version,
             language=language, route=route, client=client, prompt_tokens=sum(len(r) for r in prompt.rows),
             texts=[c["text"] for c in body["choices"]],
             latency_s=time.monotonic() - (started if started is not None else self._started.value),
@@ -219,18 +220,19 @@ class _Handlers:
             count_suffix=lambda s: len(tok(s, add_special_tokens=False)["input_ids"]))
 
     def _watch(self, events: Iterator[dict[str, Any]], req: CompletionRequest, prompt: Prompt, route: str,
-               context: tuple[str, str], started: float) -> Iterator[dict[str, Any]]:
-        """Pass a stream's events through; when it ends, record the text it sent."""
+               context: tuple[str, str], started: float, version: int) -> Iterator[dict[str, Any]]:
+        """Pass a stream's events through; when it ends, record the text it sent (under the
+        version of its first chunk, the one its response header named)."""
         texts: dict[int, str] = {}
-        cid, model = "", ""
+        cid = ""
         for ev in events:
             for c in ev.get("choices") or ():
                 texts[c["index"]] = texts.get(c["index"], "") + c.get("text", "")
-            cid, model = ev.get("id", cid), ev.get("model", model)
+            cid = ev.get("id", cid)
             yield ev
         if cid:
-            body = {"id": cid, "model": model, "choices": [{"text": texts[i]} for i in sorted(texts)]}
-            self._record(route, req, prompt, body, context, started)
+            body = {"id": cid, "choices": [{"text": texts[i]} for i in sorted(texts)]}
+            self._record(route, req, prompt, body, version, context, started)
 
 
 def completion_routes(app, cfg: ProxyConfig, completer: Completer, metrics,

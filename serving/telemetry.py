@@ -25,6 +25,7 @@ same event twice a 409, and either changes nothing.
 
 from __future__ import annotations
 
+import atexit
 import datetime as _dt
 import difflib
 import hashlib
@@ -341,6 +342,7 @@ class Telemetry:
         self.index.load(self.folder, time.time())
         self.writer = TelemetryWriter(self.folder, max_file_bytes=max_file_bytes, retention_days=retention_days,
                                       queue_size=queue_size, on_drop=self.hooks.dropped)
+        atexit.register(self.writer.flush, 2.0)  # a clean exit writes what is queued
 
     def client(self, credential: str) -> str:
         return client_hash(self.salt, credential) if credential else ""
