@@ -62,6 +62,10 @@ INDEX_WINDOW_S = 24 * 3600
 """How long a served completion accepts events (seconds): older ids are unknown (404)."""
 INDEX_MAX = 200_000
 """Most completions remembered for events (oldest forgotten first)."""
+EVENT_FIELDS = ("type", "completion_id", "choice_index", "select_kind", "view_id", "elapsed")
+"""The fields of a Tabby event that are kept: whatever else a client sends (it may be code) is not."""
+MAX_KEPT_CHARS = 100_000
+"""Longest ``text`` a feedback may send (the comparison with the completion is quadratic)."""
 
 _FILE = re.compile(r"^(?P<stream>[a-z]+)-(?P<day>\d{4}-\d{2}-\d{2})(?:\.(?P<part>\d+))?\.jsonl$")
 
@@ -373,6 +377,7 @@ class Telemetry:
 
         Events without a completion (Tabby's ``completion``/``chat_completion`` kinds) are
         stored as they are."""
+        event = {k: event[k] for k in EVENT_FIELDS if k in event}
         if "completion_id" not in event:
             record = {**event, "time": time.time(), "client": client}
             self.writer.submit(EVENTS, record)
@@ -381,7 +386,7 @@ class Telemetry:
         key = (event["completion_id"], event["choice_index"], event["type"],
                str(event.get("select_kind") or ""), str(event.get("view_id") or ""))
         served = self._served(event["completion_id"], event["choice_index"])
-        return self._record(served, key, {k: v for k, v in event.items() if k != "raw"}, event["type"])
+        return self._record(served, key, event, event["type"])
 
     def feedback(self, cid: str, body: Any, client: str = "") -> dict[str, Any]:
         """``POST /v1/completions/<id>/feedback``: ``{"accepted": bool, "choice_index"?: int,
@@ -395,7 +400,9 @@ class Telemetry:
                    "choice_index must be a non-negative integer"
                    if isinstance(index, bool) or not isinstance(index, int) or index < 0 else
                    "text must be a string (what was kept of the completion)"
-                   if kept is not None and not isinstance(kept, str) else None)
+                   if kept is not None and not isinstance(kept, str) else
+                   f"text may be at most {MAX_KEPT_CHARS} characters: send the lines around the completion"
+                   if kept is not None and len(kept) > MAX_KEPT_CHARS else None)
         if problem:
             self.hooks.rejected("malformed")
             raise ApiError(400, problem, param=problem.split(" ", 1)[0])

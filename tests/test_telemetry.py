@@ -111,9 +111,10 @@ def test_unknown_replayed_and_malformed_events_are_refused_and_change_nothing(
     client = app.test_client()
     body = _tabby(client)
     view = {"type": "view", "completion_id": body["id"], "choice_index": 0}
-    assert client.post("/v1/events", json=view).status_code == 200
+    assert client.post("/v1/events", json={**view, "extra": {"prompt": "SECRET CODE"}}).status_code == 200
     _flush(app)
     before = _lines(folder, EVENTS)
+    assert len(before) == 1 and "SECRET" not in json.dumps(before)  # only the known fields are kept
 
     replay = client.post("/v1/events", json=view)
     assert replay.status_code == 409 and replay.get_json()["error"]["code"] == "duplicate_event"
@@ -149,6 +150,8 @@ def test_feedback_measures_what_was_kept_after_edits(deployed, triton_server, tr
     text = body["choices"][0]["text"]
     assert len(text) >= 4, f"the tiny model gave too short a completion to edit: {text!r}"
     kept = text[: len(text) // 2] + "\u2603" * 5  # a character the model never wrote
+    huge = client.post(f"/v1/completions/{body['id']}/feedback", json={"accepted": True, "text": "x" * 100_001})
+    assert huge.status_code == 400 and "at most" in huge.get_json()["error"]["message"]
     resp = client.post(f"/v1/completions/{body['id']}/feedback", json={"accepted": True, "text": kept})
     assert resp.status_code == 200, resp.get_data(as_text=True)
     assert resp.get_json()["kept_chars"] == len(text) // 2
