@@ -264,3 +264,15 @@ def test_tabby_agent_completion_is_recorded(deployed, triton_server, triton_repo
     # Whatever the agent posted itself is stored too, and checked like ours.
     assert {("view", cid), ("select", cid)} <= {(e["type"], e.get("completion_id")) for e in events}
     assert all(e.get("version") == deployed.current() for e in events if e.get("completion_id"))
+
+
+def test_without_telemetry_events_are_only_validated_and_feedback_says_it_is_off(
+        deployed, triton_server, triton_repo_root: Path) -> None:
+    app = create_proxy_app(ProxyConfig(triton_url=triton_server.url, model_repository=triton_repo_root,
+                                       model_name=MODEL, timeout_s=30))
+    client = app.test_client()
+    assert app.config["repotune.telemetry"] is None
+    event = {"type": "view", "completion_id": "cmpl-anything", "choice_index": 0}
+    assert client.post("/v1/events", json=event).status_code == 200  # no record to check it against
+    off = client.post("/v1/completions/cmpl-anything/feedback", json={"accepted": True})
+    assert off.status_code == 404 and off.get_json()["error"]["code"] == "telemetry_off"
