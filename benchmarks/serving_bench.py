@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/serving_bench.py            # full run (~2-3 min on 2 cores)
     .venv/bin/python benchmarks/serving_bench.py --quick    # smoke-sized
+    .venv/bin/python benchmarks/serving_bench.py --telemetry [--quick]   # only the telemetry figures
 
 Everything is real: the embedded tritonserver from nvidia-pytriton with RepoTune's python-backend
 model (a tiny CodeGen bootstrapped offline), the Flask proxy on a free port, HTTP clients.
@@ -198,7 +199,12 @@ def swap_bench(repo, artifact: Path, url: str, body: dict, log: Path, n_swaps: i
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small run")
+    parser.add_argument("--telemetry", action="store_true",
+                        help="only the telemetry figures: proxy p50 with telemetry on vs off, events/s")
     args = parser.parse_args()
+    if args.telemetry:
+        telemetry_bench(args.quick)
+        return
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no access log in the figures
     n_latency = 30 if args.quick else 200
     window_s = 3.0 if args.quick else 10.0
@@ -258,6 +264,80 @@ def main() -> None:
         swap_bench(repo, artifact, f"{base}/v1/completions", body, work / "triton.log", n_swaps)
         http.shutdown()
         fim_bench(work, [p.read_text() for p in files], triton, root, n_latency, window_s)
+
+
+def telemetry_bench(quick: bool) -> None:
+    """Telemetry's cost: the same proxy with telemetry off and on, requests alternated so drift
+    hits both alike (budget: under 0.5 ms p50 added per request), the request-path hook alone,
+    and events/s ingested through ``POST /v1/events``."""
+    import requests
+    from werkzeug.serving import make_server
+
+    import converter
+    from serving import ModelRepository, ProxyConfig, TritonServer, create_proxy_app
+    from trainer import sample_code
+    from trainer.tiny import init_tiny
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    n = 40 if quick else 300
+    work = Path(tempfile.mkdtemp(prefix="telemetry-bench-"))
+    files = sample_code.generate(work / "src", files=40, seed=1)
+    ckpt = init_tiny((p.read_text() for p in files), work / "model")
+    artifact = converter.convert(ckpt, work / "artifact", to="python", verify=False).artifact
+    root = work / "repo"
+    with TritonServer(root, log_path=work / "triton.log") as triton:
+        repo = ModelRepository(root, "codegen", triton.url)
+        repo.activate(repo.publish(artifact))
+        bases = {}
+        for name, folder in (("off", None), ("on", work / "telemetry")):
+            app = create_proxy_app(ProxyConfig(triton_url=triton.url, model_repository=root, telemetry_dir=folder))
+            http = make_server("127.0.0.1", 0, app, threaded=True)
+            threading.Thread(target=http.serve_forever, daemon=True).start()
+            bases[name] = (f"http://127.0.0.1:{http.server_port}", app)
+        body = {"prompt": PROMPT, "max_tokens": MAX_TOKENS, "temperature": 0}
+        session = requests.Session()
+        session.headers["X-RepoTune-Language"] = "python"
+        times: dict[str, list[float]] = {"off": [], "on": []}
+        ids: list[str] = []
+        for i in range(n + 5):
+            for name in ("off", "on") if i % 2 else ("on", "off"):
+                t = time.perf_counter()
+                resp = session.post(f"{bases[name][0]}/v1/completions", json=body, timeout=30)
+                elapsed = (time.perf_counter() - t) * 1000
+                assert resp.status_code == 200, resp.text
+                if i >= 5:  # the first few warm up both
+                    times[name].append(elapsed)
+                if name == "on":
+                    ids.append(resp.json()["id"])
+        off, on = percentile(times["off"], 50), percentile(times["on"], 50)
+        print(f"telemetry, {MAX_TOKENS}-token greedy completion through the proxy, {n} requests each (alternated):")
+        print(f"  telemetry off  p50 {off:7.3f} ms   p99 {percentile(times['off'], 99):7.3f} ms")
+        print(f"  telemetry on   p50 {on:7.3f} ms   p99 {percentile(times['on'], 99):7.3f} ms")
+        print(f"  difference     p50 {on - off:+7.3f} ms   (budget 0.5 ms; includes Triton's own noise)")
+
+        telemetry = bases["on"][1].config["repotune.telemetry"]
+        hook = []
+        for i in range(2000):
+            t = time.perf_counter()
+            telemetry.completion(cid=f"bench-{i}", model="codegen", version=1, language="python",
+                                 route="bench", client=telemetry.client("key"), prompt_tokens=100,
+                                 texts=["return a + b"], latency_s=0.01)
+            hook.append((time.perf_counter() - t) * 1000)
+        print(f"  request-path hook alone (hash + record + queue put): p50 {percentile(hook, 50) * 1000:.1f} us, "
+              f"p99 {percentile(hook, 99) * 1000:.1f} us")
+
+        events = [{"type": "view", "completion_id": cid, "choice_index": 0} for cid in ids] + \
+                 [{"type": "select", "completion_id": cid, "choice_index": 0} for cid in ids]
+        base = bases["on"][0]
+        t = time.perf_counter()
+        with ThreadPoolExecutor(4) as pool:
+            codes = list(pool.map(lambda ev: session.post(f"{base}/v1/events", json=ev, timeout=30).status_code,
+                                  events))
+        elapsed = time.perf_counter() - t
+        assert telemetry.writer.flush()
+        bad = sum(1 for c in codes if c != 200)
+        print(f"  events ingested over HTTP (4 clients): {len(events) / elapsed:7.1f} events/s "
+              f"({len(events)} events, {bad} refused, {telemetry.writer.dropped} dropped)")
 
 
 if __name__ == "__main__":

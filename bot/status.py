@@ -11,7 +11,8 @@ Every part is collected on its own: Redis being down or a corpus not built yet s
 needed most.
 
 The snapshot only *reads summaries that are written atomically*: ``corpus/<name>/corpus.json``,
-``runs/*/run.json``, the serving pointer ``triton/<model>/serving.json`` and the freshness files.
+``runs/*/run.json``, the serving pointer ``triton/<model>/serving.json`` and the freshness files
+(and the proxy's append-only telemetry files, summarised once per change of their sizes).
 It never takes a corpus lock, never runs a corpus recovery, never opens a manifest, never calls
 git or Triton, and reads Redis with a short socket timeout (:data:`REDIS_TIMEOUT_S`). So an ingest
 holding every corpus lock for minutes, or a hung Redis, cannot make ``/``, ``/api/status`` or the
@@ -26,9 +27,11 @@ from __future__ import annotations
 import json
 import logging
 import re
+import threading
 import time
 import typing as t
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import redis
 
@@ -124,12 +127,15 @@ class Status:
     freshness: dict[str, t.Any]
     """Corpus name → last history points (see :func:`bot.freshness.summary`), or ``{"error": …}``."""
     queue: QueueStatus
+    acceptance: dict[str, t.Any] = field(default_factory=dict)
+    """What editors did with the served completions: ``{"days", "rows"}`` (rows of
+    :class:`serving.acceptance.AcceptanceRow` as dicts, newest version first) or ``{"error": …}``."""
 
     def to_dict(self) -> dict[str, t.Any]:
         return {"time": self.time, "home": self.home,
                 "repositories": [r.to_dict() for r in self.repositories],
                 "serving": self.serving.to_dict(), "runs": [r.as_dict() for r in self.runs],
-                "freshness": self.freshness, **self.queue.to_dict()}
+                "freshness": self.freshness, "acceptance": self.acceptance, **self.queue.to_dict()}
 
 
 def _safe_url(url: str) -> str:
@@ -186,6 +192,44 @@ def _freshness(settings: Settings) -> dict[str, t.Any]:
         return {"error": "the freshness history could not be read (the server log says why)"}
 
 
+ACCEPTANCE_DAYS = 7
+"""Days of telemetry the status summarises (the acceptance of what serves now, not of last year)."""
+
+_acceptance_cache: dict[str, t.Any] = {}
+_acceptance_lock = threading.Lock()
+
+
+def telemetry_dir(settings: Settings) -> Path:
+    """Where the proxy records completions and events: ``[serving] telemetry_dir`` when the
+    settings have it, else ``<home>/telemetry``."""
+    configured = getattr(settings.serving, "telemetry_dir", None)
+    return Path(configured) if configured else Path(settings.home) / "telemetry"
+
+
+def _acceptance(settings: Settings, days: int = ACCEPTANCE_DAYS) -> dict[str, t.Any]:
+    """Acceptance per version and language over the last ``days`` of telemetry.
+
+    The telemetry files are append-only, not summaries, so the result is cached per set of
+    (file, size, mtime): a status view re-reads them only after the proxy wrote more."""
+    try:
+        from serving.acceptance import summarize
+        from serving.telemetry import COMPLETIONS, EVENTS, telemetry_files
+
+        folder = telemetry_dir(settings)
+        since = time.time() - days * 86400
+        files = telemetry_files(folder, COMPLETIONS, since) + telemetry_files(folder, EVENTS, since)
+        key = repr([(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files] + [str(folder), days])
+        with _acceptance_lock:
+            if _acceptance_cache.get("key") != key:
+                rows = [r.as_dict() for r in summarize(folder, days=days)]
+                _acceptance_cache.clear()
+                _acceptance_cache.update(key=key, rows=rows)
+            return {"days": days, "rows": list(_acceptance_cache["rows"])}
+    except Exception as exc:  # unreadable telemetry must not take the status down
+        log.warning("status: completion telemetry unreadable: %s", exc)
+        return {"error": "the completion telemetry could not be read (the server log says why)"}
+
+
 def bounded(connection: redis.Redis, timeout_s: float = REDIS_TIMEOUT_S) -> redis.Redis:
     """``connection`` itself when its socket timeout is at most ``timeout_s``, else a client for
     the same server with that timeout (the webhook builds one once; a CLI call builds its own)."""
@@ -217,11 +261,12 @@ def snapshot(settings: Settings, connection: redis.Redis | None,
              limit: int = defaults.RECENT_RUNS) -> Status:
     """Repositories with corpus stats, serving version and versions, the ``limit`` most recent
     runs, the freshness history per corpus (last points), queue lengths, pending changes, the
-    training lock and the paused flag."""
+    training lock, the paused flag and the acceptance of served completions per version."""
     return Status(time=time.time(), home=str(settings.home),
                   repositories=[_repository(settings, repo) for repo in settings.repos],
                   serving=_serving(settings), runs=list_runs(settings.home, limit),
-                  freshness=_freshness(settings), queue=_queue(settings, connection))
+                  freshness=_freshness(settings), queue=_queue(settings, connection),
+                  acceptance=_acceptance(settings))
 
 
 def collect(settings: Settings, connection: redis.Redis | None,

@@ -3,8 +3,9 @@
 Routes (``bot.webhook.create_app`` registers :data:`blueprint`):
 
 ``/`` and ``/status``
-    Repositories with corpus stats, model versions with the serving one, recent runs with their
-    status and reports, the metric-history chart, queue state. Data: :func:`bot.status.snapshot`.
+    Repositories with corpus stats, model versions with the serving one, completion acceptance
+    per version and language (from the proxy's telemetry), recent runs with their status and
+    reports, the metric-history chart, queue state. Data: :func:`bot.status.snapshot`.
 ``/runs/<run_id>``
     One run: HTML for a browser (the links in commit statuses and MR comments land here), the
     ``run.json`` record as JSON for anything else (``?format=json`` forces JSON).
@@ -229,6 +230,21 @@ def _render_freshness_chart(home: Path, corpus: str) -> bytes | None:
         return png
 
 
+def _acceptance_view(status: dict[str, t.Any]) -> dict[str, t.Any]:
+    """The acceptance rows grouped per version (newest first), with their figures as text."""
+    data = status.get("acceptance") or {}
+    if data.get("error"):
+        return {"error": data["error"], "versions": [], "days": data.get("days")}
+    from serving.acceptance import format_kept, format_rate
+
+    versions: dict[int, list[dict[str, t.Any]]] = {}
+    for row in data.get("rows") or []:
+        versions.setdefault(row["version"], []).append(
+            {**row, "rate_text": format_rate(row), "kept_text": format_kept(row)})
+    return {"error": None, "days": data.get("days"),
+            "versions": [{"version": v, "rows": rows} for v, rows in sorted(versions.items(), reverse=True)]}
+
+
 # --- Markdown ------------------------------------------------------------------------------
 
 
@@ -318,6 +334,7 @@ def index() -> str:
         training_lock=status.get("training_lock"),
         chart=_chart_state(home),
         freshness=_freshness_view(home, status),
+        acceptance=_acceptance_view(status),
     )
 
 

@@ -9,8 +9,8 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from serving.completer import Completer
-from serving.completions import ApiError, from_serving
+from serving.completer import SUFFIX_HEADER, Completer, Prompt
+from serving.completions import ApiError, CompletionRequest, from_serving
 from serving.errors import ServingError
 from serving.protocols import (
     EventLog,
@@ -27,6 +27,7 @@ from serving.protocols import (
 
 if TYPE_CHECKING:
     from serving.proxy import ProxyConfig
+    from serving.telemetry import Telemetry
 
 VERSION_HEADER = "x-repotune-model-version"
 
@@ -54,19 +55,21 @@ class _StreamSlots:
 class _Handlers:
     """One method per protocol; :meth:`run` wraps each with auth, error shapes and metrics."""
 
-    def __init__(self, cfg: ProxyConfig, completer: Completer, metrics) -> None:
+    def __init__(self, cfg: ProxyConfig, completer: Completer, metrics, telemetry: Telemetry | None = None) -> None:
         self.cfg = cfg
         self.completer = completer
         self.metrics = metrics
+        self.telemetry = telemetry
         self.slots = _StreamSlots(cfg.max_concurrent_streams)
         self.events = EventLog(cfg.events_dir) if cfg.events_dir is not None else None
+        self._started = threading.local()
 
     def run(self, route: str, handler: Callable[[Any], Any]):
         from flask import request
 
         from serving.proxy import authorize, error_response
 
-        started = time.monotonic()
+        started = self._started.value = time.monotonic()
         status = 500
         try:
             authorize(self.cfg)
@@ -84,9 +87,9 @@ class _Handlers:
             self.metrics.requests.labels(route, str(status)).inc()
             self.metrics.latency.labels(route).observe(time.monotonic() - started)
 
-    def _stream(self, req, prompt, to_sse: Callable[[Iterator[dict[str, Any]]], Iterator[str]]):
+    def _stream(self, req, prompt, to_sse: Callable[[Iterator[dict[str, Any]]], Iterator[str]], route: str):
         """Start a stream in a free slot; the slot is released when the last byte is sent or the
-        client goes away (whichever comes first)."""
+        client goes away (whichever comes first). Telemetry records it once it ends."""
         from flask import Response
 
         release = self.slots.take()
@@ -95,10 +98,14 @@ class _Handlers:
         except BaseException:
             release()
             raise
+        events = stream.events
+        if self.telemetry is not None:
+            events = self._watch(stream.events, req, prompt, route, self._context(), self._started.value,
+                                 stream.version)
 
         def body() -> Iterator[str]:
             try:
-                yield from to_sse(stream.events)
+                yield from to_sse(events)
             finally:
                 release()
         resp = Response(body(), mimetype="text/event-stream")
@@ -115,28 +122,32 @@ class _Handlers:
         resp.headers.update({VERSION_HEADER: str(version), **headers})
         return resp
 
-    def openai(self, body: Any):
+    def openai(self, body: Any, route: str = "/v1/completions"):
         req = self.completer.parse(body)
         prompt = self.completer.prepare(req)
         if req.stream:
-            return self._stream(req, prompt, lambda events: _sse(events, done=True))
+            return self._stream(req, prompt, lambda events: _sse(events, done=True), route)
         done = self.completer.complete(req, prompt)
+        self._record(route, req, prompt, done.body, done.version)
         return self._json(done.body, done.version, prompt.headers)
 
     def tabby(self, body: Any):
         req = parse_tabby(body, self.completer.limits)
         prompt = self.completer.prepare(req)
         done = self.completer.complete(req, prompt)
+        self._record("/v1/completions:tabby", req, prompt, done.body, done.version)
         return self._json(tabby_body(done.body), done.version, prompt.headers)
 
     def llama(self, body: Any, infill: bool):
         limits = self.completer.limits
+        route = "/infill" if infill else "/completion"
         req = parse_infill(body, limits) if infill else parse_llama_completion(body, limits)
         prompt = self.completer.prepare(req, infill=infill)
         if req.stream:
             return self._stream(req, prompt, lambda events: _sse(
-                (e for e in map(llama_event, events) if e is not None), done=False))
+                (e for e in map(llama_event, events) if e is not None), done=False), route)
         done = self.completer.complete(req, prompt)
+        self._record(route, req, prompt, done.body, done.version)
         stopped_word = bool(done.stopped_at and done.stopped_at[0])
         return self._json(llama_body(done.body, stopped_word=stopped_word), done.version, prompt.headers)
 
@@ -146,19 +157,93 @@ class _Handlers:
         from serving.proxy import authorize
 
         authorize(self.cfg)
-        event = parse_event(request.get_json(silent=True))
+        try:
+            event = parse_event(request.get_json(silent=True))
+        except ApiError:
+            if self.telemetry is not None:
+                self.telemetry.hooks.rejected("malformed")
+            raise
+        if request.args.get("select_kind"):  # tabby-agent sends it as a query parameter
+            event.setdefault("select_kind", request.args["select_kind"])
+        if self.telemetry is not None:
+            self.telemetry.event(event, self._context()[1])
         if self.events is not None:
             self.events.append(event, time.time())
         return "", 200
 
+    def feedback(self, cid: str):
+        """``POST /v1/completions/<id>/feedback`` for clients without Tabby's events."""
+        from flask import jsonify, request
 
-def completion_routes(app, cfg: ProxyConfig, completer: Completer, metrics) -> None:
-    """Register the completion routes of every protocol, and Tabby's probes and events."""
+        from serving.proxy import authorize
+
+        authorize(self.cfg)
+        if self.telemetry is None:
+            raise ApiError(404, "completion feedback is off on this proxy (no telemetry folder is "
+                                "configured); ask the operator to set the serving telemetry_dir",
+                           code="telemetry_off")
+        rec = self.telemetry.feedback(cid, request.get_json(silent=True), self._context()[1])
+        return jsonify({"id": cid, "choice_index": rec["choice_index"], "accepted": rec["accepted"],
+                        "kept_chars": rec.get("kept_chars")})
+
+    # ------------------------------------------------------------------ telemetry
+
+    def _context(self) -> tuple[str, str]:
+        """(language, client hash) of the current request; the language from Tabby's body, the
+        ``X-RepoTune-Language`` header or the OpenAI body's ``language``/``user``."""
+        from flask import request
+
+        from serving._auth import presented_credential
+
+        body = request.get_json(silent=True)
+        body = body if isinstance(body, dict) else {}
+        language = body.get("language") or request.headers.get("X-RepoTune-Language") or "unknown"
+        credential = (presented_credential(request.headers.get("Authorization", ""))
+                      or (body.get("user") if isinstance(body.get("user"), str) else "")
+                      or f"{request.remote_addr} {request.headers.get('User-Agent', '')}")
+        assert self.telemetry is not None
+        return str(language)[:64], self.telemetry.client(credential)
+
+    def _record(self, route: str, req: CompletionRequest, prompt: Prompt, body: dict[str, Any], version: int,
+                context: tuple[str, str] | None = None, started: float | None = None) -> None:
+        if self.telemetry is None:
+            return
+        language, client = context or self._context()
+        suffix = req.suffix if SUFFIX_HEADER not in prompt.headers else ""
+        tok = prompt.tokenizer
+        self.telemetry.completion(
+            cid=body["id"], model=self.cfg.model_name, version=version,
+            language=language, route=route, client=client, prompt_tokens=sum(len(r) for r in prompt.rows),
+            texts=[c["text"] for c in body["choices"]],
+            latency_s=time.monotonic() - (started if started is not None else self._started.value),
+            suffix=suffix, prompt=req.prompts[0] if req.prompts else "",
+            count_suffix=lambda s: len(tok(s, add_special_tokens=False)["input_ids"]))
+
+    def _watch(self, events: Iterator[dict[str, Any]], req: CompletionRequest, prompt: Prompt, route: str,
+               context: tuple[str, str], started: float, version: int) -> Iterator[dict[str, Any]]:
+        """Pass a stream's events through; when it ends, record the text it sent (under the
+        version of its first chunk, the one its response header named)."""
+        texts: dict[int, str] = {}
+        cid = ""
+        for ev in events:
+            for c in ev.get("choices") or ():
+                texts[c["index"]] = texts.get(c["index"], "") + c.get("text", "")
+            cid = ev.get("id", cid)
+            yield ev
+        if cid:
+            body = {"id": cid, "choices": [{"text": texts[i]} for i in sorted(texts)]}
+            self._record(route, req, prompt, body, version, context, started)
+
+
+def completion_routes(app, cfg: ProxyConfig, completer: Completer, metrics,
+                      telemetry: Telemetry | None = None) -> None:
+    """Register the completion routes of every protocol, Tabby's probes and events, and the
+    feedback endpoint."""
     from flask import jsonify, request
 
     from serving.proxy import authorize
 
-    h = _Handlers(cfg, completer, metrics)
+    h = _Handlers(cfg, completer, metrics, telemetry)
 
     @app.post("/v1/completions")
     def completions():
@@ -166,15 +251,17 @@ def completion_routes(app, cfg: ProxyConfig, completer: Completer, metrics) -> N
             return h.run("/v1/completions:tabby", h.tabby)
         return h.run("/v1/completions", h.openai)
 
-    app.add_url_rule("/completions", "bare_completions", lambda: h.run("/completions", h.openai),
-                     methods=["POST"])
+    app.add_url_rule("/completions", "bare_completions",
+                     lambda: h.run("/completions", lambda b: h.openai(b, "/completions")), methods=["POST"])
     app.add_url_rule("/v1/engines/<engine>/completions", "engine_completions",
-                     lambda engine: h.run("/v1/engines/completions", h.openai), methods=["POST"])
+                     lambda engine: h.run("/v1/engines/completions",
+                                          lambda b: h.openai(b, "/v1/engines/completions")), methods=["POST"])
     app.add_url_rule("/infill", "infill", lambda: h.run("/infill", lambda b: h.llama(b, infill=True)),
                      methods=["POST"])
     app.add_url_rule("/completion", "llama_completion",
                      lambda: h.run("/completion", lambda b: h.llama(b, infill=False)), methods=["POST"])
     app.add_url_rule("/v1/events", "tabby_events", h.event, methods=["POST"])
+    app.add_url_rule("/v1/completions/<cid>/feedback", "completion_feedback", h.feedback, methods=["POST"])
 
     @app.get("/v1/health")
     def tabby_health_route():

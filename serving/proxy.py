@@ -3,7 +3,7 @@
 Routes: ``POST /v1/completions`` (OpenAI, or Tabby's shape when the body has ``segments``),
 ``POST /completions`` and ``POST /v1/engines/<engine>/completions`` (OpenAI), ``POST /infill``
 and ``POST /completion`` (llama.cpp), ``GET /v1/health``, ``GET /v1beta/server_setting`` and
-``POST /v1/events`` (Tabby), ``GET /v1/models``, ``GET /copilot_internal/v2/token``,
+``POST /v1/events`` (Tabby), ``POST /v1/completions/<id>/feedback``, ``GET /v1/models``, ``GET /copilot_internal/v2/token``,
 ``GET /healthz``, ``GET /metrics`` (Prometheus). The protocol shapes live in
 :mod:`serving.protocols`, the routes in :mod:`serving._routes`.
 
@@ -97,6 +97,21 @@ class ProxyConfig:
     """Streams in flight at once; one more is answered 429."""
     token_ttl_s: int = 1800
     """Lifetime of a token from ``/copilot_internal/v2/token``."""
+    telemetry_dir: str | Path | None = None
+    """Where served completions and editor events are recorded (:mod:`serving.telemetry`);
+    ``None`` turns telemetry off (events are then only validated, feedback answers 404)."""
+    store_code: bool = False
+    """Also record prompts, suffixes and completion texts (off: counts and hashes only)."""
+    telemetry_salt_file: str | Path | None = None
+    """The secret salt of client hashes (created 0600 if missing); ``None``: ``<telemetry_dir>/.salt``."""
+    telemetry_retention_days: int = 30
+    """Days a telemetry file is kept."""
+    telemetry_max_file_bytes: int = 64 * 1024 * 1024
+    """Size at which a day's telemetry file is continued in the next one."""
+    telemetry_window_s: float = 24 * 3600
+    """How long after serving a completion its events are accepted (older ids: 404)."""
+    telemetry_queue_size: int = 10_000
+    """Records waiting for the telemetry writer; more are dropped and counted, never waited for."""
 
     def limits(self) -> RequestLimits:
         return RequestLimits(max_tokens=self.max_tokens_limit, max_prompt_chars=self.max_prompt_chars,
@@ -113,6 +128,11 @@ class _Metrics:
     latency: Any
     tokens: Any
     retries: Any
+    served: Any
+    served_chars: Any
+    events: Any
+    events_rejected: Any
+    telemetry_dropped: Any
 
     @classmethod
     def create(cls) -> _Metrics:
@@ -129,7 +149,29 @@ class _Metrics:
             tokens=Counter("repotune_proxy_completion_tokens", "Tokens generated", registry=registry),
             retries=Counter("repotune_proxy_version_retries", "Requests retried after their version "
                             "was unloaded mid-swap", registry=registry),
+            served=Counter("repotune_proxy_served_completions", "Completions recorded by telemetry",
+                           ["version", "language"], registry=registry),
+            served_chars=Histogram("repotune_proxy_completion_chars", "Characters per served completion",
+                                   ["version"], registry=registry,
+                                   buckets=(0, 10, 25, 50, 100, 200, 400, 800, 1600)),
+            events=Counter("repotune_proxy_events", "Editor events recorded (view, select, dismiss, "
+                           "accepted, rejected)", ["type"], registry=registry),
+            events_rejected=Counter("repotune_proxy_events_rejected", "Editor events refused "
+                                    "(unknown, replay, malformed)", ["reason"], registry=registry),
+            telemetry_dropped=Counter("repotune_proxy_telemetry_dropped", "Telemetry records dropped "
+                                      "because the writer's queue was full", registry=registry),
         )
+
+    def telemetry_hooks(self):
+        from serving.telemetry import TelemetryHooks
+
+        def served(version: str, language: str, chars: int) -> None:
+            self.served.labels(version, language).inc()
+            self.served_chars.labels(version).observe(chars)
+
+        return TelemetryHooks(served=served, event=lambda kind: self.events.labels(kind).inc(),
+                              rejected=lambda reason: self.events_rejected.labels(reason).inc(),
+                              dropped=self.telemetry_dropped.inc)
 
 
 def create_proxy_app(cfg: ProxyConfig):
@@ -150,10 +192,25 @@ def create_proxy_app(cfg: ProxyConfig):
     app.config["repotune.router"] = router
     app.config["repotune.triton"] = triton
     app.config["repotune.completer"] = completer
+    telemetry = _telemetry(cfg, metrics)
+    app.config["repotune.telemetry"] = telemetry
     _error_handlers(app, cfg)
-    completion_routes(app, cfg, completer, metrics)
+    completion_routes(app, cfg, completer, metrics, telemetry)
     _info_routes(app, cfg, router, triton, metrics)
     return app
+
+
+def _telemetry(cfg: ProxyConfig, metrics: _Metrics):
+    """The app's :class:`serving.telemetry.Telemetry`, or None when ``telemetry_dir`` is unset."""
+    if cfg.telemetry_dir is None:
+        return None
+    from serving.telemetry import Telemetry, load_salt
+
+    folder = Path(cfg.telemetry_dir)
+    salt = load_salt(cfg.telemetry_salt_file or folder / ".salt")
+    return Telemetry(folder, salt, store_code=cfg.store_code, hooks=metrics.telemetry_hooks(),
+                     window_s=cfg.telemetry_window_s, retention_days=cfg.telemetry_retention_days,
+                     max_file_bytes=cfg.telemetry_max_file_bytes, queue_size=cfg.telemetry_queue_size)
 
 
 def error_response(err: ApiError):

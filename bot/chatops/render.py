@@ -46,6 +46,7 @@ def render_status(data: Mapping[str, Any], settings: Any = None) -> str:
         parts.append(f":warning: {redis_state.get('error', 'Redis is unreachable')}")
     for section in (_corpus_table(data.get("repositories") or []),
                     _runs_table(data.get("runs") or []),
+                    _acceptance_table(_mapping(data.get("acceptance"))),
                     _queues_table(_mapping(data.get("queues")))):
         if section:
             parts += ["", *section]
@@ -86,6 +87,21 @@ def _runs_table(runs: list[Mapping[str, Any]]) -> list[str]:
     rows = [[f"`{r.get('id')}`", r.get("status"), r.get("repo"), _when(r.get("created")),
              r.get("version")] for r in runs[:10]]
     return ["**Recent runs**", table(["run", "status", "repository", "created", "version"], rows)]
+
+
+def _acceptance_table(acceptance: Mapping[str, Any]) -> list[str]:
+    """Per model version (all languages): shown, accepted, rate with its Wilson interval, kept."""
+    if acceptance.get("error"):
+        return [f"Completion acceptance: {acceptance['error']}"]
+    rows = [r for r in acceptance.get("rows") or [] if isinstance(r, Mapping) and r.get("language") == "*"]
+    if not rows:
+        return []
+    from serving.acceptance import format_kept, format_rate
+
+    body = [[r.get("version"), r.get("served"), r.get("shown"), r.get("accepted"), format_rate(r), format_kept(r)]
+            for r in rows[:5]]
+    return [f"**Completion acceptance** (last {acceptance.get('days', '?')} days)",
+            table(["version", "served", "shown", "accepted", "rate (95% CI)", "kept after edits"], body)]
 
 
 def _queues_table(queues: Mapping[str, Any]) -> list[str]:

@@ -180,6 +180,19 @@ def status_command(config_path, home, as_json) -> None:
     for run in status.runs[:5]:
         click.echo(f"run {run.id}: {run.status.value}")
     _echo_freshness(status.freshness)
+    _echo_acceptance(status.acceptance)
+
+
+def _echo_acceptance(acceptance: dict[str, t.Any]) -> None:
+    if acceptance.get("error"):
+        click.echo(f"acceptance: {acceptance['error']}")
+        return
+    from serving.acceptance import format_kept, format_rate
+
+    for r in acceptance.get("rows") or []:
+        scope = "all languages" if r["language"] == "*" else r["language"]
+        click.echo(f"acceptance version {r['version']} {scope}: {r['accepted']}/{r['shown']} shown accepted, "
+                   f"{format_rate(r)}; kept after edits {format_kept(r)}; served {r['served']}")
 
 
 def _echo_freshness(history: dict[str, t.Any]) -> None:
