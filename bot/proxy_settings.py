@@ -64,6 +64,13 @@ def _check_family(name: str | None) -> None:
                           f"{', '.join(FAMILIES)}, or unset it to detect the family of each version")
 
 
+def telemetry_folder(settings: Settings) -> Path:
+    """Where the proxy records completions and editor events: ``serving.events_dir``, else
+    ``<home>/telemetry`` (the status views read acceptance from the same folder)."""
+    configured = settings.serving.events_dir
+    return Path(configured).expanduser() if configured else Path(settings.home) / "telemetry"
+
+
 def proxy_config(settings: Settings, **overrides: t.Any) -> ProxyConfig:
     """The proxy ``settings.serving`` describes, on the model repository ``<home>/triton``.
 
@@ -79,7 +86,9 @@ def proxy_config(settings: Settings, **overrides: t.Any) -> ProxyConfig:
         triton_url=sv.triton_url, model_repository=settings.home / "triton", model_name=sv.model_name,
         timeout_s=sv.request_timeout_seconds, token_ttl_s=sv.token_ttl_seconds,
         api_keys=api_keys(sv.api_keys),
-        events_dir=Path(sv.events_dir).expanduser() if sv.events_dir else settings.home / "telemetry")
+        events_dir=telemetry_folder(settings),
+        telemetry_dir=telemetry_folder(settings) if sv.telemetry else None, store_code=sv.store_code,
+        telemetry_retention_days=sv.telemetry_retention_days)
     values.update({k: v for k, v in overrides.items() if v is not None})
     if not values["triton_url"]:
         raise ConfigError("the proxy needs a Triton: set serving.triton_url (REPOTUNE_SERVING_TRITON_URL) "

@@ -217,7 +217,13 @@ class ServingSettings:
     strict_context: bool = False
     """Answer 400 when prompt + max_tokens exceed the context window (OpenAI's behaviour) instead of trimming the prompt."""
     events_dir: str | None = None
-    """Folder where editors' telemetry (Tabby's /v1/events) is appended as daily JSON-lines files; default <home>/telemetry."""
+    """Folder of the proxy's telemetry: served completions and editors' events (Tabby's /v1/events, feedback), appended as daily JSON-lines files; default <home>/telemetry."""
+    telemetry: bool = True
+    """Record every served completion (metadata and a salted client hash, no code) and accept editor feedback; off: events are only validated."""
+    store_code: bool = False
+    """Also record the prompt, suffix and completion text in telemetry (needed to turn accepted completions into evaluation tasks)."""
+    telemetry_retention_days: int = 30
+    """Days a telemetry file is kept before it is deleted."""
     max_body_bytes: int = 8 * 1024 * 1024
     """Largest completion request body in bytes; larger is answered 413 before it is parsed."""
     max_prompt_chars: int = 1_000_000

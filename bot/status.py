@@ -200,10 +200,10 @@ _acceptance_lock = threading.Lock()
 
 
 def telemetry_dir(settings: Settings) -> Path:
-    """Where the proxy records completions and events: ``[serving] telemetry_dir`` when the
-    settings have it, else ``<home>/telemetry``."""
-    configured = getattr(settings.serving, "telemetry_dir", None)
-    return Path(configured) if configured else Path(settings.home) / "telemetry"
+    """Where the proxy records completions and events (``serving.events_dir``, else ``<home>/telemetry``)."""
+    from bot.proxy_settings import telemetry_folder
+
+    return telemetry_folder(settings)
 
 
 def _acceptance(settings: Settings, days: int = ACCEPTANCE_DAYS) -> dict[str, t.Any]:
