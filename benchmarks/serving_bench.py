@@ -22,6 +22,7 @@ Figures:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -196,6 +197,27 @@ def swap_bench(repo, artifact: Path, url: str, body: dict, log: Path, n_swaps: i
           f"{len(results)} in all, {bad} failed")
 
 
+@contextlib.contextmanager
+def tiny_serving(prefix: str, n_files: int):
+    """A tiny CodeGen trained on generated code, published and serving on a fresh embedded Triton.
+
+    Yields (work folder, source files, checkpoint, artifact, Triton server, model repository)."""
+    import converter
+    from serving import ModelRepository, TritonServer
+    from trainer import sample_code
+    from trainer.tiny import init_tiny
+
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    files = sample_code.generate(work / "src", files=n_files, seed=1)
+    ckpt = init_tiny((p.read_text() for p in files), work / "model")
+    artifact = converter.convert(ckpt, work / "artifact", to="python", verify=False).artifact
+    root = work / "repo"
+    with TritonServer(root, log_path=work / "triton.log") as triton:
+        repo = ModelRepository(root, "codegen", triton.url)
+        repo.activate(repo.publish(artifact))
+        yield work, files, ckpt, artifact, triton, repo
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small run")
@@ -213,19 +235,10 @@ def main() -> None:
     import requests
     from werkzeug.serving import make_server
 
-    import converter
-    from serving import ModelRepository, ProxyConfig, TritonClient, TritonServer, create_proxy_app
-    from trainer import sample_code
-    from trainer.tiny import init_tiny
+    from serving import ProxyConfig, TritonClient, create_proxy_app
 
-    work = Path(tempfile.mkdtemp(prefix="serving-bench-"))
-    files = sample_code.generate(work / "src", files=80, seed=1)
-    ckpt = init_tiny((p.read_text() for p in files), work / "model")
-    artifact = converter.convert(ckpt, work / "artifact", to="python", verify=False).artifact
-    root = work / "repo"
-    with TritonServer(root, log_path=work / "triton.log") as triton:
-        repo = ModelRepository(root, "codegen", triton.url)
-        repo.activate(repo.publish(artifact))
+    with tiny_serving("serving-bench-", 80) as (work, files, ckpt, artifact, triton, repo):
+        root = repo.root
         app = create_proxy_app(ProxyConfig(triton_url=triton.url, model_repository=root))
         http = make_server("127.0.0.1", 0, app, threaded=True)
         threading.Thread(target=http.serve_forever, daemon=True).start()
@@ -273,21 +286,12 @@ def telemetry_bench(quick: bool) -> None:
     import requests
     from werkzeug.serving import make_server
 
-    import converter
-    from serving import ModelRepository, ProxyConfig, TritonServer, create_proxy_app
-    from trainer import sample_code
-    from trainer.tiny import init_tiny
+    from serving import ProxyConfig, create_proxy_app
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     n = 40 if quick else 300
-    work = Path(tempfile.mkdtemp(prefix="telemetry-bench-"))
-    files = sample_code.generate(work / "src", files=40, seed=1)
-    ckpt = init_tiny((p.read_text() for p in files), work / "model")
-    artifact = converter.convert(ckpt, work / "artifact", to="python", verify=False).artifact
-    root = work / "repo"
-    with TritonServer(root, log_path=work / "triton.log") as triton:
-        repo = ModelRepository(root, "codegen", triton.url)
-        repo.activate(repo.publish(artifact))
+    with tiny_serving("telemetry-bench-", 40) as (work, _files, _ckpt, _artifact, triton, repo):
+        root = repo.root
         bases = {}
         for name, folder in (("off", None), ("on", work / "telemetry")):
             app = create_proxy_app(ProxyConfig(triton_url=triton.url, model_repository=root, telemetry_dir=folder))

@@ -25,10 +25,6 @@ if t.TYPE_CHECKING:
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
 """Addresses only this machine reaches; anything else needs API keys (or an explicit insecure flag)."""
 
-_SAME_NAME = ("family", "strict_suffix", "strict_context", "max_body_bytes", "max_prompt_chars",
-              "max_tokens_limit", "default_context_window", "stream_chunk_tokens", "max_choices",
-              "max_stops", "max_stop_chars", "max_concurrent_streams")
-"""``[serving]`` settings that are ``ProxyConfig`` fields of the same name and meaning."""
 
 
 def api_keys(raw: str | None) -> tuple[str, ...]:
@@ -77,18 +73,18 @@ def proxy_config(settings: Settings, **overrides: t.Any) -> ProxyConfig:
     ``overrides`` are ``ProxyConfig`` fields a command line chose (``triton_url``,
     ``model_name``, ``timeout_s``); ``None`` values are ignored. Tabby's events go to
     ``serving.events_dir``, by default ``<home>/telemetry``."""
+    from bot.settings import PROXY_SETTINGS
     from serving import ProxyConfig
 
     sv = settings.serving
     _check_family(sv.family)
-    values: dict[str, t.Any] = {name: getattr(sv, name) for name in _SAME_NAME}
+    values: dict[str, t.Any] = {name: getattr(sv, name) for name in PROXY_SETTINGS}
     values.update(
         triton_url=sv.triton_url, model_repository=settings.home / "triton", model_name=sv.model_name,
         timeout_s=sv.request_timeout_seconds, token_ttl_s=sv.token_ttl_seconds,
         api_keys=api_keys(sv.api_keys),
         events_dir=telemetry_folder(settings),
-        telemetry_dir=telemetry_folder(settings) if sv.telemetry else None, store_code=sv.store_code,
-        telemetry_retention_days=sv.telemetry_retention_days)
+        telemetry_dir=telemetry_folder(settings) if sv.telemetry else None)
     values.update({k: v for k, v in overrides.items() if v is not None})
     if not values["triton_url"]:
         raise ConfigError("the proxy needs a Triton: set serving.triton_url (REPOTUNE_SERVING_TRITON_URL) "

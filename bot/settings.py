@@ -23,6 +23,7 @@ from pathlib import Path
 
 from bot import defaults
 from bot.errors import ConfigError
+from serving.config import ProxyConfig
 from trainer.evaluate.config import EvalConfig
 from trainer.finetune import FinetuneConfig
 
@@ -40,8 +41,6 @@ class WebhookSettings:
     """Interface the webhook server binds to."""
     port: int = defaults.WEBHOOK_PORT
     """TCP port of the webhook server."""
-    max_body_bytes: int = defaults.MAX_BODY_BYTES
-    """Largest accepted webhook body in bytes; larger gets 413."""
     delivery_ttl_seconds: int = defaults.DELIVERY_TTL_SECONDS
     """How long a delivery id is remembered to answer redeliveries with 'duplicate' (seconds)."""
     status_token: str | None = _env("REPOTUNE_STATUS_TOKEN", secret=True)
@@ -183,8 +182,8 @@ class EvalSettings(EvalConfig):
 
 
 @dataclass
-class ServingSettings:
-    """Triton and the completion proxy (serving)."""
+class ServingOptions:
+    """The bot's own ``[serving]`` fields: where Triton is, how the proxy listens and is keyed."""
 
     triton_url: str | None = None
     """Triton HTTP URL (host:port); unset starts the bundled Triton on CPU."""
@@ -210,41 +209,35 @@ class ServingSettings:
     """Worker threads of the proxy's HTTP server (slow clients hold a socket, not a thread)."""
     request_timeout_seconds: float = 30.0
     """Deadline of one completion request, all stream chunks together (seconds); over it is a 504."""
-    family: str | None = None
-    """Model family of the served checkpoints (a name from the `families` registry, e.g. codegen); unset detects it per version."""
-    strict_suffix: bool = False
-    """Answer 400 to a `suffix` the model cannot use (left-to-right family) instead of ignoring it with an X-RepoTune-Suffix header."""
-    strict_context: bool = False
-    """Answer 400 when prompt + max_tokens exceed the context window (OpenAI's behaviour) instead of trimming the prompt."""
     events_dir: str | None = None
     """Folder of the proxy's telemetry: served completions and editors' events (Tabby's /v1/events, feedback), appended as daily JSON-lines files; default <home>/telemetry."""
     telemetry: bool = True
     """Record every served completion (metadata and a salted client hash, no code) and accept editor feedback; off: events are only validated."""
-    store_code: bool = False
-    """Also record the prompt, suffix and completion text in telemetry (needed to turn accepted completions into evaluation tasks)."""
-    telemetry_retention_days: int = 30
-    """Days a telemetry file is kept before it is deleted."""
     max_body_bytes: int = 8 * 1024 * 1024
     """Largest completion request body in bytes; larger is answered 413 before it is parsed."""
-    max_prompt_chars: int = 1_000_000
-    """Characters of prompt + suffix + extra context per request; more is answered 413 before tokenizing."""
-    max_tokens_limit: int = 2048
-    """Largest `max_tokens` a request may ask for; more is answered 400."""
-    default_context_window: int = 2048
-    """Context window (tokens) assumed when the serving version does not state one."""
-    stream_chunk_tokens: int = 8
-    """Tokens generated per Triton call when streaming (smaller: earlier first bytes, more calls)."""
-    max_choices: int = 16
-    """Prompts × `n` per request; more is answered 400."""
-    max_stops: int = 16
-    """Stop strings per request; more is answered 400."""
-    max_stop_chars: int = 256
-    """Characters per stop string; longer is answered 400."""
-    max_concurrent_streams: int = 64
-    """Streamed completions in flight at once; one more is answered 429."""
     token_ttl_seconds: int = 1800
     """Lifetime of a token minted by /copilot_internal/v2/token (seconds)."""
 
+
+PROXY_SETTINGS = ("family", "strict_suffix", "strict_context", "max_body_bytes", "max_prompt_chars",
+                  "max_tokens_limit", "default_context_window", "stream_chunk_tokens", "max_choices",
+                  "max_stops", "max_stop_chars", "max_concurrent_streams", "store_code",
+                  "telemetry_retention_days")
+"""ProxyConfig fields an operator sets in ``[serving]`` under the same name and meaning."""
+
+_PROXY_TYPES = t.get_type_hints(ProxyConfig)
+
+ServingSettings: type[ServingOptions] = dataclasses.make_dataclass(
+    "ServingSettings",
+    [_recipe_field(f, _PROXY_TYPES[f.name]) for f in dataclasses.fields(ProxyConfig)
+     if f.name in PROXY_SETTINGS],
+    bases=(ServingOptions,),
+    namespace={"__doc__": "Triton and the completion proxy: :class:`ServingOptions` plus ProxyConfig's limits.",
+               "__module__": __name__, "HELP_FROM": (ProxyConfig,)},
+)
+"""``[serving]``: the bot's :class:`ServingOptions` and, with ProxyConfig's own defaults and
+docstrings, the proxy settings in :data:`PROXY_SETTINGS`. Generated, so that a proxy limit is
+declared once, in ``serving/config.py``."""
 
 _TOKEN_VARIABLES = {"github": "REPOTUNE_GITHUB_TOKEN", "gitlab": "REPOTUNE_GITLAB_TOKEN"}
 
