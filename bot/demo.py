@@ -351,8 +351,8 @@ def wait_for_run(home: Path, commit: str, *, timeout: float = 900.0,
     run_id: str | None = None
     while time.monotonic() - started < timeout:
         for run in list_runs(home, limit=20):
-            pushes = (run.trigger or {}).get("pushes") or []
-            commits = {(run.trigger or {}).get("commit")} | {p.get("after") for p in pushes if isinstance(p, dict)}
+            pushes = run.trigger.pushes or []
+            commits = {run.trigger.commit} | {p.get("after") for p in pushes if isinstance(p, dict)}
             if run_id == run.id or commit in commits:
                 run_id = run.id
                 status = run.status.value

@@ -46,7 +46,7 @@ def fim_stack(tmp_path_factory: pytest.TempPathFactory):
     assert settings.training.family == FAMILY
     settings.webhook.port = free_port()
     settings.serving.proxy_port = free_port()
-    tree = up.start(settings, bootstrap=functools.partial(demo.bootstrap, max_steps=16, num_tasks=32),
+    tree = up.start(settings, bootstrap=functools.partial(demo.bootstrap, max_steps=12, num_tasks=32),
                     webhook_workers=1)
     scheduler = threading.Thread(target=up.scheduler_loop, args=(tree,), name="scheduler", daemon=True)
     scheduler.start()
@@ -76,7 +76,7 @@ def test_demo_on_a_fim_family_trains_gates_and_fills_in_the_middle(fim_stack: up
                                            "converting", "publishing", "serving"]
 
     train_json = json.loads((Path(run.checkpoint) / "train.json").read_text())
-    assert train_json["extras"]["family"] == FAMILY and train_json["steps"] == 16
+    assert train_json["extras"]["family"] == FAMILY and train_json["steps"] == 12
     fim = train_json["extras"]["data"]["fim"]
     assert (fim["family"], fim["fim_rate"], fim["spm_rate"]) == (FAMILY, 0.5, 0.5)
     assert fim["documents"]["psm"] > 0 and fim["documents"]["spm"] > 0 and fim["documents"]["plain"] > 0
@@ -102,3 +102,4 @@ def test_demo_on_a_fim_family_trains_gates_and_fills_in_the_middle(fim_stack: up
 
     with capsys.disabled():
         print(f"\nFIM demo ({FAMILY}): push to serving and FIM answer in {time.monotonic() - started:.1f}s")
+        print("\n".join(lines))
