@@ -87,3 +87,22 @@ def _records(paths: list[Path]):
     from trainer.corpus import read_records
 
     return read_records(paths)
+
+
+def test_the_training_family_setting_reaches_training_and_evaluation(tmp_path: Path) -> None:
+    from bot import config, recipe
+    from bot.runs import new_run
+
+    toml = tmp_path / "repotune.toml"
+    toml.write_text('[training]\nfamily = "starcoder2"\nfim_rate = 0.3\nspm_rate = 0.1\n')
+    settings = config.load(toml, env={"REPOTUNE_HOME": str(tmp_path / "home")})
+    cfg = recipe.finetune_config(settings, new_run(repo=None, trigger={"kind": "push"}))
+    assert (cfg.family, cfg.fim_rate, cfg.spm_rate) == ("starcoder2", 0.3, 0.1)
+    assert recipe.eval_config(settings).family == "starcoder2"
+    assert recipe.forward_eval_config(settings).family == "starcoder2"
+    # [evaluation] family, where given, wins; neither given, the evaluation detects the family.
+    toml.write_text('[training]\nfamily = "starcoder2"\n[evaluation]\nfamily = "qwen2.5-coder"\n')
+    assert recipe.eval_config(config.load(toml, env={})).family == "qwen2.5-coder"
+    toml.write_text("")
+    plain = config.load(toml, env={})
+    assert recipe.eval_config(plain).family is None and plain.training.family is None
