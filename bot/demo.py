@@ -212,7 +212,12 @@ def setup_demo(settings: config.Settings, *, max_steps: int = 60, num_tasks: int
                                                     family_line=family_line))
     # Children (workers, webhook) read the secret through the environment, never the TOML.
     os.environ[SECRET_ENV] = str(paths.secret)
+    requested = settings.training.family
     _adopt(settings, config.load(paths.config, env={**os.environ, SECRET_ENV: str(paths.secret)}))
+    if requested and settings.training.family != requested:
+        raise BotError(f"training.family = {requested!r}, but this home's demo ({paths.config}) was set up "
+                       f"for {settings.training.family or 'CodeGen'}: start `repotune up` with a fresh --home "
+                       "(REPOTUNE_HOME) to run the demo on another family")
     settings.github.webhook_secret = secret
     settings.insecure_no_webhook_secret = False
     return paths

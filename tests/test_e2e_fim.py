@@ -103,3 +103,22 @@ def test_demo_on_a_fim_family_trains_gates_and_fills_in_the_middle(fim_stack: up
     with capsys.disabled():
         print(f"\nFIM demo ({FAMILY}): push to serving and FIM answer in {time.monotonic() - started:.1f}s")
         print("\n".join(lines))
+
+
+def test_a_demo_home_keeps_the_family_it_was_set_up_for(tmp_path: Path) -> None:
+    from bot.errors import BotError
+    from trainer.tiny import init_tiny
+
+    home = tmp_path / "home"
+    first = config.load(None, env={"REPOTUNE_HOME": str(home)})
+    paths = demo.setup_demo(first)
+    assert demo.FAMILY_HINT in paths.config.read_text() and first.training.family is None
+    again = config.load(None, env={"REPOTUNE_HOME": str(home), "REPOTUNE_TRAINING_FAMILY": FAMILY})
+    with pytest.raises(BotError, match="fresh --home"):
+        demo.setup_demo(again)
+    # A base bootstrapped as CodeGen is refused for a FIM family too (e.g. the demo file was edited).
+    init_tiny(["def f(x):\n    return x\n"] * 20, home / "models" / "base")
+    again.training.family = FAMILY
+    with pytest.raises(BotError, match="tiny codegen, but training.family = 'starcoder2'"):
+        demo.ensure_base_model(again)
+    assert demo.ensure_base_model(first) == home / "models" / "base"
