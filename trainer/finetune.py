@@ -193,7 +193,8 @@ class TrainResult:
     heldout_curve: list[list[float]] = field(default_factory=list)
     """``[step, held-out loss]`` pairs, starting at step 0 (or the resume step)."""
     extras: dict[str, Any] = field(default_factory=dict)
-    """Block size, embedding resize, tokenisation cache account, world size …"""
+    """Block size, embedding resize, tokenisation cache account (``data``, with ``data["fim"]``: the FIM
+    summary or None), ``family`` (given or detected), world size …"""
 
     def as_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
