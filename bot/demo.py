@@ -8,13 +8,14 @@ loop ``repotune demo`` drives against it.
    configuration file ``<home>/demo/repotune.toml`` tuned for a CPU (short debounce, a few
    dozen training steps) and a random webhook secret in ``<home>/demo/webhook-secret`` — the
    demo's webhooks are verified like production ones;
-2. no base model → a tiny CodeGen is bootstrapped from the corpus (``trainer.tiny``);
+2. no base model → a tiny model is bootstrapped from the corpus (``trainer.tiny``): a CodeGen, or
+   the FIM family ``[training] family`` names (then the demo fills in the middle end to end);
 3. nothing serving → the base model is published and activated as version 1, so the
    completion endpoint answers from the first second.
 
 ``run_demo(...)`` is the scripted loop: commit new code to the demo repository, deliver a
 signed GitHub push webhook, follow the run it starts through ingest → train → evaluate →
-convert → publish, and ask the proxy for a completion.
+convert → publish, and ask the proxy for a completion (with a ``suffix`` for a FIM family).
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ per_device_batch = 8
 learning_rate = 0.002
 warmup_steps = 5
 max_steps = {max_steps}
+{family_line}
 # Each run continues from the serving model, so every push makes the tiny model better.
 continue_from_serving = true
 
@@ -90,6 +92,11 @@ heldout_fraction = 0.1
 heldout_min = 3
 num_shards = 4
 """
+
+
+FAMILY_HINT = ('# family = "starcoder2"  # a FIM family instead of CodeGen: set it in repotune.toml '
+               'before the first `repotune up` (docs/families.md)')
+"""The demo file's family line when none is chosen: says where choosing one takes effect."""
 
 
 @dataclass(frozen=True)
@@ -198,21 +205,33 @@ def setup_demo(settings: config.Settings, *, max_steps: int = 60, num_tasks: int
     secret = _ensure_secret(paths)
     if not paths.config.exists():
         # Atomic: workers re-read this file when its mtime changes and must never see half of it.
+        family = settings.training.family
+        family_line = f"family = {json.dumps(family)}" if family else FAMILY_HINT
         write_atomic(paths.config, DEMO_TOML.format(max_steps=max_steps, num_tasks=num_tasks, name=DEMO_REPO,
-                                                    url=paths.bare.as_uri(), full_name=DEMO_FULL_NAME))
+                                                    url=paths.bare.as_uri(), full_name=DEMO_FULL_NAME,
+                                                    family_line=family_line))
     # Children (workers, webhook) read the secret through the environment, never the TOML.
     os.environ[SECRET_ENV] = str(paths.secret)
+    requested = settings.training.family
     _adopt(settings, config.load(paths.config, env={**os.environ, SECRET_ENV: str(paths.secret)}))
+    if requested and settings.training.family != requested:
+        raise BotError(f"training.family = {requested!r}, but this home's demo ({paths.config}) was set up "
+                       f"for {settings.training.family or 'CodeGen'}: start `repotune up` with a fresh --home "
+                       "(REPOTUNE_HOME) to run the demo on another family")
     settings.github.webhook_secret = secret
     settings.insecure_no_webhook_secret = False
     return paths
 
 
 def ensure_base_model(settings: config.Settings, progress: Callable[[str], None] = log.info) -> Path:
-    """The base checkpoint; bootstraps a tiny CodeGen from the configured corpora when the
-    default ``<home>/models/base`` does not exist yet."""
+    """The base checkpoint; bootstraps a tiny model of ``[training] family`` (default CodeGen) from
+    the configured corpora when the default ``<home>/models/base`` does not exist yet."""
     base = Path(settings.base_model_path())
-    if settings.training.base_model or (base / "config.json").exists():
+    if settings.training.base_model:
+        return base
+    family = settings.training.family or "codegen"
+    if (base / "config.json").exists():
+        _check_bootstrapped_family(base, settings.training.family)
         return base
     from trainer import corpus
     from trainer.tiny import init_tiny
@@ -226,15 +245,32 @@ def ensure_base_model(settings: config.Settings, progress: Callable[[str], None]
     if not texts:
         raise BotError("no source text to bootstrap the tiny base model from: configure a repository "
                        "or set training.base_model")
-    progress(f"training a tokenizer and initialising a tiny CodeGen at {base}")
+    progress(f"training a tokenizer and initialising a tiny {family} model at {base}")
     tmp = base.with_name(base.name + ".tmp")
     with contextlib.suppress(FileNotFoundError):
         import shutil
 
         shutil.rmtree(tmp)
-    init_tiny(texts, tmp)
+    init_tiny(texts, tmp, family=family)
     tmp.rename(base)
     return base
+
+
+def _check_bootstrapped_family(base: Path, family: str | None) -> None:
+    """Refuse a bootstrapped base of another family than ``[training] family`` asks for: every run
+    would fail on the sentinels its tokenizer lacks, far from the cause."""
+    from families import FamilyError, detect_checkpoint_family
+
+    if family is None:
+        return
+    try:
+        found = detect_checkpoint_family(base).name
+    except FamilyError:
+        return  # not ours to judge; training names the problem
+    if found != family:
+        raise BotError(f"the base model bootstrapped at {base} is a tiny {found}, but training.family = "
+                       f"{family!r}: a home serves one family; start `repotune up` with a fresh --home "
+                       "(REPOTUNE_HOME) to bootstrap the other, or unset training.family")
 
 
 def ensure_serving(settings: config.Settings, base: Path,
@@ -337,10 +373,18 @@ def wait_for_run(home: Path, commit: str, *, timeout: float = 900.0,
                    f"(last status: {seen or 'no run yet'}); see `repotune runs` and the logs")
 
 
-def complete(completions_url: str, prompt: str, max_tokens: int = 24) -> dict[str, t.Any]:
-    """One completion through the proxy (the endpoint editors call)."""
-    body = json.dumps({"prompt": prompt, "max_tokens": max_tokens, "temperature": 0,
-                       "stop": ["\n\n"]}).encode()
+DEMO_PREFIX = "def load_invoice_customer(client: AcmeClient, invoice_id: int) -> dict:\n"
+"""The code before the cursor in the demo's closing editor request."""
+DEMO_SUFFIX = "\n    return customer\n"
+"""The code after the cursor, sent as ``suffix`` when the demo's family fills in the middle."""
+
+
+def complete(completions_url: str, prompt: str, max_tokens: int = 24, suffix: str | None = None) -> dict[str, t.Any]:
+    """One completion through the proxy (the endpoint editors call); ``suffix`` asks for the middle."""
+    fields: dict[str, t.Any] = {"prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "stop": ["\n\n"]}
+    if suffix is not None:
+        fields["suffix"] = suffix
+    body = json.dumps(fields).encode()
     request = urllib.request.Request(completions_url, data=body, method="POST",
                                      headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=60) as response:
@@ -348,8 +392,11 @@ def complete(completions_url: str, prompt: str, max_tokens: int = 24) -> dict[st
 
 
 def run_demo(home: Path, webhook_url: str, completions_url: str, *, files: int = 30, seed: int | None = None,
-             echo: Callable[[str], None] = print, timeout: float = 900.0) -> t.Any:
-    """push → ingest → train → evaluate → promote → serve, printing each stage with its time."""
+             echo: Callable[[str], None] = print, timeout: float = 900.0, family: str | None = None) -> t.Any:
+    """push → ingest → train → evaluate → promote → serve, printing each stage with its time.
+
+    ``family`` (the demo's ``[training] family``) decides the closing request: a FIM family's
+    sends the code after the cursor as ``suffix``, as an editor does."""
     paths = DemoPaths(home)
     if not paths.bare.exists():
         raise BotError(f"no demo repository under {paths.root}: start `repotune up` first (no config)")
@@ -373,7 +420,13 @@ def run_demo(home: Path, webhook_url: str, completions_url: str, *, files: int =
         echo(f"version {run.version} is serving")
     else:
         echo(f"run ended {run.status.value}: {run.error or ''}")
-    prompt = "def load_invoice_customer(client: AcmeClient, invoice_id: int) -> dict:\n"
-    answer = complete(completions_url, prompt)
-    echo(f"completion from {answer.get('model')}: {prompt}{answer['choices'][0]['text']}")
+    from families import get_family
+
+    if family and get_family(family).has_fim:
+        answer = complete(completions_url, DEMO_PREFIX, suffix=DEMO_SUFFIX)
+        echo(f"fill-in-the-middle from {answer.get('model')} ({family}): "
+             f"{DEMO_PREFIX}[{answer['choices'][0]['text']}]{DEMO_SUFFIX}")
+    else:
+        answer = complete(completions_url, DEMO_PREFIX)
+        echo(f"completion from {answer.get('model')}: {DEMO_PREFIX}{answer['choices'][0]['text']}")
     return run

@@ -147,8 +147,15 @@ def finetune_config(settings: Settings, run: RunRecord) -> FinetuneConfig:
 
 
 def eval_config(settings: Settings) -> EvalConfig:
-    """The gate's :class:`~trainer.evaluate.EvalConfig`: ``[evaluation]`` is one already."""
-    return settings.evaluation.eval_config()
+    """The gate's :class:`~trainer.evaluate.EvalConfig`: ``[evaluation]`` is one already.
+
+    ``evaluation.family`` unset takes ``training.family``: the model was trained as that family, so
+    its tasks (FIM or left to right) and FIM prompt follow the same setting; both unset, the
+    evaluation detects the family from the checkpoint as training did."""
+    cfg = settings.evaluation.eval_config()
+    if cfg.family is None and settings.training.family:
+        cfg = dataclasses.replace(cfg, family=settings.training.family)
+    return cfg
 
 
 def forward_eval_config(settings: Settings) -> EvalConfig:

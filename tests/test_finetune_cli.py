@@ -62,3 +62,27 @@ def test_multi_node_options_reach_the_launcher_checks(make_repo, tmp_path: Path)
     for needle in ("node_rank=2: must be in 0..1", "master_addr is required", "dist_timeout_s=0",
                    "gpus (ranks per node) is required"):
         assert needle in result.output, result.output
+
+
+@pytest.mark.timeout(120)
+def test_init_tiny_writes_the_family_asked_for(make_repo, tmp_path: Path) -> None:
+    from families import detect_checkpoint_family
+    from trainer.tiny import FAMILY_ALIASES
+
+    repo = make_repo(files=12, seed=6)
+    home = tmp_path / "home"
+    runner = CliRunner()
+    built = runner.invoke(cli, ["corpus", "build", repo.url, "--name", "acme", "--home", str(home)])
+    assert built.exit_code == 0, built.output
+    for family, detected in [("starcoder2", "starcoder2"), ("llama", "deepseek-coder")]:
+        out = tmp_path / family
+        init = runner.invoke(cli, ["model", "init-tiny", "--corpus", "acme", "--out", str(out), "--family", family,
+                                   "--vocab-size", "400", "--home", str(home)])
+        assert init.exit_code == 0, init.output
+        assert f"tiny {family} model written to {out}" in init.output
+        assert detect_checkpoint_family(out).name == detected
+    unknown = runner.invoke(cli, ["model", "init-tiny", "--corpus", "acme", "--out", str(tmp_path / "x"),
+                                  "--family", "gpt5", "--home", str(home)])
+    assert unknown.exit_code == 2 and "qwen2.5-coder" in unknown.output and not (tmp_path / "x").exists()
+    help_text = runner.invoke(cli, ["model", "init-tiny", "--help"]).output
+    assert all(alias in help_text for alias in FAMILY_ALIASES)

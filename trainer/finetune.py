@@ -1,4 +1,4 @@
-"""Fine-tune a CodeGen model on the corpus with the Hugging Face Trainer and DeepSpeed.
+"""Fine-tune a code model (CodeGen, or a FIM family with the FIM transform) with the Hugging Face Trainer and DeepSpeed.
 
 Reads top to bottom as the stages of a run: check the config → set up the process group →
 tokenizer and block size → tokenise/pack (cached, :mod:`trainer.data`) → model and embedding
@@ -19,7 +19,6 @@ import argparse
 import contextlib
 import dataclasses
 import json
-import math
 import os
 import re
 import resource
@@ -31,13 +30,18 @@ from pathlib import Path
 from typing import Any
 
 from durable import write_json_atomic
-from trainer.errors import FinetuneError, TokenOutOfRange
+from families import FAMILIES
+from trainer._base_model import (
+    check_token_range,
+    effective_block_size,
+    load_model,
+    load_tokenizer,
+)
+from trainer.errors import FinetuneError, TrainerError
 from trainer.launch import DIST_VARS, build_launch_command, free_port, launch, peer_lost_error
 from trainer.progress import ProgressCallback, ProgressFn, parse_progress_line, print_progress
 
 PRECISIONS = ("fp32", "bf16", "fp16")
-EMBEDDING_MULTIPLE = 64
-"""Embedding rows are padded up to a multiple of this when the tokenizer outgrows them."""
 
 
 @dataclass
@@ -108,6 +112,14 @@ class FinetuneConfig:
     """Rendezvous port on node 0, the same on every node; None: 29500 multi-node, a free port on one node."""
     dist_timeout_s: int = 1800
     """Seconds a rank waits for its peers in a collective before failing (a dead node ends the run, not hangs it)."""
+    family: str | None = None
+    """Model family (codegen, starcoder2, qwen2.5-coder, deepseek-coder, codellama, codegemma) whose FIM format
+    training uses; None: detected from the base checkpoint's model_type and tokenizer (docs/families.md)."""
+    fim_rate: float = 0.5
+    """Share of training files made fill-in-the-middle examples, for a FIM family; a left-to-right family
+    (CodeGen) trains left to right whatever this says, and train.json records fim_rate 0."""
+    spm_rate: float = 0.5
+    """Share of FIM examples in suffix-prefix-middle order (families trained with PSM only ignore it)."""
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FinetuneConfig:
@@ -147,6 +159,10 @@ class FinetuneConfig:
         if ds not in deepspeed_configs.names() and not Path(ds).expanduser().is_file():
             found.append(f"deepspeed={ds!r}: use one of {', '.join(deepspeed_configs.names())} "
                          "or a path to a JSON config")
+        if self.family is not None and self.family not in FAMILIES:
+            found.append(f"family={self.family!r}: use one of {', '.join(FAMILIES)} (or leave it unset: detected)")
+        found += [f"{n}={getattr(self, n)}: must be between 0 and 1" for n in ("fim_rate", "spm_rate")
+                  if not 0.0 <= getattr(self, n) <= 1.0]
         return found
 
 
@@ -177,7 +193,8 @@ class TrainResult:
     heldout_curve: list[list[float]] = field(default_factory=list)
     """``[step, held-out loss]`` pairs, starting at step 0 (or the resume step)."""
     extras: dict[str, Any] = field(default_factory=dict)
-    """Block size, embedding resize, tokenisation cache account, world size …"""
+    """Block size, embedding resize, tokenisation cache account (``data``, with ``data["fim"]``: the FIM
+    summary or None), ``family`` (given or detected), world size …"""
 
     def as_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -193,25 +210,6 @@ class TrainResult:
 
 
 # ───────────────────────────── helpers (pure) ─────────────────────────────
-
-
-def effective_block_size(requested: int, n_positions: int | None) -> int:
-    """The requested block size, capped at the model's context window."""
-    return min(requested, n_positions) if n_positions else requested
-
-
-def padded_rows(n: int, multiple: int = EMBEDDING_MULTIPLE) -> int:
-    return int(math.ceil(n / multiple) * multiple)
-
-
-def check_token_range(max_token_id: int, rows: int, *, where: str = "the corpus") -> None:
-    """Raise :class:`TokenOutOfRange` if any token id cannot index the embedding matrix."""
-    if max_token_id >= rows:
-        raise TokenOutOfRange(
-            f"{where} contains token id {max_token_id} but the model has only {rows} embedding rows "
-            f"(valid ids 0..{rows - 1}). The tokenizer does not match the base model: use the tokenizer "
-            "saved with the base checkpoint, or allow resize_embeddings so rows are added (never removed)."
-        )
 
 
 def last_complete_checkpoint(folder: Path) -> Path | None:
@@ -300,20 +298,23 @@ def train(cfg: FinetuneConfig, progress: ProgressFn | None = None) -> TrainResul
 
 def _train(cfg: FinetuneConfig, progress: ProgressFn | None, started: float, use_cpu: bool,
            ds_config: dict | None) -> TrainResult:
-    tokenizer, block_size = _load_tokenizer(cfg)
+    tokenizer, block_size, family = load_tokenizer(cfg)
     out = Path(cfg.output_dir)
     ckpt_dir = out / "checkpoints"
     args = _training_args(cfg, ckpt_dir, use_cpu, ds_config)  # also sets up the process group
 
     from trainer.data import prepare
+    from trainer.fim import FimSettings
 
+    # Only a FIM family gets the transform: CodeGen keeps the plain (faster) packing path.
+    fim = FimSettings(family.name, cfg.fim_rate, cfg.spm_rate, cfg.seed) if family.has_fim else None
     cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else out / "tokenized"
     with args.main_process_first(desc="tokenise corpus", local=False):
         data = prepare(cfg.train_files, cfg.heldout_files, tokenizer, cache_dir, block_size,
-                       num_proc=cfg.num_proc, max_eval_blocks=cfg.max_eval_blocks,
+                       num_proc=cfg.num_proc, max_eval_blocks=cfg.max_eval_blocks, fim=fim,
                        progress=progress if args.process_index == 0 else None)
 
-    model, embedding = _load_model(cfg, tokenizer, use_cpu)
+    model, embedding = load_model(cfg, tokenizer)
     check_token_range(data.max_token_id, embedding["rows"])
 
     resume = last_complete_checkpoint(ckpt_dir)
@@ -360,6 +361,7 @@ def _train(cfg: FinetuneConfig, progress: ProgressFn | None, started: float, use
             "steps_this_run": steps_here,
             "train_seconds": round(train_seconds, 3),
             "embedding": embedding,
+            "family": family.name,
             "data": data.summary(),
             "config": cfg.to_dict(),
         },
@@ -369,20 +371,6 @@ def _train(cfg: FinetuneConfig, progress: ProgressFn | None, started: float, use
     # Other nodes' launchers read train.json as soon as their ranks exit: keep them until it exists.
     trainer.accelerator.wait_for_everyone()
     return result
-
-
-def _load_tokenizer(cfg: FinetuneConfig):
-    """The base model's tokenizer and the block size its context allows."""
-    from transformers import AutoConfig, AutoTokenizer
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(cfg.base)
-        model_config = AutoConfig.from_pretrained(cfg.base)
-    except OSError as exc:
-        raise FinetuneError(f"cannot load base model {cfg.base!r}: {exc}. Give a local folder with "
-                            "config.json and tokenizer files, or a hub id with network access") from exc
-    n_positions = getattr(model_config, "n_positions", None) or getattr(model_config, "max_position_embeddings", None)
-    return tokenizer, effective_block_size(cfg.block_size, n_positions)
 
 
 def _final_curves(trainer, reporter, *, has_heldout: bool) -> tuple[list[list[float]], list[list[float]]]:
@@ -432,25 +420,6 @@ def _training_args(cfg: FinetuneConfig, ckpt_dir: Path, use_cpu: bool, ds_config
     )
 
 
-def _load_model(cfg: FinetuneConfig, tokenizer, use_cpu: bool):
-    """Load the base model and make its embedding rows cover the tokenizer (never shrink)."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(cfg.base, dtype=torch.float32)
-    rows = model.get_input_embeddings().num_embeddings
-    info: dict[str, Any] = {"rows": rows, "tokenizer_len": len(tokenizer), "resized_from": None}
-    if len(tokenizer) > rows and cfg.resize_embeddings:
-        # Growing is safe; shrinking to len(tokenizer) is what broke the original recipe's
-        # converted model (CodeGen-350M has 51200 rows for a 50295-token tokenizer).
-        new_rows = padded_rows(len(tokenizer))
-        model.resize_token_embeddings(new_rows, mean_resizing=False)
-        info.update(rows=new_rows, resized_from=rows)
-    if cfg.gradient_checkpointing:
-        model.config.use_cache = False
-    return model, info
-
-
 # ───────────────────────────── entry point for the launcher ─────────────────────────────
 
 
@@ -464,7 +433,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = FinetuneConfig.from_json(args.config)
     try:
         result = train(cfg, progress=print_progress)
-    except FinetuneError as exc:
+    except TrainerError as exc:  # FinetuneError, or a FamilyError (a sentinel the tokenizer lacks)
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 1
     if int(os.environ.get("RANK", "0")) == 0:

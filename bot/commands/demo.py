@@ -32,7 +32,7 @@ def demo_command(home: Path | None, webhook_url: str | None, completions_url: st
         f"http://{settings.serving.proxy_host}:{settings.serving.proxy_port}/v1/completions")
     try:
         run = demo.run_demo(home_path, webhook_url, completions_url, files=files, timeout=timeout,
-                            echo=click.echo)
+                            echo=click.echo, family=settings.training.family)
     except OSError as exc:  # the webhook or proxy of `repotune up` is not reachable
         raise click.ClickException(f"{exc}; is `repotune up` running?") from exc
     if run.status.value not in ("serving", "rejected"):

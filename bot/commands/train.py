@@ -104,9 +104,16 @@ def train_cmd(corpus_name: str, base: str, out_dir: Path, deepspeed: str, max_st
     click.echo(f"checkpoint: {result.checkpoint}")
 
 
+def _family_choices() -> list[str]:
+    """Registry names plus ``trainer.tiny.FAMILY_ALIASES`` (spelled here: the CLI must not import trainer)."""
+    from families import FAMILIES
+
+    return [*FAMILIES, "llama"]
+
+
 @click.group("model")
 def model() -> None:
-    """Base models: bootstrap the offline tiny CodeGen."""
+    """Base models: bootstrap an offline tiny model (CodeGen or a FIM family)."""
 
 
 @model.command("init-tiny")
@@ -114,17 +121,21 @@ def model() -> None:
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--vocab-size", type=int, default=1024, show_default=True)
 @click.option("--context", "n_positions", type=int, default=256, show_default=True, help="Context window in tokens.")
+@click.option("--family", type=click.Choice(_family_choices()), default="codegen", show_default=True,
+              help="Model family: its architecture and special tokens (llama: DeepSeek-Coder's sentinels).")
 @home_option
-def init_tiny_cmd(corpus_name: str, out_dir: Path, vocab_size: int, n_positions: int, home: Path | None) -> None:
-    """Write a tiny CodeGen (BPE tokenizer trained on the corpus) usable as --base offline."""
+def init_tiny_cmd(corpus_name: str, out_dir: Path, vocab_size: int, n_positions: int, family: str,
+                  home: Path | None) -> None:
+    """Write a tiny random model of a family (BPE tokenizer trained on the corpus, every special
+    token a single token) usable as --base offline."""
     from trainer.corpus import read_records
     from trainer.tiny import TinyModelConfig, init_tiny
 
     home_dir = resolve_home(home)
     train_files, _ = _corpus_files(home_dir, corpus_name)
     path = init_tiny((r["text"] for r in read_records(train_files)), out_dir,
-                     TinyModelConfig(vocab_size=vocab_size, n_positions=n_positions))
-    click.echo(f"tiny CodeGen written to {path} (use it as --base)")
+                     TinyModelConfig(vocab_size=vocab_size, n_positions=n_positions), family=family)
+    click.echo(f"tiny {family} model written to {path} (use it as --base)")
 
 
 COMMANDS = [train_cmd, model]
