@@ -41,6 +41,8 @@ class WebhookSettings:
     """Interface the webhook server binds to."""
     port: int = defaults.WEBHOOK_PORT
     """TCP port of the webhook server."""
+    max_body_bytes: int = defaults.MAX_BODY_BYTES
+    """Largest accepted webhook body in bytes; larger gets 413."""
     delivery_ttl_seconds: int = defaults.DELIVERY_TTL_SECONDS
     """How long a delivery id is remembered to answer redeliveries with 'duplicate' (seconds)."""
     status_token: str | None = _env("REPOTUNE_STATUS_TOKEN", secret=True)
@@ -213,8 +215,6 @@ class ServingOptions:
     """Folder of the proxy's telemetry: served completions and editors' events (Tabby's /v1/events, feedback), appended as daily JSON-lines files; default <home>/telemetry."""
     telemetry: bool = True
     """Record every served completion (metadata and a salted client hash, no code) and accept editor feedback; off: events are only validated."""
-    max_body_bytes: int = 8 * 1024 * 1024
-    """Largest completion request body in bytes; larger is answered 413 before it is parsed."""
     token_ttl_seconds: int = 1800
     """Lifetime of a token minted by /copilot_internal/v2/token (seconds)."""
 

@@ -148,12 +148,13 @@ def test_training_and_evaluation_are_the_packages_own_configs(tmp_path):
 def test_serving_settings_build_the_proxy_both_commands_run(tmp_path):
     # [serving] mirrors ProxyConfig: the defaults agree, the environment reaches the proxy, and
     # repotune serve and repotune up both build it with bot.proxy_settings.proxy_config.
-    from bot.proxy_settings import _SAME_NAME, proxy_config
+    from bot.proxy_settings import proxy_config
+    from bot.settings import PROXY_SETTINGS
     from serving import ProxyConfig
 
     plain = proxy_config(config.load(None, env={"REPOTUNE_HOME": str(tmp_path)}), triton_url="t:1")
     defaults = ProxyConfig(triton_url="t:1", model_repository=tmp_path / "triton")
-    for name in (*_SAME_NAME, "timeout_s", "token_ttl_s", "model_name", "api_keys"):
+    for name in (*PROXY_SETTINGS, "timeout_s", "token_ttl_s", "model_name", "api_keys"):
         assert getattr(plain, name) == getattr(defaults, name), name
     assert plain.events_dir == tmp_path / "telemetry" and plain.model_repository == tmp_path / "triton"
     env = {"REPOTUNE_HOME": str(tmp_path), "REPOTUNE_SERVING_TRITON_URL": "triton:8000",

@@ -17,7 +17,7 @@ TOP_LEVEL = ["time", "home", "repositories", "serving", "runs", "freshness", "ac
 def _settings(tmp_path: Path, redis_url: str | None) -> config.Settings:
     toml = tmp_path / "repotune.toml"
     toml.write_text(f'home = "{tmp_path / "home"}"\n' + (f'redis_url = "{redis_url}"\n' if redis_url else "")
-                    + '[[repos]]\nname = "tools"\nurl = "https://bot:s3cret@gitlab.example.internal/p/tools.git"\n'
+                    + '[[repos]]\nname = "tools"\nurl = "https://gitlab.example.internal/p/tools.git"\n'
                     'forge = "gitlab"\nfull_name = "p/tools"\n', encoding="utf-8")
     return config.load(toml, env={})
 
@@ -39,7 +39,7 @@ def test_snapshot_with_redis_serialises_to_the_api_shape(tmp_path: Path, redis_u
     assert data["serving"] == {"model": settings.serving.model_name, "backend": settings.serving.backend,
                                "triton_url": settings.serving.triton_url, "version": None, "versions": [3]}
     repo = data["repositories"][0]
-    assert repo["url"] == "https://gitlab.example.internal/p/tools.git"  # no credentials
+    assert repo["url"] == "https://gitlab.example.internal/p/tools.git"  # credentials are refused by the config
     assert repo["corpus"] is None and repo["corpus_error"] == "no completed corpus update yet"
     assert data["runs"][0] == runs.load_run(settings.home, run.id).as_dict()
     assert set(collect(settings, connection)) == set(data)

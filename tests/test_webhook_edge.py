@@ -168,7 +168,7 @@ def test_without_a_token_status_views_are_open_only_on_a_loopback_listener(tmp_p
 
 def test_anonymous_views_and_error_pages_show_no_paths_or_tracebacks(tmp_path, redis_url, redis_conn) -> None:
     settings = _settings(tmp_path, redis_url, "file:///nonexistent/hello.git",
-                         gitlab_url="https://bot:hunter2@gitlab.example.internal/acme/web.git")
+                         gitlab_url="https://gitlab.example.internal/acme/web.git")
     home = str(settings.home)
     cdir = corpus_dir(settings.home, "hello")  # a corpus error: a summary that is not JSON
     cdir.mkdir(parents=True)
