@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import hmac
 import json
 import typing as t
 from dataclasses import dataclass
@@ -18,6 +17,9 @@ from enum import Enum
 from urllib.parse import parse_qs
 
 from bot._payload import MalformedDelivery, count, integer, obj, text
+from bot.signatures import github_signature as github_signature
+from bot.signatures import verify_github_signature as verify_github_signature
+from bot.signatures import verify_gitlab_token as verify_gitlab_token
 
 ZERO_SHA = "0" * 40
 
@@ -220,28 +222,6 @@ def not_for_bot_reason(why: NotForBot, event: CommentEvent, bot_username: str) -
     if why is NotForBot.NOT_CONFIGURED:
         return f"repository {event.repo} is not configured"
     return "comment is not a command"
-
-
-# --- verification --------------------------------------------------------------------------
-
-
-def github_signature(secret: str, body: bytes) -> str:
-    """The ``X-Hub-Signature-256`` value GitHub sends for ``body``."""
-    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-
-
-def verify_github_signature(secret: str, body: bytes, header: str | None) -> bool:
-    """Whether ``header`` is the HMAC-SHA256 of the raw body under ``secret`` (constant time)."""
-    if not header:
-        return False
-    return hmac.compare_digest(github_signature(secret, body).encode(), header.strip().encode())
-
-
-def verify_gitlab_token(secret: str, header: str | None) -> bool:
-    """Whether ``X-Gitlab-Token`` equals the configured secret (constant time)."""
-    if header is None:
-        return False
-    return hmac.compare_digest(secret.encode(), header.encode())
 
 
 # --- decoding ------------------------------------------------------------------------------

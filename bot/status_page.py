@@ -28,7 +28,6 @@ waiting on a corpus lock (see :mod:`bot.status`).
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import re
@@ -39,8 +38,8 @@ import typing as t
 from pathlib import Path
 
 from flask import Blueprint, Response, abort, current_app, jsonify, render_template, request
-from markupsafe import Markup
 
+from bot.report_html import markdown_to_html as markdown_to_html
 from bot.runs import RunRecord, RunStatus, list_runs, load_run, run_dir
 
 blueprint = Blueprint("status_page", __name__, template_folder="templates")
@@ -246,27 +245,6 @@ def _acceptance_view(status: dict[str, t.Any]) -> dict[str, t.Any]:
 
 
 # --- Markdown ------------------------------------------------------------------------------
-
-
-@functools.cache
-def _markdown() -> t.Any:
-    """CommonMark plus pipe tables (markdown-it-py). Raw HTML in a report is shown as text
-    (``html=False``) and links with unsafe schemes (``javascript:`` …) are not made links, so a
-    report can never inject markup."""
-    from markdown_it import MarkdownIt
-
-    md = MarkdownIt("commonmark", {"html": False}).enable("table")
-    def link_open(renderer, tokens, idx, options, env):  # markdown-it's rule signature
-        tokens[idx].attrSet("rel", "nofollow noopener")
-        return renderer.renderToken(tokens, idx, options, env)
-
-    md.add_render_rule("link_open", link_open)
-    return md
-
-
-def markdown_to_html(text: str) -> Markup:
-    """Render ``report.md`` (headings, lists, pipe tables, code, links) as escaped HTML."""
-    return Markup(_markdown().render(text))
 
 
 # --- template helpers ----------------------------------------------------------------------

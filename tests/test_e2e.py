@@ -24,7 +24,7 @@ import openai
 import pytest
 import requests
 
-from bot import config, demo, up
+from bot import config, demo, demo_run, up
 from tests.fixtures.base import free_port
 
 pytestmark = pytest.mark.timeout(900)
@@ -74,12 +74,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory):
 
 def _push(tree: up.Up, files: int, seed: int) -> tuple[str, float]:
     paths = demo.DemoPaths(tree.settings.home)
-    before = demo._git(paths.work, "rev-parse", "HEAD")
+    before = demo.run_git(paths.work, "rev-parse", "HEAD")
     demo.add_code(paths, files, seed)
     after = demo.commit_and_push(paths, f"batch {seed}")
     started = time.monotonic()
-    answer = demo.deliver_github(tree.urls["webhook_github"], paths.secret.read_text().strip(), "push",
-                                 demo.github_push_payload(demo.DEMO_FULL_NAME, paths.bare.as_uri(),
+    answer = demo_run.deliver_github(tree.urls["webhook_github"], paths.secret.read_text().strip(), "push",
+                                 demo_run.github_push_payload(demo.DEMO_FULL_NAME, paths.bare.as_uri(),
                                                           before, after))
     assert answer["status"] == "accepted" and answer["queued"][0]["kind"] == "ingest", answer
     return after, started
@@ -104,7 +104,7 @@ def test_push_to_serving_hot_swap_and_gate(stack: up.Up, capsys: pytest.CaptureF
 
     # 1. First push: the whole pipeline, gate passes against the untrained base.
     commit, started = _push(tree, files=30, seed=101)
-    run = demo.wait_for_run(home, commit, timeout=400)
+    run = demo_run.wait_for_run(home, commit, timeout=400)
     first_latency = time.monotonic() - started
     assert run.status.value == "serving", (run.status, run.error, run.history)
     assert run.metrics["gate"]["passed"] is True
@@ -125,7 +125,7 @@ def test_push_to_serving_hot_swap_and_gate(stack: up.Up, capsys: pytest.CaptureF
     poller = Poller(tree.urls["completions"])
     poller.start()
     commit, started = _push(tree, files=15, seed=202)
-    run2 = demo.wait_for_run(home, commit, timeout=400)
+    run2 = demo_run.wait_for_run(home, commit, timeout=400)
     second_latency = time.monotonic() - started
     deadline = time.monotonic() + 30
     while not any(m.endswith("@3") for m in poller.ok) and time.monotonic() < deadline:
@@ -147,7 +147,7 @@ def test_push_to_serving_hot_swap_and_gate(stack: up.Up, capsys: pytest.CaptureF
     text = paths.config.read_text()
     paths.config.write_text(text.replace("learning_rate = 0.002", "learning_rate = 0.5"))
     commit, _ = _push(tree, files=10, seed=303)
-    run3 = demo.wait_for_run(home, commit, timeout=400)
+    run3 = demo_run.wait_for_run(home, commit, timeout=400)
     assert run3.status.value == "rejected", (run3.status, run3.error)
     assert run3.version is None and _serving_version(tree) == 3
     assert run3.metrics["gate"]["passed"] is False

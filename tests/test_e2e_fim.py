@@ -7,7 +7,7 @@ CPU, signed GitHub webhooks), but the configuration names a FIM family, as a use
 
 1. the bootstrap writes the family into the demo's configuration and initialises a tiny
    StarCoder2 (detectable, sentinels as single tokens), which serves as version 1;
-2. ``demo.run_demo`` pushes code → ingest → training on FIM examples → the gate on FIM tasks
+2. ``demo_run.run_demo`` pushes code → ingest → training on FIM examples → the gate on FIM tasks
    against the untrained base → publish → and closes with an editor request carrying a
    ``suffix``;
 3. through the proxy, that request is answered with the family's PSM prompt: the same text and
@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from bot import config, demo, up
+from bot import config, demo, demo_run, up
 from families import build_fim_prompt, detect_checkpoint_family
 from tests.fixtures.base import free_port
 from trainer.evaluate.tasks import FIM_TASK_KINDS
@@ -68,7 +68,7 @@ def test_demo_on_a_fim_family_trains_gates_and_fills_in_the_middle(fim_stack: up
     assert detect_checkpoint_family(home / "models" / "base").name == FAMILY
 
     lines: list[str] = []
-    run = demo.run_demo(home, tree.urls["webhook_github"], tree.urls["completions"], files=30, seed=404,
+    run = demo_run.run_demo(home, tree.urls["webhook_github"], tree.urls["completions"], files=30, seed=404,
                         echo=lines.append, timeout=400, family=FAMILY)
     assert run.status.value == "serving", (run.status, run.error, lines)
     assert run.metrics["gate"]["passed"] is True and run.version == 2

@@ -22,7 +22,7 @@ def demo_command(home: Path | None, webhook_url: str | None, completions_url: st
     Prints push → ingest → train → evaluate → convert → publish with the time of each stage,
     then a completion from the proxy. Start `repotune up` (without a config file) first.
     """
-    from bot import config, demo
+    from bot import config, demo, demo_run
 
     settings = config.load(demo.DemoPaths(resolve_home(home)).config
                            if demo.DemoPaths(resolve_home(home)).config.exists() else None)
@@ -31,7 +31,7 @@ def demo_command(home: Path | None, webhook_url: str | None, completions_url: st
     completions_url = completions_url or (
         f"http://{settings.serving.proxy_host}:{settings.serving.proxy_port}/v1/completions")
     try:
-        run = demo.run_demo(home_path, webhook_url, completions_url, files=files, timeout=timeout,
+        run = demo_run.run_demo(home_path, webhook_url, completions_url, files=files, timeout=timeout,
                             echo=click.echo, family=settings.training.family)
     except OSError as exc:  # the webhook or proxy of `repotune up` is not reachable
         raise click.ClickException(f"{exc}; is `repotune up` running?") from exc
