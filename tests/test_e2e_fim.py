@@ -86,14 +86,14 @@ def test_demo_on_a_fim_family_trains_gates_and_fills_in_the_middle(fim_stack: up
 
     closing = lines[-1]
     assert closing.startswith(f"fill-in-the-middle from codegen@2 ({FAMILY}): "), lines[-3:]
-    assert closing.endswith(demo.DEMO_SUFFIX)
+    assert closing.endswith(demo_run.DEMO_SUFFIX)
 
     url = tree.urls["completions"]
     body = {"max_tokens": 12, "temperature": 0}
-    fim_answer = requests.post(url, json={**body, "prompt": demo.DEMO_PREFIX, "suffix": demo.DEMO_SUFFIX},
+    fim_answer = requests.post(url, json={**body, "prompt": demo_run.DEMO_PREFIX, "suffix": demo_run.DEMO_SUFFIX},
                                timeout=60)
-    by_hand = requests.post(url, json={**body, "prompt": build_fim_prompt(FAMILY, demo.DEMO_PREFIX,
-                                                                          demo.DEMO_SUFFIX)}, timeout=60)
+    by_hand = requests.post(url, json={**body, "prompt": build_fim_prompt(FAMILY, demo_run.DEMO_PREFIX,
+                                                                          demo_run.DEMO_SUFFIX)}, timeout=60)
     assert fim_answer.status_code == 200 and by_hand.status_code == 200, (fim_answer.text, by_hand.text)
     assert "X-RepoTune-Suffix" not in fim_answer.headers  # the suffix was used, not ignored
     assert fim_answer.json()["model"].endswith("@2")
