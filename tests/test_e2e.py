@@ -14,7 +14,6 @@ the forge, signed GitHub webhooks over HTTP, and the `openai` SDK through the pr
 
 from __future__ import annotations
 
-import functools
 import json
 import threading
 import time
@@ -24,8 +23,8 @@ import openai
 import pytest
 import requests
 
-from bot import config, demo, demo_run, up
-from tests.fixtures.base import free_port
+from bot import demo, demo_run, up
+from tests.fixtures.stack import running_up
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -57,19 +56,8 @@ class Poller(threading.Thread):
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory):
     """`repotune up` on embedded defaults (no configuration), in a fresh home."""
-    home = tmp_path_factory.mktemp("home")
-    settings = config.load(None, env={"REPOTUNE_HOME": str(home)})
-    settings.webhook.port = free_port()
-    settings.serving.proxy_port = free_port()
-    tree = up.start(settings, bootstrap=functools.partial(demo.bootstrap, max_steps=40, num_tasks=120),
-                    webhook_workers=1)
-    scheduler = threading.Thread(target=up.scheduler_loop, args=(tree,), name="scheduler", daemon=True)
-    scheduler.start()
-    try:
+    with running_up(tmp_path_factory.mktemp("home"), max_steps=40, num_tasks=120) as tree:
         yield tree
-    finally:
-        tree.stop()
-        scheduler.join(30)
 
 
 def _push(tree: up.Up, files: int, seed: int) -> tuple[str, float]:

@@ -19,9 +19,7 @@ base against a trained candidate) with edit-similarity and identifier tolerances
 
 from __future__ import annotations
 
-import functools
 import json
-import threading
 import time
 from pathlib import Path
 
@@ -30,7 +28,7 @@ import requests
 
 from bot import config, demo, demo_run, up
 from families import build_fim_prompt, detect_checkpoint_family
-from tests.fixtures.base import free_port
+from tests.fixtures.stack import running_up
 from trainer.evaluate.tasks import FIM_TASK_KINDS
 
 pytestmark = pytest.mark.timeout(600)
@@ -41,20 +39,10 @@ FAMILY = "starcoder2"
 @pytest.fixture(scope="module")
 def fim_stack(tmp_path_factory: pytest.TempPathFactory):
     """`repotune up` on embedded defaults with ``training.family`` set, in a fresh home."""
-    home = tmp_path_factory.mktemp("home")
-    settings = config.load(None, env={"REPOTUNE_HOME": str(home), "REPOTUNE_TRAINING_FAMILY": FAMILY})
-    assert settings.training.family == FAMILY
-    settings.webhook.port = free_port()
-    settings.serving.proxy_port = free_port()
-    tree = up.start(settings, bootstrap=functools.partial(demo.bootstrap, max_steps=12, num_tasks=32),
-                    webhook_workers=1)
-    scheduler = threading.Thread(target=up.scheduler_loop, args=(tree,), name="scheduler", daemon=True)
-    scheduler.start()
-    try:
+    with running_up(tmp_path_factory.mktemp("home"), env={"REPOTUNE_TRAINING_FAMILY": FAMILY},
+                    max_steps=12, num_tasks=32) as tree:
+        assert tree.settings.training.family == FAMILY
         yield tree
-    finally:
-        tree.stop()
-        scheduler.join(30)
 
 
 def test_demo_on_a_fim_family_trains_gates_and_fills_in_the_middle(fim_stack: up.Up,

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -39,13 +38,8 @@ def proxy(triton_server, triton_repo_root: Path, python_artifact: Path, tmp_path
         server.stop()
 
 
-def _needs_tabby_agent() -> None:
-    if shutil.which("node") is None or not (NODE_DIR / "node_modules" / "tabby-agent").is_dir():
-        pytest.skip("node or tabby-agent missing: run `make editors`")
-
-
-def test_tabby_agent_completion_equals_the_direct_tabby_answer(proxy: str, tmp_path: Path) -> None:
-    _needs_tabby_agent()
+def test_tabby_agent_completion_equals_the_direct_tabby_answer(proxy: str, tmp_path: Path, node_client) -> None:
+    node_client("tabby-agent")
     home = tmp_path / "home"
     (home / ".tabby-client" / "agent").mkdir(parents=True)
     (home / ".tabby-client" / "agent" / "config.toml").write_text(

@@ -6,7 +6,6 @@ equal a greedy request sent straight to Triton."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -84,10 +83,9 @@ def test_openai_python_sdk_plain_and_stream(proxy: str, deployed, prompt: str, s
             model=MODEL, prompt=prompt, max_tokens=2)
 
 
-@pytest.mark.skipif(shutil.which("node") is None or not (NODE_CLIENT.parent / "node_modules" / "openai").is_dir(),
-                    reason="node or tests/node/node_modules/openai missing (npm ci in tests/node)")
 @pytest.mark.parametrize("prompt", [PLAIN_PROMPT, FIM_PROMPT], ids=["plain", "fim"])
-def test_openai_npm_package_plain_and_stream(proxy: str, deployed, prompt: str) -> None:
+def test_openai_npm_package_plain_and_stream(proxy: str, deployed, prompt: str, node_client) -> None:
+    node_client("openai")
     done = subprocess.run(["node", str(NODE_CLIENT), f"{proxy}/v1", KEY, MODEL, prompt],
                           capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr

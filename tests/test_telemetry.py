@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
 import stat
 import subprocess
 import threading
@@ -230,9 +229,9 @@ def test_writer_drops_and_counts_when_full_and_rotates_by_size_and_age(tmp_path:
     assert sorted(r["n"] for r in read_lines(files)) == [0, 1, *range(3, 40)]
 
 
-def test_tabby_agent_completion_is_recorded(deployed, triton_server, triton_repo_root: Path, tmp_path: Path) -> None:
-    if shutil.which("node") is None or not (NODE_DIR / "node_modules" / "tabby-agent").is_dir():
-        pytest.skip("node or tabby-agent missing: run `make editors`")
+def test_tabby_agent_completion_is_recorded(deployed, triton_server, triton_repo_root: Path, tmp_path: Path,
+                                            node_client) -> None:
+    node_client("tabby-agent")
     folder = tmp_path / "telemetry"
     app = create_proxy_app(ProxyConfig(triton_url=triton_server.url, model_repository=triton_repo_root,
                                        model_name=MODEL, timeout_s=30, api_keys=(KEY,), telemetry_dir=folder))
