@@ -124,7 +124,7 @@ class _Handlers:
 
     def openai(self, body: Any, route: str = "/v1/completions"):
         req = self.completer.parse(body)
-        prompt = self.completer.prepare(req)
+        prompt = self.completer.prepare(req, client=self._client())
         if req.stream:
             return self._stream(req, prompt, lambda events: _sse(events, done=True), route)
         done = self.completer.complete(req, prompt)
@@ -133,7 +133,7 @@ class _Handlers:
 
     def tabby(self, body: Any):
         req = parse_tabby(body, self.completer.limits)
-        prompt = self.completer.prepare(req)
+        prompt = self.completer.prepare(req, client=self._client())
         done = self.completer.complete(req, prompt)
         self._record("/v1/completions:tabby", req, prompt, done.body, done.version)
         return self._json(tabby_body(done.body), done.version, prompt.headers)
@@ -142,7 +142,7 @@ class _Handlers:
         limits = self.completer.limits
         route = "/infill" if infill else "/completion"
         req = parse_infill(body, limits) if infill else parse_llama_completion(body, limits)
-        prompt = self.completer.prepare(req, infill=infill)
+        prompt = self.completer.prepare(req, infill=infill, client=self._client())
         if req.stream:
             return self._stream(req, prompt, lambda events: _sse(
                 (e for e in map(llama_event, events) if e is not None), done=False), route)
@@ -203,6 +203,10 @@ class _Handlers:
                       or f"{request.remote_addr} {request.headers.get('User-Agent', '')}")
         assert self.telemetry is not None
         return str(language)[:64], self.telemetry.client(credential)
+
+    def _client(self) -> str:
+        """The request's client hash, which a canary routes by ("" without telemetry: production)."""
+        return self._context()[1] if self.telemetry is not None else ""
 
     def _record(self, route: str, req: CompletionRequest, prompt: Prompt, body: dict[str, Any], version: int,
                 context: tuple[str, str] | None = None, started: float | None = None) -> None:

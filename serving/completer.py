@@ -29,6 +29,7 @@ from typing import Any, Protocol
 from families import Family, FamilyError, detect_checkpoint_family, stop_tokens
 from serving._files import checkpoint_dir, context_window
 from serving._fitting import fit
+from serving.canary import CanaryState, canary_of, routes_to_canary
 from serving.client import Generation
 from serving.completions import (
     ApiError,
@@ -62,7 +63,8 @@ class Generator(Protocol):
 
 
 class VersionRouter:
-    """Finds the serving version (pointer symlink, cached by the link's inode) and its tokenizer."""
+    """Finds the serving version (pointer symlink, cached by the link's inode) and its tokenizer;
+    during a canary, a client in the canary's share gets the canary version (:mod:`serving.canary`)."""
 
     def __init__(self, model_repository: str | Path, model_name: str, default_context_window: int = 2048,
                  family: str | None = None) -> None:
@@ -72,11 +74,13 @@ class VersionRouter:
         self._lock = threading.Lock()
         self._stamp: tuple[int, ...] | None = None
         self._version: int | None = None
+        self._canary: CanaryState | None = None
         self._tokenizers: dict[int, Any] = {}
         self._families: dict[int, Family | None] = {}
 
-    def version(self, fresh: bool = False) -> int:
-        """The serving version number; 503 :class:`ApiError` when none serves."""
+    def version(self, fresh: bool = False, client: str = "") -> int:
+        """The version serving ``client`` (a telemetry client hash; empty: production); 503
+        :class:`ApiError` when none serves."""
         path = self.model_dir / POINTER_FILE
         try:
             st = path.lstat()
@@ -89,13 +93,15 @@ class VersionRouter:
         with self._lock:
             if fresh or stamp != self._stamp:
                 try:
-                    version = json.loads(path.read_text()).get("version")
+                    pointer = json.loads(path.read_text())
                 except (OSError, json.JSONDecodeError):
-                    version = None
-                self._stamp, self._version = stamp, version
+                    pointer = {}
+                self._stamp, self._version, self._canary = stamp, pointer.get("version"), canary_of(pointer)
             if self._version is None:
                 raise ApiError(503, "no model version is serving yet; deploy one with "
                                     "`repotune deploy <checkpoint>`", code="model_unavailable")
+            if routes_to_canary(client, self._canary):
+                return self._canary.version  # type: ignore[union-attr]
             return int(self._version)
 
     def tokenizer(self, version: int) -> Any:
@@ -205,10 +211,10 @@ class Completer:
         """Validate a request body (400 :class:`ApiError` naming the parameter)."""
         return parse_request(body, self.limits)
 
-    def prepare(self, req: CompletionRequest, *, infill: bool = False) -> Prompt:
-        """Serving version, the model's prompts (FIM where the family has it and the request has
+    def prepare(self, req: CompletionRequest, *, infill: bool = False, client: str = "") -> Prompt:
+        """Serving version (``client``'s, during a canary), the model's prompts (FIM where the family has it and the request has
         a suffix, or always for ``infill``), fitted into the window, and the stop strings."""
-        version = self.router.version()
+        version = self.router.version(client=client)
         try:
             tok = self.router.tokenizer(version)
         except (OSError, ServingError) as exc:

@@ -50,13 +50,13 @@ import py_compile
 import shutil
 import tempfile
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from durable import copytree_fsync, fsync_dir, fsync_tree, write_atomic, write_json_atomic
+from serving._canary_repo import CanaryMethods
 from serving._files import checkpoint_dir
 from serving.client import TritonClient
 from serving.errors import (
@@ -107,8 +107,9 @@ def load_tokenizer(version_dir: Path):
     return AutoTokenizer.from_pretrained(str(ckpt))
 
 
-class ModelRepository:
-    """One model in a Triton model repository, managed as numbered versions.
+class ModelRepository(CanaryMethods):
+    """One model in a Triton model repository, managed as numbered versions (and a canary,
+    :class:`serving._canary_repo.CanaryMethods`).
 
     ``triton_url`` (``host:port`` of Triton's HTTP endpoint) is needed by :meth:`activate`,
     :meth:`rollback` and :meth:`ensure_loaded`; listing and publishing work without a server.
@@ -235,32 +236,11 @@ class ModelRepository:
         vdir = self.version_dir(version)
         client = self._triton()
         with self._locked():
+            self._refuse_during_canary("activate another version")
             old = self.current()
             if old is not None and not (self.model_dir / str(old)).is_dir():
                 old = None
-            _emit(progress, "load", 0, 3, version=version)
-            loaded = set(self._loaded_versions())
-            (vdir / FAILED_FILE).unlink(missing_ok=True)  # before the load: a retry starts clean
-            if old is not None and old != version:
-                # At most two copies in memory: drop any other warm version before loading.
-                room = {old} | ({version} & loaded)
-                if loaded - room:
-                    self._apply(client, self.model_dir / str(old), sorted(room))
-            wanted = sorted({v for v in (old, version) if v is not None})
-            try:
-                self._apply(client, vdir, wanted)
-                self._wait_ready(client, version)
-            except ModelLoadFailed as exc:
-                self._fail(version, old, f"load failed: {exc}")
-                raise ModelLoadFailed(
-                    f"version {version} of {self.model_name!r} failed to load; version {old} keeps "
-                    f"serving. Triton said: {exc}") from exc
-            _emit(progress, "smoke", 1, 3, version=version)
-            try:
-                self._smoke(client, version, vdir)
-            except SmokeTestFailed as exc:
-                self._fail(version, old, str(exc))
-                raise
+            self._load_beside(client, version, old, progress)
             _emit(progress, "switch", 2, 3, version=version)
             self._switch(version, previous=old if old != version else None)
             if old is not None and old != version and not self.warm_previous:
@@ -268,6 +248,35 @@ class ModelRepository:
                 self._apply(client, vdir, [version])
             self._retain()
             _emit(progress, "switch", 3, 3, version=version)
+
+    def _load_beside(self, client: TritonClient, version: int, old: int | None,
+                     progress: ProgressFn | None) -> None:
+        """Load ``version`` next to ``old`` (dropping any other warm version first) and
+        smoke-test it; on failure mark it failed, drop it, and raise (``old`` keeps serving)."""
+        vdir = self.version_dir(version)
+        _emit(progress, "load", 0, 3, version=version)
+        loaded = set(self._loaded_versions())
+        (vdir / FAILED_FILE).unlink(missing_ok=True)  # before the load: a retry starts clean
+        if old is not None and old != version:
+            # At most two copies in memory: drop any other warm version before loading.
+            room = {old} | ({version} & loaded)
+            if loaded - room:
+                self._apply(client, self.model_dir / str(old), sorted(room))
+        wanted = sorted({v for v in (old, version) if v is not None})
+        try:
+            self._apply(client, vdir, wanted)
+            self._wait_ready(client, version)
+        except ModelLoadFailed as exc:
+            self._fail(version, old, f"load failed: {exc}")
+            raise ModelLoadFailed(
+                f"version {version} of {self.model_name!r} failed to load; version {old} keeps "
+                f"serving. Triton said: {exc}") from exc
+        _emit(progress, "smoke", 1, 3, version=version)
+        try:
+            self._smoke(client, version, vdir)
+        except SmokeTestFailed as exc:
+            self._fail(version, old, str(exc))
+            raise
 
     def rollback(self, to: int | None = None, progress: ProgressFn | None = None) -> int:
         """Activate ``to`` (default: the newest healthy version older than the serving one)."""
@@ -298,7 +307,11 @@ class ModelRepository:
             warm = [v for v in self._loaded_versions()
                     if v != version and (self.model_dir / str(v)).is_dir()
                     and not (self.model_dir / str(v) / FAILED_FILE).exists()]
-            self._apply(client, vdir, sorted({version, *warm[-1:]}) if self.warm_previous else [version])
+            wanted = {version, *warm[-1:]} if self.warm_previous else {version}
+            canary = self.canary()
+            if canary is not None:  # a canary serves beside production: load exactly the two
+                wanted = {version, canary.version}
+            self._apply(client, vdir, sorted(wanted))
             self._wait_ready(client, version)
         return version
 
@@ -454,12 +467,7 @@ class ModelRepository:
         target = self.model_dir / str(version) / POINTER_FILE
         if not target.is_file():  # a version published before pointers lived in version folders
             write_json_atomic(target, {"model": self.model_name, "version": version})
-        link = self.model_dir / POINTER_FILE
-        # A unique temp name: two switches (threads or processes) never share one.
-        tmp = self.model_dir / f".{POINTER_FILE}.{uuid.uuid4().hex}.tmp"
-        os.symlink(f"{version}/{POINTER_FILE}", tmp)
-        os.replace(tmp, link)
-        fsync_dir(self.model_dir)
+        self._link(f"{version}/{POINTER_FILE}")
         self._set_state(version=version, previous=previous, switched_at=time.time())
 
     @contextlib.contextmanager
