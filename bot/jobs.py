@@ -8,7 +8,7 @@
     train_step       (queue gpu)     step 2: trainer.finetune.train (CPU, in-process) or .launch (GPUs)
     evaluate_step    (queue gpu)     step 3: trainer.evaluate.compare against the serving model → gate
     convert_step     (queue gpu)     step 4: converter.convert → artifact
-    publish_step     (queue deploy)  step 5: serving.ModelRepository.publish + activate
+    publish_step     (queue deploy)  step 5: serving.ModelRepository.publish + activate (or a canary)
     promote_job      (queue deploy)  a rejected run: convert + publish anyway; a published one: activate
     rollback_job     (queue deploy)  serving.ModelRepository.rollback
     eval_job         (queue gpu)     re-run the evaluation of a run (no status change)
@@ -281,13 +281,21 @@ def convert_step(run_id: str) -> str:
 
 
 def publish_step(run_id: str) -> int:
-    """Step 5: publish the artifact as a new version and switch serving to it."""
+    """Step 5: publish the artifact as a new version and switch serving to it; with ``[canary]
+    enabled`` (and a production version to compare with), serve it to a share of clients instead
+    and keep the model until the scheduler's acceptance test decides (:mod:`bot.canary`)."""
     with lifecycle.step(run_id, RunStatus.PUBLISHING) as (settings, run, conn):
         repository = serving_version.repository(settings)
         progress = _step_progress(settings, run)
         version = repository.publish(run.artifact, progress=progress)
-        repository.activate(version, progress=progress)
         run.version = int(version)
+        if settings.canary.enabled and repository.current() is not None:
+            from bot import canary
+
+            state = canary.start(settings, repository, run, version, progress=progress)
+            lifecycle.move(settings, run, RunStatus.CANARY, f"version {version} to {state.share:.0%} of clients")
+            return run.version  # the model stays this run's until the canary is decided
+        repository.activate(version, progress=progress)
         lifecycle.move(settings, run, RunStatus.SERVING, f"version {version}")
         lifecycle.finish(settings, conn, run)
     return run.version

@@ -8,6 +8,9 @@ by a push, the pushed commit carries two statuses:
 ``repotune/eval``   pending while evaluating; success when the candidate passed the gate
                     (and later "serving as version N"); failure when rejected; error when it
                     passed but conversion or publishing failed.
+``repotune/canary`` only with ``[canary] enabled``: pending while the version serves a share
+                    of clients; success when the acceptance test (or an operator) promoted it,
+                    failure when it was rolled back, each with the decision's figures.
 
 Statuses use one forge-neutral vocabulary (``pending``, ``success``, ``failure``, ``error``);
 :mod:`bot.forge` maps it onto GitHub's and GitLab's words. Reporting is best effort: a forge
@@ -22,12 +25,22 @@ from dataclasses import dataclass
 
 from bot.config import Settings
 from bot.errors import ConfigError
-from bot.runs import DEPLOY_PHASE, EVAL_PHASE, STOPPED, TERMINAL, TRAIN_PHASE, RunRecord, RunStatus
+from bot.runs import (
+    CANARY_PHASE,
+    DEPLOY_PHASE,
+    EVAL_PHASE,
+    STOPPED,
+    TERMINAL,
+    TRAIN_PHASE,
+    RunRecord,
+    RunStatus,
+)
 
 log = logging.getLogger(__name__)
 
 TRAIN_CONTEXT = "repotune/train"
 EVAL_CONTEXT = "repotune/eval"
+CANARY_CONTEXT = "repotune/canary"
 
 _DESCRIPTION_MAX = 140  # GitHub rejects longer commit-status descriptions
 
@@ -86,15 +99,37 @@ def statuses_for(run: RunRecord, status: RunStatus | str | None = None) -> list[
         ]
     if status in DEPLOY_PHASE:
         return [CommitStatus(EVAL_CONTEXT, "success", f"passed the gate; {status.value}")]
+    if status in CANARY_PHASE:
+        return [CommitStatus(EVAL_CONTEXT, "success", f"passed the gate; canary as version {run.version}"),
+                CommitStatus(CANARY_CONTEXT, "pending", canary_description(run))]
+    canary = [CommitStatus(CANARY_CONTEXT, "success" if status == RunStatus.SERVING else "failure",
+                           canary_description(run))] if _was_canary(run) else []
     if status == RunStatus.SERVING:
         text = f"passed; serving as version {run.version}" if run.version is not None else "passed; serving"
-        return [CommitStatus(EVAL_CONTEXT, "success", text)]
+        return [CommitStatus(EVAL_CONTEXT, "success", text), *canary]
+    if status == RunStatus.REJECTED and canary:
+        return canary  # the gate passed; the canary rolled it back
     if status == RunStatus.REJECTED:
         text = "rejected: " + (error or "the candidate did not beat the serving model")
         return [CommitStatus(EVAL_CONTEXT, "failure", text)]
     if status in STOPPED:
         return [_stopped_status(run, status, error)]
     return []
+
+
+def _was_canary(run: RunRecord) -> bool:
+    return any(entry[0] == RunStatus.CANARY.value for entry in run.history)
+
+
+def canary_description(run: RunRecord) -> str:
+    """The canary's state in one line: its last decision's reason and figures."""
+    canary = run.metrics.get("canary") or {}
+    decision = canary.get("decision") or {}
+    share = canary.get("share")
+    head = decision.get("reason") or (f"serving {share:.0%} of clients" if isinstance(share, (int, float))
+                                      else "serving a share of clients")
+    figures = canary.get("summary")
+    return f"{head}; {figures}" if figures else head
 
 
 def _stopped_status(run: RunRecord, status: RunStatus, error: str) -> CommitStatus:
@@ -105,6 +140,8 @@ def _stopped_status(run: RunRecord, status: RunStatus, error: str) -> CommitStat
     suffix = f": {error}" if error else ""
     if where in EVAL_PHASE:
         return CommitStatus(EVAL_CONTEXT, state, f"evaluation {word}{suffix}")
+    if where in CANARY_PHASE:
+        return CommitStatus(CANARY_CONTEXT, "error", f"canary {word}{suffix}")
     if where in DEPLOY_PHASE:
         # The candidate passed; only getting it served went wrong.
         return CommitStatus(EVAL_CONTEXT, "error", f"passed, but {where.value} {word}{suffix}")
@@ -173,6 +210,9 @@ def run_summary(settings: Settings, run: RunRecord) -> str:
     lines = [f"**RepoTune run `{run.id}`: {run.status.value}**", ""]
     for st in statuses_for(run):
         lines.append(f"- `{st.context}`: {st.state} — {_one_line(st.description)}")
+    canary = run.metrics.get("canary") or {}
+    if canary.get("summary"):
+        lines += ["", f"Canary of version {run.version}: {canary_description(run)}"]
     url = target_url(settings, run)
     if url:
         lines += ["", f"[Details on the status page]({url})"]

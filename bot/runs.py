@@ -4,9 +4,15 @@ A run's truth is ``<home>/runs/<run-id>/run.json`` (written atomically), not Red
 Redis flush and is what ``repotune runs``, the status API and reporting read. Redis only holds the
 jobs that move a run along.
 
-    queued ─► ingesting ─► training ─► evaluating ─┬► converting ─► publishing ─► serving
+    queued ─► ingesting ─► training ─► evaluating ─┬► converting ─► publishing ─┬──────────► serving
+                                                    │                          └► canary ─┬► serving
+                                                    │                                     └► rejected
                                                     └► rejected ──(promote)──► converting
     any non-terminal state ─► failed | canceled
+
+``canary`` (only with ``[canary] enabled``): the version serves a share of clients beside
+production until the scheduler tick's acceptance test (or an operator) promotes it (``serving``)
+or rolls it back (``rejected``); see :mod:`bot.canary`.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ class RunStatus(str, Enum):
     REJECTED = "rejected"
     CONVERTING = "converting"
     PUBLISHING = "publishing"
+    CANARY = "canary"
     SERVING = "serving"
     FAILED = "failed"
     CANCELED = "canceled"
@@ -53,7 +60,10 @@ TRANSITIONS: dict[RunStatus, frozenset[RunStatus]] = {
     RunStatus.EVALUATING: frozenset({RunStatus.CONVERTING, RunStatus.REJECTED, RunStatus.FAILED, RunStatus.CANCELED}),
     RunStatus.REJECTED: frozenset({RunStatus.CONVERTING}),  # promote overrides the gate
     RunStatus.CONVERTING: frozenset({RunStatus.PUBLISHING, RunStatus.FAILED, RunStatus.CANCELED}),
-    RunStatus.PUBLISHING: frozenset({RunStatus.SERVING, RunStatus.FAILED}),
+    RunStatus.PUBLISHING: frozenset({RunStatus.SERVING, RunStatus.CANARY, RunStatus.FAILED}),
+    # The acceptance test (or an operator) decides; failed only if its record can no longer be
+    # followed (e.g. the canary was removed from the pointer behind the bot's back).
+    RunStatus.CANARY: frozenset({RunStatus.SERVING, RunStatus.REJECTED, RunStatus.FAILED}),
     RunStatus.SERVING: frozenset(),
     RunStatus.FAILED: frozenset(),
     RunStatus.CANCELED: frozenset(),
@@ -67,6 +77,8 @@ EVAL_PHASE = frozenset({RunStatus.EVALUATING})
 """The candidate is being compared with the serving model: ``repotune/eval`` is pending."""
 DEPLOY_PHASE = frozenset({RunStatus.CONVERTING, RunStatus.PUBLISHING})
 """The candidate passed (or was promoted) and is on its way to serving."""
+CANARY_PHASE = frozenset({RunStatus.CANARY})
+"""Published, serving a share of clients: ``repotune/canary`` is pending."""
 STOPPED = frozenset({RunStatus.FAILED, RunStatus.CANCELED})
 """Ended without a verdict of the gate on this attempt (where it stopped decides what is reported)."""
 ACTIVE = frozenset(RunStatus) - TERMINAL

@@ -232,7 +232,8 @@ def tick(settings: Settings, connection: redis.Redis, now: float | None = None) 
     """One pass of the scheduler; returns what it did (for logs and tests).
 
     1. let RQ retry or fail jobs whose worker died, and queue retries that are due;
-    2. fail runs whose worker died (lease expired);
+    2. judge running canaries (:func:`bot.canary.evaluate`: promote, roll back or extend; it
+       keeps their lease), then fail runs whose worker died (lease expired);
     3. queue a reconciliation of every repository when ``policy.reconcile_seconds`` passed;
     4. start a run when: not paused, no run holds the model, the last push is older than the
        debounce, the change since the last run meets a threshold, and the cooldown passed.
@@ -244,6 +245,9 @@ def tick(settings: Settings, connection: redis.Redis, now: float | None = None) 
                              "abandoned": [], "orphaned": []}
     did["orphaned"] = q.clean_registries(connection, now)
     q.enqueue_due(connection, now)
+    from bot import canary  # serving's acceptance reader, only needed here
+
+    did["canary"] = canary.evaluate(settings, connection)
     did["abandoned"] = _check_abandoned(settings, connection, now)
 
     if policy.reconcile_seconds > 0 and settings.repos:

@@ -240,10 +240,28 @@ docstrings, the proxy settings in :data:`PROXY_SETTINGS`. Generated, so that a p
 declared once, in ``serving/config.py``."""
 
 
+@dataclass
+class CanarySettings:
+    """Canary promotion: a candidate that passed the gate first serves a share of clients (docs/canary.md)."""
+
+    enabled: bool = False
+    """Publish a new version as a canary beside production instead of switching everyone to it; the scheduler tick then promotes or rolls it back on editors' acceptance."""
+    share: float = 0.1
+    """Fraction of clients (sticky per API key or session) the canary serves, between 0 and 1."""
+    min_shown: int = 200
+    """Completions shown in editors per version before the first decision."""
+    margin: float = 0.02
+    """Largest acceptable drop in acceptance rate (absolute: 0.02 is 2 points) for a promotion."""
+    confidence: float = 0.95
+    """Confidence of the decision, over all looks of the sequential test."""
+    max_duration_seconds: int = 86400
+    """Longest canary (seconds); still undecided then, it is rolled back."""
+
+
 SECTIONS: dict[str, type] = {
     "webhook": WebhookSettings, "github": GitHubSettings, "gitlab": GitLabSettings,
     "chatops": ChatopsSettings, "policy": PolicySettings, "training": TrainingSettings,
-    "evaluation": EvalSettings, "serving": ServingSettings,
+    "evaluation": EvalSettings, "serving": ServingSettings, "canary": CanarySettings,
 }
 """TOML table name → its dataclass, in the order the settings table lists them."""
 
@@ -274,6 +292,7 @@ class Settings:
     training: TrainingSettings = field(default_factory=TrainingSettings)  # type: ignore[valid-type]
     evaluation: EvalSettings = field(default_factory=EvalSettings)
     serving: ServingSettings = field(default_factory=ServingSettings)
+    canary: CanarySettings = field(default_factory=CanarySettings)
     repos: list[RepoConfig] = field(default_factory=list)
     source: Path | None = field(default=None, metadata=_NOT_A_SETTING)
     """The TOML file these settings came from (None: defaults and environment only)."""
