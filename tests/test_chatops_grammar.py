@@ -121,7 +121,7 @@ def test_every_command_has_a_parser_and_handler():
     from bot.chatops import _HANDLERS, _PARSERS
 
     assert set(SPECS) == set(_PARSERS) == set(_HANDLERS) == {
-        "help", "status", "retrain", "eval", "promote", "rollback", "pause", "resume"}
+        "help", "status", "retrain", "eval", "promote", "rollback", "canary", "pause", "resume"}
 
 
 def test_truncate_is_polite_and_closes_fences():

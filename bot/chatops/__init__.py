@@ -9,6 +9,7 @@ an @mention of the bot (``@repotune``); every later line is free text and never 
     /repotune eval [--run <run-id>]
     /repotune promote <run-id>
     /repotune rollback [<version>]
+    /repotune canary status|stop|promote
     /repotune pause
     /repotune resume
 

@@ -50,7 +50,7 @@ def level_name(forge: str, level: str | int) -> str:
 
 # --------------------------------------------------------------------------- shared-model commands
 
-SHARED_MODEL_COMMANDS = frozenset({"promote", "rollback", "pause", "resume"})
+SHARED_MODEL_COMMANDS = frozenset({"promote", "rollback", "canary", "pause", "resume"})
 """Commands that act on the model every feeding repository shares: the per-repository level of
 the comment's repository is not enough for them (see :func:`decide_shared`)."""
 

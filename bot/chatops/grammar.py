@@ -46,6 +46,9 @@ SPECS: dict[str, CommandSpec] = {s.name: s for s in (
     CommandSpec("promote", "promote <run-id>", "Serve the model of a run that passed or was rejected."),
     CommandSpec("rollback", "rollback [<version>]",
                 "Serve the previous model version (or the given one)."),
+    CommandSpec("canary", "canary <status/stop/promote>",
+                "`status`: the canary's acceptance test so far; `stop`: roll it back; "
+                "`promote`: serve it to everyone."),
     CommandSpec("pause", "pause", "Stop automatic retraining (commands still work)."),
     CommandSpec("resume", "resume", "Resume automatic retraining."),
 )}
@@ -173,6 +176,12 @@ def _parse_rollback(args: list[str]) -> dict:
     return {"version": int(m.group(1))}
 
 
+def _parse_canary(args: list[str]) -> dict:
+    if len(args) != 1 or args[0].lower() not in ("status", "stop", "promote"):
+        raise CommandError(f"`canary` needs one of `status`, `stop`, `promote`. Usage: `{SPECS['canary'].usage}`")
+    return {"action": args[0].lower()}
+
+
 _PARSERS: dict[str, Callable[[list[str]], dict]] = {
     "help": _parse_help,
     "status": _no_args("status"),
@@ -180,6 +189,7 @@ _PARSERS: dict[str, Callable[[list[str]], dict]] = {
     "eval": _parse_eval,
     "promote": _parse_promote,
     "rollback": _parse_rollback,
+    "canary": _parse_canary,
     "pause": _no_args("pause"),
     "resume": _no_args("resume"),
 }

@@ -151,6 +151,17 @@ def _rollback(ctx: Context, cmd: Command) -> str:
     return f":leftwards_arrow_with_hook: Rolling back to {target} (job `{job_id}`)."
 
 
+def _canary(ctx: Context, cmd: Command) -> str:
+    from bot import canary
+
+    action = cmd.args["action"]
+    if action == "status":
+        return "**Canary**\n\n```\n" + canary.format_status(canary.status(ctx.settings)) + "\n```"
+    job_id = canary.enqueue_action(ctx.settings, ctx.redis, action, by=f"@{ctx.author} on {ctx.where}")
+    word = "Promoting the canary to everyone" if action == "promote" else "Rolling the canary back"
+    return f":traffic_light: {word} (job `{job_id}`)."
+
+
 def _pause(ctx: Context, cmd: Command) -> str:
     from bot import scheduler
 
@@ -168,7 +179,7 @@ def _resume(ctx: Context, cmd: Command) -> str:
 
 _HANDLERS: dict[str, Callable[[Context, Command], str]] = {
     "help": _help, "status": _status, "retrain": _retrain, "eval": _eval,
-    "promote": _promote, "rollback": _rollback, "pause": _pause, "resume": _resume,
+    "promote": _promote, "rollback": _rollback, "canary": _canary, "pause": _pause, "resume": _resume,
 }
 
 
