@@ -57,7 +57,7 @@ def test_looks_double_and_spend_alpha_that_sums_to_the_total():
 
 def test_interval_contains_the_observed_difference_and_narrows_with_data():
     d, lo, hi = difference_interval(Arm(2, 100, 60), Arm(1, 100, 50), 0.95)
-    assert abs(d - 0.10) < 1e-9 and lo < d < hi and -1 <= lo and hi <= 1
+    assert abs(d - 0.10) < 1e-9 and lo < d < hi and lo >= -1 and hi <= 1
     _, lo2, hi2 = difference_interval(Arm(2, 10_000, 6000), Arm(1, 10_000, 5000), 0.95)
     assert hi2 - lo2 < (hi - lo) / 5 and lo2 > 0
 
