@@ -302,19 +302,20 @@ def editor_eval(settings: Settings, version: int, previous: int | None, checkpoi
     return finish_editor_entry(settings.home, entry)
 
 
-def editor_comparison(settings: Settings, run_id: str, candidate: str, baseline: str) -> dict[str, t.Any]:
-    """The candidate against the serving model on the editor tasks of the serving version: both
+def editor_comparison(settings: Settings, run_id: str, candidate: str, baseline: str,
+                      version: int | None) -> dict[str, t.Any]:
+    """The candidate against the serving model on the editor tasks of ``version`` (the one serving): both
     models' scores, the paired interval of the primary metric's difference and ``worse`` (the
     whole interval beyond the metric's tolerance on the wrong side). What ``run.json`` records as
     ``metrics.editor_tasks``; the candidate's scores also go to the editor history. Informational:
     :func:`editor_gate` decides whether it may reject. Never raises (``error`` says what failed)."""
-    from bot import recipe, serving_version
+    from bot import recipe
     from trainer.evaluate.compare import TASK_METRICS
     from trainer.evaluate.config import HIGHER_IS_BETTER
     from trainer.evaluate.stats import paired_bootstrap
 
     cfg = recipe.eval_config(settings)
-    tasks, info = editor_tasks(settings, serving_version.active_version(settings))
+    tasks, info = editor_tasks(settings, version)
     out: dict[str, t.Any] = {**info, "gates": settings.evaluation.editor_tasks_gate, "worse": False,
                              "error": None}
     if not tasks:

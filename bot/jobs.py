@@ -256,7 +256,8 @@ def _compare(settings: Settings, run: RunRecord) -> GateDecision | None:
                                   corpus_version=recipe.corpus_version_label(run), out_dir=out_dir,
                                   progress=_step_progress(settings, run))
     recipe.record_comparison(run, comparison, baseline, out_dir)
-    run.metrics["editor_tasks"] = freshness.editor_comparison(settings, run.id, run.checkpoint, baseline)
+    run.metrics["editor_tasks"] = freshness.editor_comparison(settings, run.id, run.checkpoint, baseline,
+                                                              serving_version.active_version(settings))
     return comparison.gate
 
 
