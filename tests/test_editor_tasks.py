@@ -8,9 +8,12 @@ import re
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 from bot import freshness, status
+from bot.cli import cli
 from bot.proxy_settings import telemetry_folder
+from bot.webhook import create_app
 from serving import ModelRepository, ProxyConfig, create_proxy_app
 from serving.editor_tasks import EditorTasks, read_editor_tasks
 from tests.fixtures.bot import work
@@ -178,6 +181,12 @@ def test_a_new_version_is_scored_on_editor_tasks_and_the_status_shows_the_curve(
     assert snap["store_code"] is True and [p["reason"] for p in points] == ["serving", "serving", "candidate"]
     assert points[1]["ok"] and points[1]["tasks_version"] == version and "edit_similarity" in points[1]["scores"]
     assert points[0]["skipped"] and not points[0]["ok"]
+
+    page = create_app(settings, redis_conn).test_client().get("/").get_data(as_text=True)
+    assert page.count('class="editor-point"') == 3 and "skipped: only 2 editor task(s)" in page
+    shown = CliRunner().invoke(cli, ["status", "--config", str(settings.source), "--home", str(settings.home)])
+    assert shown.exit_code == 0, shown.output
+    assert f"editor tasks {MODEL}: 3 scored; last candidate of run run-y on 2 tasks of version {version}" in shown.output
 
 
 def test_editor_tasks_reason_names_what_is_missing() -> None:
