@@ -16,6 +16,12 @@ error: it is recorded and logged, never raised, so it cannot stop ingestion or a
 
 This module holds the file format (the entry, paths, locked atomic appends, reading) and the
 summary the status API and page show; the job itself lives with the others in :mod:`bot.jobs`.
+
+The second curve comes from editor use: with ``serving.store_code`` on, the completions
+developers accepted become tasks (:mod:`serving.editor_tasks`); each version that starts serving
+is scored on its predecessor's, and each candidate beside the serving model, into
+``<home>/runs/editor-freshness/<model>.jsonl`` (the second half of this module, and
+docs/evaluation.md "Editor tasks").
 """
 
 from __future__ import annotations
