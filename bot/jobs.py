@@ -4,6 +4,7 @@
     reconcile_job    (queue ingest)  the same, for every tracked branch (webhooks may have been missed)
     retire_job       (queue ingest)  a deleted branch: retire its corpus (bot.recipe.retire)
     forward_eval_job (queue gpu)     trainer.evaluate.forward_eval of the serving model (bot.freshness)
+    editor_eval_job  (queue gpu)     a version that started serving, scored on editor tasks (bot.freshness)
     ingest_step      (queue ingest)  a run's step 1: trainer.corpus.update of every corpus
     train_step       (queue gpu)     step 2: trainer.finetune.train (CPU, in-process) or .launch (GPUs)
     evaluate_step    (queue gpu)     step 3: trainer.evaluate.compare against the serving model → gate
@@ -185,6 +186,13 @@ def forward_eval_job(corpus_name: str, paths: list[str], commit: str | None,
     return freshness.finish_entry(settings.home, entry)
 
 
+def editor_eval_job(version: int, previous: int | None, checkpoint: str | None,
+                    run_id: str | None = None) -> dict[str, t.Any]:
+    """Score ``version``, which just started serving, on the completions developers accepted
+    while ``previous`` served (:func:`bot.freshness.editor_eval`); recorded, never raised."""
+    return freshness.editor_eval(current(), version, previous, checkpoint, run_id)
+
+
 # --- the run's steps -----------------------------------------------------------------------
 
 
@@ -248,6 +256,8 @@ def _compare(settings: Settings, run: RunRecord) -> GateDecision | None:
                                   corpus_version=recipe.corpus_version_label(run), out_dir=out_dir,
                                   progress=_step_progress(settings, run))
     recipe.record_comparison(run, comparison, baseline, out_dir)
+    run.metrics["editor_tasks"] = freshness.editor_comparison(settings, run.id, run.checkpoint, baseline,
+                                                              serving_version.active_version(settings))
     return comparison.gate
 
 
@@ -255,8 +265,10 @@ def evaluate_step(run_id: str) -> dict[str, t.Any]:
     """Step 3: compare the candidate with the serving model on held-out tasks; the gate decides."""
     with lifecycle.step(run_id, RunStatus.EVALUATING) as (settings, run, conn):
         gate = _compare(settings, run)
-        if gate is not None and not gate.passed:
-            run.error = "; ".join(gate.reasons) or "the candidate did not beat the serving model"
+        editor = freshness.editor_gate(settings, run.metrics.get("editor_tasks"))
+        if (gate is not None and not gate.passed) or editor:
+            reasons = [*(gate.reasons if gate is not None and not gate.passed else []), *([editor] if editor else [])]
+            run.error = "; ".join(reasons) or "the candidate did not beat the serving model"
             lifecycle.move(settings, run, RunStatus.REJECTED, "gate failed")
             lifecycle.finish(settings, conn, run)
             return run.metrics
@@ -289,13 +301,15 @@ def publish_step(run_id: str) -> int:
         progress = _step_progress(settings, run)
         version = repository.publish(run.artifact, progress=progress)
         run.version = int(version)
-        if settings.canary.enabled and repository.current() is not None:
+        previous = repository.current()
+        if settings.canary.enabled and previous is not None:
             from bot import canary
 
             state = canary.start(settings, repository, run, version, progress=progress)
             lifecycle.move(settings, run, RunStatus.CANARY, f"version {version} to {state.share:.0%} of clients")
             return run.version  # the model stays this run's until the canary is decided
         repository.activate(version, progress=progress)
+        freshness.queue_editor_eval(settings, conn, run.version, previous, run.checkpoint, run.id)
         lifecycle.move(settings, run, RunStatus.SERVING, f"version {version}")
         lifecycle.finish(settings, conn, run)
     return run.version

@@ -6,7 +6,7 @@ Each setting is declared once, as a dataclass field whose attribute docstring is
 packages' own configuration rather than a copy of it:
 
 * ``[evaluation]`` is an :class:`trainer.evaluate.EvalConfig` (:class:`EvalSettings` only adds
-  ``forward_tasks``), so the gate's defaults and help live in ``trainer/evaluate/config.py``;
+  ``forward_tasks`` and the ``editor_*`` settings), so the gate's defaults and help live in ``trainer/evaluate/config.py``;
 * ``[training]`` is the bot's own training fields (:class:`TrainingOptions`) plus every field of
   :class:`trainer.finetune.FinetuneConfig` except a run's inputs (:data:`RUN_INPUTS`): the recipe.
 
@@ -173,10 +173,15 @@ setting is declared once, in ``trainer/finetune.py``."""
 
 @dataclass
 class EvalSettings(EvalConfig):
-    """The evaluation gate (trainer.evaluate): an EvalConfig, plus the forward evaluation's budget."""
+    """The evaluation gate (trainer.evaluate): an EvalConfig, plus the forward evaluation's budget
+    and the editor-task evaluation's minimum and gate switch (:mod:`bot.freshness`)."""
 
     forward_tasks: int = 40
     """Completion tasks of the forward evaluation that scores the serving model on each push's new code before it is trained on (the freshness curve); 0 turns it off."""
+    editor_min_tasks: int = 20
+    """Fewest editor tasks (completions developers accepted, kept only with serving.store_code) a model is scored on; with fewer, the editor-task evaluation is skipped and says so: a handful of tasks would only add noise."""
+    editor_tasks_gate: bool = False
+    """Reject a candidate that is clearly worse than the serving model on editor tasks (the paired interval of the primary metric beyond its tolerance); off, the comparison is recorded in run.json but never rejects."""
 
     def eval_config(self) -> EvalConfig:
         """The plain :class:`~trainer.evaluate.EvalConfig` (what ``eval.json`` records)."""

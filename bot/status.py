@@ -2,7 +2,7 @@
 ``status`` command and the status page.
 
 :func:`snapshot` returns a typed :class:`Status` (a serving part, one part per repository, the
-recent runs, the freshness history and the queue state); :meth:`Status.to_dict` is the one
+recent runs, the freshness histories — push and editor — and the queue state); :meth:`Status.to_dict` is the one
 place it becomes the JSON ``/api/status`` returns, which the status page and chat-ops read too.
 :func:`collect` is ``snapshot(...).to_dict()``.
 
@@ -127,6 +127,9 @@ class Status:
     freshness: dict[str, t.Any]
     """Corpus name → last history points (see :func:`bot.freshness.summary`), or ``{"error": …}``."""
     queue: QueueStatus
+    editor_freshness: dict[str, t.Any] = field(default_factory=dict)
+    """The second curve, from editor use: ``{"store_code", "models"}`` (model name → last points
+    of :func:`bot.freshness.editor_summary`) or ``{"error": …}``."""
     acceptance: dict[str, t.Any] = field(default_factory=dict)
     """What editors did with the served completions: ``{"days", "rows"}`` (rows of
     :class:`serving.acceptance.AcceptanceRow` as dicts, newest version first) or ``{"error": …}``."""
@@ -135,7 +138,8 @@ class Status:
         return {"time": self.time, "home": self.home,
                 "repositories": [r.to_dict() for r in self.repositories],
                 "serving": self.serving.to_dict(), "runs": [r.as_dict() for r in self.runs],
-                "freshness": self.freshness, "acceptance": self.acceptance, **self.queue.to_dict()}
+                "freshness": self.freshness, "editor_freshness": self.editor_freshness,
+                "acceptance": self.acceptance, **self.queue.to_dict()}
 
 
 def _safe_url(url: str) -> str:
@@ -190,6 +194,15 @@ def _freshness(settings: Settings) -> dict[str, t.Any]:
     except Exception as exc:  # an unreadable history must not take the status down
         log.warning("status: freshness history unreadable: %s", exc)
         return {"error": "the freshness history could not be read (the server log says why)"}
+
+
+def _editor_freshness(settings: Settings) -> dict[str, t.Any]:
+    try:
+        return {"store_code": bool(settings.serving.store_code),
+                "models": freshness.editor_summary(settings.home, freshness.STATUS_POINTS)}
+    except Exception as exc:  # an unreadable history must not take the status down
+        log.warning("status: editor freshness history unreadable: %s", exc)
+        return {"error": "the editor-task history could not be read (the server log says why)"}
 
 
 ACCEPTANCE_DAYS = 7
@@ -265,7 +278,8 @@ def snapshot(settings: Settings, connection: redis.Redis | None,
     return Status(time=time.time(), home=str(settings.home),
                   repositories=[_repository(settings, repo) for repo in settings.repos],
                   serving=_serving(settings), runs=list_runs(settings.home, limit),
-                  freshness=_freshness(settings), queue=_queue(settings, connection),
+                  freshness=_freshness(settings), editor_freshness=_editor_freshness(settings),
+                  queue=_queue(settings, connection),
                   acceptance=_acceptance(settings))
 
 
@@ -312,4 +326,9 @@ def public(data: dict[str, t.Any]) -> dict[str, t.Any]:
     fresh = data.get("freshness") or {}
     out["freshness"] = {name: [dict(p, error=scrub(p.get("error"))) for p in points]
                         if isinstance(points, list) else scrub(points) for name, points in fresh.items()}
+    editor = data.get("editor_freshness") or {}
+    if "models" in editor:
+        editor = {**editor, "models": {name: [dict(p, error=scrub(p.get("error")), skipped=scrub(p.get("skipped")))
+                                              for p in points] for name, points in editor["models"].items()}}
+    out["editor_freshness"] = editor
     return out

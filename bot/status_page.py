@@ -229,6 +229,15 @@ def _render_freshness_chart(home: Path, corpus: str) -> bytes | None:
         return png
 
 
+def _editor_view(status: dict[str, t.Any]) -> dict[str, t.Any]:
+    """Per model: its last editor-task points, newest first; ``off`` when store_code is off."""
+    data = status.get("editor_freshness") or {}
+    if data.get("error"):
+        return {"error": data["error"], "off": False, "models": {}}
+    return {"error": None, "off": not data.get("store_code"),
+            "models": {name: list(reversed(points)) for name, points in (data.get("models") or {}).items() if points}}
+
+
 def _acceptance_view(status: dict[str, t.Any]) -> dict[str, t.Any]:
     """The acceptance rows grouped per version (newest first), with their figures as text."""
     data = status.get("acceptance") or {}
@@ -312,6 +321,7 @@ def index() -> str:
         training_lock=status.get("training_lock"),
         chart=_chart_state(home),
         freshness=_freshness_view(home, status),
+        editor_freshness=_editor_view(status),
         acceptance=_acceptance_view(status),
     )
 

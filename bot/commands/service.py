@@ -180,6 +180,7 @@ def status_command(config_path, home, as_json) -> None:
     for run in status.runs[:5]:
         click.echo(f"run {run.id}: {run.status.value}")
     _echo_freshness(status.freshness)
+    _echo_editor_freshness(status.editor_freshness)
     _echo_acceptance(status.acceptance)
 
 
@@ -203,6 +204,23 @@ def _echo_freshness(history: dict[str, t.Any]) -> None:
         scores = ", ".join(f"{k} {v:.3f}" for k, v in last["scores"].items() if isinstance(v, (int, float)))
         click.echo(f"freshness {corpus}: {len(points)} pushes scored; last {str(last['commit'])[:12]} "
                    f"on version {last['serving_version']}: {scores or last.get('error') or 'no score'}")
+
+
+def _echo_editor_freshness(editor: dict[str, t.Any]) -> None:
+    """The second curve: versions scored on the completions developers accepted (bot.freshness)."""
+    if editor.get("error"):
+        click.echo(f"editor tasks: {editor['error']}")
+        return
+    if not editor.get("store_code"):
+        click.echo("editor tasks: off (serving.store_code is off: no code is kept, so nothing to score on)")
+    for model, points in (editor.get("models") or {}).items():
+        if not points:
+            continue
+        last = points[-1]
+        who = f"version {last['version']}" if last.get("version") is not None else f"candidate of run {last.get('run')}"
+        scores = ", ".join(f"{k} {v:.3f}" for k, v in last["scores"].items() if isinstance(v, (int, float)))
+        click.echo(f"editor tasks {model}: {len(points)} scored; last {who} on {last.get('n_tasks')} tasks of "
+                   f"version {last.get('tasks_version')}: {scores or last.get('skipped') or last.get('error') or 'no score'}")
 
 
 @click.command("runs")
