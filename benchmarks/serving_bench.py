@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/serving_bench.py            # full run (~2-3 min on 2 cores)
     .venv/bin/python benchmarks/serving_bench.py --quick    # smoke-sized
     .venv/bin/python benchmarks/serving_bench.py --telemetry [--quick]   # only the telemetry figures
+    .venv/bin/python benchmarks/serving_bench.py --adapters [--quick]    # only adapter vs full swaps
 
 Everything is real: the embedded tritonserver from nvidia-pytriton with RepoTune's python-backend
 model (a tiny CodeGen bootstrapped offline), the Flask proxy on a free port, HTTP clients.
@@ -17,6 +18,10 @@ Figures:
   + tokenising, the work the proxy adds for a ``suffix`` request; target p50 under 2 ms), the
   proxy's overhead over Triton for a FIM prompt sent as ``prompt`` (as Continue does), the same
   request with ``suffix`` when the proxy accepts it, and completions/s at concurrency 1, 4, 8.
+* ``--adapters``: a LoRA adapter swap (serving.adapters: publish + smoke + pointer switch, the
+  base stays loaded) against a full-model swap (publish + load + smoke + switch) of the same
+  tiny CodeGen on the same Triton, side by side, each under ~25 requests/s through the proxy
+  (failed requests counted); rollback time of each; on-disk size of one version of each.
 """
 
 from __future__ import annotations
@@ -221,11 +226,15 @@ def tiny_serving(prefix: str, n_files: int):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small run")
+    parser.add_argument("--adapters", action="store_true", help="only adapter swaps vs full-model swaps")
     parser.add_argument("--telemetry", action="store_true",
                         help="only the telemetry figures: proxy p50 with telemetry on vs off, events/s")
     args = parser.parse_args()
     if args.telemetry:
         telemetry_bench(args.quick)
+        return
+    if args.adapters:
+        adapter_bench(args.quick)
         return
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no access log in the figures
     n_latency = 30 if args.quick else 200
@@ -277,6 +286,101 @@ def main() -> None:
         swap_bench(repo, artifact, f"{base}/v1/completions", body, work / "triton.log", n_swaps)
         http.shutdown()
         fim_bench(work, [p.read_text() for p in files], triton, root, n_latency, window_s)
+
+
+def make_adapter(base: Path, out: Path, seed: int) -> Path:
+    """A peft LoRA adapter of ``base`` (r=8 on attention) with random non-zero weights, and its manifest."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from families.adapters import AdapterManifest, checkpoint_digest, write_manifest
+
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(str(base)),
+                           LoraConfig(r=8, lora_alpha=16, target_modules=["qkv_proj", "out_proj"]))
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_" in name:
+                param.copy_(torch.randn(param.shape, generator=gen))
+    model.save_pretrained(str(out))
+    AutoTokenizer.from_pretrained(str(base)).save_pretrained(str(out))
+    write_manifest(out, AdapterManifest(base=str(base), base_digest=checkpoint_digest(base), family="codegen"))
+    return out
+
+
+def swaps_under_load(repo, artifacts: list[Path], url: str, body: dict) -> tuple[list[float], float, int, int]:
+    """Publish + activate each artifact while a client sends ~25 requests/s through the proxy:
+    (seconds per swap, rollback seconds, requests sent during the swaps, failed requests)."""
+    import requests
+
+    results: list[tuple[float, int]] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        s = requests.Session()
+        while not stop.is_set():
+            t = time.perf_counter()
+            try:
+                results.append((t, s.post(url, json=body, timeout=30).status_code))
+            except requests.RequestException:
+                results.append((t, 0))
+            time.sleep(0.04)
+
+    loader = threading.Thread(target=load)
+    loader.start()
+    time.sleep(1.0)
+    times = []
+    start = time.perf_counter()
+    for artifact in artifacts:
+        t = time.perf_counter()
+        repo.activate(repo.publish(artifact))
+        times.append(time.perf_counter() - t)
+    end = time.perf_counter()
+    t = time.perf_counter()
+    repo.rollback()
+    rollback_s = time.perf_counter() - t
+    time.sleep(0.5)
+    stop.set()
+    loader.join()
+    during = sum(1 for sent, _ in results if start <= sent <= end)
+    return times, rollback_s, during, sum(1 for _, code in results if code != 200)
+
+
+def adapter_bench(quick: bool) -> None:
+    """Adapter swaps vs full-model swaps of the same model, side by side on one Triton."""
+    from werkzeug.serving import make_server
+
+    from serving import ProxyConfig, create_proxy_app
+    from serving.adapters import AdapterRepository
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    n = 2 if quick else 4
+    body = {"prompt": PROMPT, "max_tokens": MAX_TOKENS, "temperature": 0}
+    with tiny_serving("adapter-bench-", 40) as (work, _files, ckpt, artifact, triton, full):
+        lora = AdapterRepository(full.root, "codegen-lora", triton.url)
+        adapters = [make_adapter(ckpt, work / f"adapter-{i}", seed=i) for i in range(n + 1)]
+        lora.activate(lora.publish(adapters[0]))  # writes and loads the base once
+        urls = {}
+        for name in ("codegen", "codegen-lora"):
+            app = create_proxy_app(ProxyConfig(triton_url=triton.url, model_repository=full.root, model_name=name))
+            http = make_server("127.0.0.1", 0, app, threaded=True)
+            threading.Thread(target=http.serve_forever, daemon=True).start()
+            urls[name] = f"http://127.0.0.1:{http.server_port}/v1/completions"
+        figures = {"full model": swaps_under_load(full, [artifact] * n, urls["codegen"], body),
+                   "LoRA adapter": swaps_under_load(lora, adapters[1:], urls["codegen-lora"], body)}
+        print(f"swap (publish + activate) of the same tiny CodeGen, {n} swaps each, ~25 requests/s through the proxy:")
+        for name, (times, rollback_s, during, failed) in figures.items():
+            print(f"  {name:13s} median {percentile(times, 50) * 1000:8.1f} ms  (each "
+                  f"{', '.join(f'{t * 1000:.0f}' for t in times)} ms); rollback {rollback_s * 1000:6.1f} ms; "
+                  f"{during} requests during the swaps, {failed} failed")
+        ratio = percentile(figures["full model"][0], 50) / percentile(figures["LoRA adapter"][0], 50)
+        print(f"  adapter swap is {ratio:.1f}x faster -> {'OK' if ratio >= 10 else 'BELOW TARGET'} (target >= 10x)")
+        full_bytes = sum(p.stat().st_size for p in full.version_dir(full.current()).rglob("*") if p.is_file())
+        adapter_bytes = lora.versions()[-1]["bytes"]
+        print(f"on disk: full version {full_bytes / 1e6:.2f} MB, adapter version {adapter_bytes / 1e6:.3f} MB "
+              f"({full_bytes / max(adapter_bytes, 1):.0f}x smaller; the tiny model's ratio, a 350M base is ~1.4 GB "
+              f"in fp32 against a few MB for an r=8 adapter)")
 
 
 def telemetry_bench(quick: bool) -> None:

@@ -16,12 +16,10 @@ and what clients outside the share and requests without a client identity get), 
 
 from __future__ import annotations
 
-import os
 import time
-import uuid
 from typing import TYPE_CHECKING, Any
 
-from durable import fsync_dir, write_json_atomic
+from durable import write_json_atomic
 from serving.canary import CanaryState, canary_of
 from serving.errors import RepositoryStateError
 
@@ -71,7 +69,7 @@ class CanaryMethods:
             write_json_atomic(vdir / CANARY_FILE, {"model": self.model_name, "version": prod,
                                                    "canary": state.as_dict()})
             self._load_beside(client, version, prod, progress)
-            self._link(f"{version}/{CANARY_FILE}")
+            self._relink(f"{version}/{CANARY_FILE}")
             self._set_state(canary=state.as_dict())
         return state
 
@@ -95,7 +93,7 @@ class CanaryMethods:
         with self._locked():
             state = self._running_canary("stop")
             prod = int(self.current())
-            self._link(f"{prod}/serving.json")
+            self._relink(f"{prod}/serving.json")
             self._set_state(canary=None, canary_stopped=state.as_dict())
             time.sleep(self.drain_s)  # requests that read the canary pointer just before finish there
             self._apply(client, self.model_dir / str(prod), [prod])
@@ -116,12 +114,3 @@ class CanaryMethods:
             raise RepositoryStateError(
                 f"a canary of version {state.version} of {self.model_name!r} is running; promote or stop it "
                 f"(`repotune canary promote` / `repotune canary stop`) before you {what}")
-
-    def _link(self, target: str) -> None:
-        """Point ``serving.json`` at ``target`` (relative to the model folder) by an atomic rename."""
-        link = self.model_dir / "serving.json"
-        # A unique temp name: two switches (threads or processes) never share one.
-        tmp = self.model_dir / f".serving.json.{uuid.uuid4().hex}.tmp"
-        os.symlink(target, tmp)
-        os.replace(tmp, link)
-        fsync_dir(self.model_dir)

@@ -192,9 +192,14 @@ class TritonClient:
         end_id: int | None = None,
         return_log_probs: bool = False,
         version: int | None = None,
+        adapter: str | None = None,
     ) -> list[Generation]:
         """Complete one prompt (a list of ids) or a batch (list of lists); one
-        :class:`Generation` per row. ``top_k=1`` or ``temperature=0`` is greedy."""
+        :class:`Generation` per row. ``top_k=1`` or ``temperature=0`` is greedy.
+
+        ``adapter`` names a LoRA adapter the model applies to every row (see
+        :mod:`serving.adapters`); a model that does not declare the ``adapter`` input refuses
+        it rather than quietly answering with its base."""
         import tritonclient.http as httpclient
 
         rows = [list(input_ids)] if input_ids and isinstance(input_ids[0], int) else [list(r) for r in input_ids]
@@ -204,6 +209,11 @@ class TritonClient:
                                    repetition_penalty=repetition_penalty, random_seed=random_seed,
                                    stop_words=stop_words, end_id=end_id, return_log_probs=return_log_probs)
         declared = self._input_types(version)
+        if adapter:
+            if declared and "adapter" not in declared:
+                raise InferenceFailed(f"{self.model_name!r} takes no adapter input, so adapter {adapter!r} "
+                                      "cannot be applied; serve adapters with serving.adapters.AdapterRepository")
+            tensors["adapter"] = np.array([[adapter.encode()]] * len(rows), dtype=object)
         inputs = []
         for name, value in tensors.items():
             if declared and name not in declared:
@@ -218,7 +228,8 @@ class TritonClient:
         if return_log_probs:
             wanted += ["cum_log_probs", "output_log_probs"]
         outputs = [httpclient.InferRequestedOutput(n) for n in wanted]
-        what = f"completing with {self.model_name!r}" + (f" version {version}" if version else "")
+        what = (f"completing with {self.model_name!r}" + (f" version {version}" if version else "")
+                + (f" adapter {adapter}" if adapter else ""))
         body, json_size = httpclient.InferenceServerClient.generate_request_body(inputs, outputs=outputs)
         headers = {"Content-Type": "application/octet-stream"}
         if json_size is not None:
@@ -247,7 +258,7 @@ class TritonClient:
 
 
 _NUMPY = {"UINT32": np.uint32, "INT32": np.int32, "FP32": np.float32, "UINT64": np.uint64,
-          "INT64": np.int64, "BOOL": bool}
+          "INT64": np.int64, "BOOL": bool, "BYTES": object}
 
 
 def _request_tensors(rows: list[list[int]], output_len: int, *, top_k: int, top_p: float, temperature: float,
@@ -298,4 +309,4 @@ def _generations(result: Any, rows: list[list[int]], return_log_probs: bool,
 
 def _triton_dtype(value: np.ndarray) -> str:
     return {np.dtype(np.uint32): "UINT32", np.dtype(np.int32): "INT32", np.dtype(np.float32): "FP32",
-            np.dtype(np.uint64): "UINT64", np.dtype(bool): "BOOL"}[value.dtype]
+            np.dtype(np.uint64): "UINT64", np.dtype(bool): "BOOL", np.dtype(object): "BYTES"}[value.dtype]

@@ -59,12 +59,16 @@ class Generator(Protocol):
 
     def generate(self, input_ids: Sequence[Sequence[int]], output_len: int, *, top_k: int, top_p: float,
                  temperature: float, random_seed: int, stop_words: Sequence[Sequence[int]],
-                 end_id: int | None, return_log_probs: bool, version: int | None) -> list[Generation]: ...
+                 end_id: int | None, return_log_probs: bool, version: int | None,
+                 **adapter: str) -> list[Generation]: ...
 
 
 class VersionRouter:
-    """Finds the serving version (pointer symlink, cached by the link's inode) and its tokenizer;
-    during a canary, a client in the canary's share gets the canary version (:mod:`serving.canary`)."""
+    """Finds the serving version (pointer symlink, cached by the link's inode) and its tokenizer.
+
+    An adapter model's pointer also names its serving ``adapter`` (:mod:`serving.adapters`):
+    :meth:`route` returns both, read together. During a canary, a client in the canary's share
+    gets the canary version (:mod:`serving.canary`)."""
 
     def __init__(self, model_repository: str | Path, model_name: str, default_context_window: int = 2048,
                  family: str | None = None) -> None:
@@ -75,12 +79,17 @@ class VersionRouter:
         self._stamp: tuple[int, ...] | None = None
         self._version: int | None = None
         self._canary: CanaryState | None = None
-        self._tokenizers: dict[int, Any] = {}
+        self._adapter: str | None = None
+        self._tokenizers: dict[Any, Any] = {}
         self._families: dict[int, Family | None] = {}
 
     def version(self, fresh: bool = False, client: str = "") -> int:
         """The version serving ``client`` (a telemetry client hash; empty: production); 503
         :class:`ApiError` when none serves."""
+        return self.route(fresh, client)[0]
+
+    def route(self, fresh: bool = False, client: str = "") -> tuple[int, str | None]:
+        """The (Triton version, adapter name or ``None``) serving ``client``, from one pointer read."""
         path = self.model_dir / POINTER_FILE
         try:
             st = path.lstat()
@@ -96,22 +105,26 @@ class VersionRouter:
                     pointer = json.loads(path.read_text())
                 except (OSError, json.JSONDecodeError):
                     pointer = {}
+                adapter = pointer.get("adapter")
                 self._stamp, self._version, self._canary = stamp, pointer.get("version"), canary_of(pointer)
+                self._adapter = str(adapter) if adapter is not None else None
             if self._version is None:
                 raise ApiError(503, "no model version is serving yet; deploy one with "
                                     "`repotune deploy <checkpoint>`", code="model_unavailable")
             if routes_to_canary(client, self._canary):
-                return self._canary.version  # type: ignore[union-attr]
-            return int(self._version)
+                return self._canary.version, None  # type: ignore[union-attr]
+            return int(self._version), self._adapter
 
-    def tokenizer(self, version: int) -> Any:
+    def tokenizer(self, version: int, adapter: str | None = None) -> Any:
+        """The version's tokenizer; an adapter's own (its folder's, the same as its base's)."""
+        key = (version, adapter) if adapter else version
         with self._lock:
-            tok = self._tokenizers.get(version)
+            tok = self._tokenizers.get(key)
         if tok is None:
-            tok = load_tokenizer(self.model_dir / str(version))
+            tok = load_tokenizer(self.model_dir / ("adapters/" + adapter if adapter else str(version)))
             with self._lock:
-                self._tokenizers[version] = tok
-                for old in [v for v in self._tokenizers if v != version][:-2]:
+                self._tokenizers[key] = tok
+                for old in [v for v in self._tokenizers if v != key][:-2]:
                     del self._tokenizers[old]  # keep a few, versions come and go
         return tok
 
@@ -163,6 +176,8 @@ class Prompt:
     """Stop strings the text is cut at: the request's and the family's end markers."""
     headers: dict[str, str] = field(default_factory=dict)
     """Response headers saying what was changed (suffix ignored, context trimmed)."""
+    adapter: str | None = None
+    """The LoRA adapter applied on ``version`` (adapter models), else ``None``."""
 
 
 @dataclass
@@ -214,9 +229,9 @@ class Completer:
     def prepare(self, req: CompletionRequest, *, infill: bool = False, client: str = "") -> Prompt:
         """Serving version (``client``'s, during a canary), the model's prompts (FIM where the family has it and the request has
         a suffix, or always for ``infill``), fitted into the window, and the stop strings."""
-        version = self.router.version(client=client)
+        version, adapter = self.router.route(client=client)
         try:
-            tok = self.router.tokenizer(version)
+            tok = self.router.tokenizer(version, adapter) if adapter else self.router.tokenizer(version)
         except (OSError, ServingError) as exc:
             raise ApiError(503, f"cannot load the tokenizer of version {version}: {exc}",
                            code="model_unavailable") from exc
@@ -242,7 +257,7 @@ class Completer:
                                        f"max_tokens={req.max_tokens}->{max_tokens}")
         stops = list(req.stop) + [s for s in (stop_tokens(family) if family else ()) if s not in req.stop]
         stop_ids = [ids for ids in (tok(s, add_special_tokens=False)["input_ids"] for s in stops) if ids]
-        return Prompt(version, tok, rows, stop_ids, tok.eos_token_id, max_tokens, stops, headers)
+        return Prompt(version, tok, rows, stop_ids, tok.eos_token_id, max_tokens, stops, headers, adapter)
 
     def complete(self, req: CompletionRequest, prompt: Prompt) -> Completion:
         """One Triton call for every row; choices cut at the stop strings, usage counted."""
@@ -282,12 +297,14 @@ class Completer:
         kwargs = dict(top_k=1 if req.temperature == 0 else 0, top_p=req.top_p if req.top_p < 1 else 0.0,
                       temperature=req.temperature, random_seed=req.seed + seed_offset,
                       stop_words=prompt.stop_ids, end_id=prompt.end_id, return_log_probs=req.logprobs is not None)
+        adapter = {"adapter": prompt.adapter} if prompt.adapter else {}
         try:
-            return version, self.triton.generate(rows, n_new, version=version, **kwargs)
+            return version, self.triton.generate(rows, n_new, version=version, **adapter, **kwargs)
         except VersionUnavailable:
             self.observer.retry()
-            fresh = self.router.version(fresh=True)
-            return fresh, self.triton.generate(rows, n_new, version=fresh, **kwargs)
+            fresh, name = self.router.route(fresh=True)
+            adapter = {"adapter": name} if name else {}
+            return fresh, self.triton.generate(rows, n_new, version=fresh, **adapter, **kwargs)
 
     def _events(self, req: CompletionRequest, prompt: Prompt, version: int, first: list[Generation],
                 first_n: int, deadline: float) -> Iterator[dict[str, Any]]:

@@ -41,16 +41,13 @@ is the instant rollback target). See docs/serving.md.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import math
-import os
 import py_compile
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,6 +55,9 @@ from typing import Any
 from durable import copytree_fsync, fsync_dir, fsync_tree, write_atomic, write_json_atomic
 from serving._canary_repo import CanaryMethods
 from serving._files import checkpoint_dir
+from serving._repo import POINTER_FILE, ProgressFn, model_lock, relink
+from serving._repo import emit as _emit
+from serving._repo import read_json as _read_json
 from serving.client import TritonClient
 from serving.errors import (
     ModelLoadFailed,
@@ -68,11 +68,8 @@ from serving.errors import (
 
 log = logging.getLogger(__name__)
 
-POINTER_FILE = "serving.json"
 FAILED_FILE = "FAILED"
 PYTHON_MODEL = Path(__file__).resolve().parent / "python_backend" / "model.py"
-
-ProgressFn = Callable[[dict[str, Any]], None]
 
 
 @dataclass(frozen=True)
@@ -98,10 +95,13 @@ def read_pointer(model_dir: Path) -> dict[str, Any] | None:
 
 
 def load_tokenizer(version_dir: Path):
-    """The tokenizer shipped with a version (``model/`` or ``tokenizer/``)."""
+    """The tokenizer shipped with a version (``model/`` or ``tokenizer/``, or the folder itself
+    for an adapter version, which carries its tokenizer beside the peft files)."""
     from transformers import AutoTokenizer
 
     ckpt = checkpoint_dir(version_dir)
+    if ckpt is None and (Path(version_dir) / "tokenizer_config.json").is_file():
+        ckpt = Path(version_dir)
     if ckpt is None:
         raise RepositoryStateError(f"{version_dir} has neither model/ nor tokenizer/; republish the artifact")
     return AutoTokenizer.from_pretrained(str(ckpt))
@@ -169,7 +169,7 @@ class ModelRepository(CanaryMethods):
         return out
 
     def version_dir(self, version: int) -> Path:
-        path = self.model_dir / str(int(version))
+        path = self._version_path(version)
         if not path.is_dir():
             raise RepositoryStateError(
                 f"version {version} of {self.model_name!r} is not in {self.model_dir}; "
@@ -197,30 +197,35 @@ class ModelRepository(CanaryMethods):
         self.model_dir.mkdir(parents=True, exist_ok=True)
         with self._locked():
             self._sweep()
-            _emit(progress, "publish", 0, 1)
-            staging = Path(tempfile.mkdtemp(prefix=".publish-", dir=self.model_dir))
-            try:
-                payload = staging / "v"
-                copytree_fsync(artifact, payload)
-                if backend == "python":
-                    shutil.copy2(PYTHON_MODEL, payload / "model.py")
-                    # Compiled now, so the stub's first import does not write __pycache__
-                    # into a loaded version (Triton would then reload it at the next swap).
-                    py_compile.compile(str(payload / "model.py"), doraise=True,
-                                       invalidation_mode=py_compile.PycInvalidationMode.TIMESTAMP)
-                    fsync_tree(payload)
-                meta = dict(meta, published=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                            artifact_path=str(artifact))
-                write_json_atomic(payload / "artifact.json", meta)
-                number = self._next_version()
-                write_json_atomic(payload / POINTER_FILE, {"model": self.model_name, "version": number})
-                target = self.model_dir / str(number)
-                payload.rename(target)
-                fsync_dir(self.model_dir)
-                self._set_state(highest=number)
-            finally:
-                shutil.rmtree(staging, ignore_errors=True)
-            _emit(progress, "publish", 1, 1, version=number)
+            return self._publish_locked(artifact, meta, progress)
+
+    def _publish_locked(self, artifact: Path, meta: dict[str, Any], progress: ProgressFn | None) -> int:
+        """:meth:`publish`'s copy, with the lock held (``artifact`` already checked)."""
+        backend = meta.get("backend", "python")
+        _emit(progress, "publish", 0, 1)
+        staging = Path(tempfile.mkdtemp(prefix=".publish-", dir=self.model_dir))
+        try:
+            payload = staging / "v"
+            copytree_fsync(artifact, payload)
+            if backend == "python":
+                shutil.copy2(PYTHON_MODEL, payload / "model.py")
+                # Compiled now, so the stub's first import does not write __pycache__
+                # into a loaded version (Triton would then reload it at the next swap).
+                py_compile.compile(str(payload / "model.py"), doraise=True,
+                                   invalidation_mode=py_compile.PycInvalidationMode.TIMESTAMP)
+                fsync_tree(payload)
+            meta = dict(meta, published=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                        artifact_path=str(artifact))
+            write_json_atomic(payload / "artifact.json", meta)
+            number = self._next_version()
+            write_json_atomic(payload / POINTER_FILE, {"model": self.model_name, "version": number})
+            target = self.model_dir / str(number)
+            payload.rename(target)
+            fsync_dir(self.model_dir)
+            self._set_state(highest=number)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        _emit(progress, "publish", 1, 1, version=number)
         return number
 
     # -- activate / rollback ------------------------------------------------------------------
@@ -383,16 +388,18 @@ class ModelRepository(CanaryMethods):
                                       f"within {self.load_timeout_s:.0f}s")
             time.sleep(0.1)
 
-    def _smoke(self, client: TritonClient, version: int, vdir: Path) -> None:
-        """Greedy completion of a code prompt on exactly ``version``: it must produce tokens
-        inside the vocabulary with finite log probabilities."""
+    def _smoke(self, client: TritonClient, version: int, vdir: Path, adapter: str | None = None) -> None:
+        """Greedy completion of a code prompt on exactly ``version`` (with ``adapter`` applied,
+        tokenized by ``vdir``'s tokenizer): it must produce tokens inside the vocabulary with
+        finite log probabilities."""
+        label = f"adapter {adapter} (base version {version})" if adapter else f"version {version}"
         try:
             tokenizer = load_tokenizer(vdir)
             ids = tokenizer(self.smoke.prompt)["input_ids"]
             gen = client.generate(ids, self.smoke.max_tokens, top_k=1, return_log_probs=True,
-                                  version=version)[0]
+                                  version=version, adapter=adapter)[0]
         except ServingError as exc:
-            raise SmokeTestFailed(f"smoke completion on version {version} failed: {exc}") from exc
+            raise SmokeTestFailed(f"smoke completion on {label} failed: {exc}") from exc
         vocab = len(tokenizer)
         problems = []
         if len(gen.tokens) < self.smoke.min_new_tokens:
@@ -402,7 +409,7 @@ class ModelRepository(CanaryMethods):
         if not math.isfinite(gen.cum_log_prob) or not all(math.isfinite(x) for x in gen.log_probs):
             problems.append(f"log probabilities are not finite ({gen.cum_log_prob}); the weights are broken")
         if problems:
-            raise SmokeTestFailed(f"version {version} of {self.model_name!r} failed its smoke completion "
+            raise SmokeTestFailed(f"{label} of {self.model_name!r} failed its smoke completion "
                                   f"of {self.smoke.prompt!r}: " + "; ".join(problems))
 
     def _fail(self, version: int, old: int | None, reason: str) -> None:
@@ -424,10 +431,18 @@ class ModelRepository(CanaryMethods):
         infos = self.versions()
         healthy = [v["version"] for v in infos if not v["failed"]]
         keep = set(healthy[-self.keep:]) | ({serving} if serving is not None else set())
-        keep |= set(self._loaded_versions())  # never pull the files from under a loaded version
+        keep |= self._pinned()
         for info in infos:
             if info["version"] not in keep:
-                shutil.rmtree(self.model_dir / str(info["version"]), ignore_errors=True)
+                shutil.rmtree(self._version_path(int(info["version"])), ignore_errors=True)
+
+    def _pinned(self) -> set[int]:
+        """Versions retention never removes: the loaded ones (their files are in use)."""
+        return set(self._loaded_versions())
+
+    def _version_path(self, version: int) -> Path:
+        """Where version ``version``'s folder lives (whether or not it exists)."""
+        return self.model_dir / str(int(version))
 
     # -- pointer and numbering ----------------------------------------------------------------
 
@@ -467,32 +482,11 @@ class ModelRepository(CanaryMethods):
         target = self.model_dir / str(version) / POINTER_FILE
         if not target.is_file():  # a version published before pointers lived in version folders
             write_json_atomic(target, {"model": self.model_name, "version": version})
-        self._link(f"{version}/{POINTER_FILE}")
+        self._relink(f"{version}/{POINTER_FILE}")
         self._set_state(version=version, previous=previous, switched_at=time.time())
 
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        self.model_dir.mkdir(parents=True, exist_ok=True)
-        # Opened without truncating: a new mtime on a file in the model folder would make
-        # Triton reload every loaded version at the next load.
-        fd = os.open(self.model_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-        finally:
-            os.close(fd)
+    def _relink(self, target: str) -> None:
+        relink(self.model_dir, target)
 
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (FileNotFoundError, json.JSONDecodeError):
-        return {}
-
-
-def _emit(progress: ProgressFn | None, stage: str, done: int, total: int, **extra: Any) -> None:
-    if progress is not None:
-        progress({"stage": stage, "done": done, "total": total, **extra})
+    def _locked(self) -> contextlib.AbstractContextManager[None]:
+        return model_lock(self.model_dir)

@@ -30,8 +30,15 @@ before). A FIM prompt is just input ids: the proxy builds it, and sends the fami
 and end-of-text as ``stop_words_list``.
 
 Dynamic batching: Triton hands ``execute`` every queued request at once; rows that share their
-sampling parameters run through the model together (left-padded), one forward per new token
-with a KV cache.
+sampling parameters (and adapter) run through the model together (left-padded), one forward per
+new token with a KV cache.
+
+LoRA adapters (``serving.adapters``): an optional ``adapter`` input (BYTES [B, 1]) names an
+adapter folder ``<model>/adapters/<name>/`` beside the version folders (Triton ignores
+non-numeric folders). The base is loaded once, by this version; an adapter is read with
+``peft`` on first use and kept in a least-recently-used set of ``max_adapters`` (config
+parameter, default 8), so activating a new adapter version costs reading its few megabytes,
+never a model load. Rows with no adapter (or an empty name) run on the bare base.
 """
 
 from __future__ import annotations
@@ -39,6 +46,10 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import re
+import time
+from collections import OrderedDict
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +62,11 @@ except ImportError:  # pragma: no cover - lets the pure helpers be imported for 
 DEFAULT_OUTPUT_LEN = 16
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 """``config.pbtxt`` parameter ``dtype`` values; fp32 unless asked (CPU kernels are fp32-first)."""
+ADAPTERS_DIR = "adapters"
+"""Adapter versions' folder inside the model folder (``<model>/adapters/<name>/``)."""
+ADAPTER_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+"""What an adapter name may be: it becomes a folder name and a peft adapter name."""
+DEFAULT_MAX_ADAPTERS = 8
 
 
 def _scalar_per_row(request, name: str, batch: int, default, dtype):
@@ -113,6 +129,53 @@ class TritonPythonModel:
             out["name"]: pb_utils.triton_string_to_numpy(out["data_type"])
             for out in self.model_config.get("output", [])
         }
+        self.adapters_dir = Path(args["model_repository"]) / ADAPTERS_DIR
+        self.max_adapters = max(1, int(params.get("max_adapters") or DEFAULT_MAX_ADAPTERS))
+        self.peft = None  # the PeftModel wrapping self.model, made on the first adapter
+        self.loaded_adapters: OrderedDict[str, float] = OrderedDict()
+        """peft adapter name → seconds its load took; least recently used first."""
+
+    # -- adapters ------------------------------------------------------------------------------
+
+    def _use_adapter(self, name: str | None):
+        """A context in which ``self.model`` runs with adapter ``name`` (``None``: the bare base)."""
+        if not name:
+            return self.peft.disable_adapter() if self.peft is not None else nullcontext()
+        key = f"a_{name}"
+        if key in self.loaded_adapters:
+            self.loaded_adapters.move_to_end(key)
+        else:
+            self._load_adapter(name, key)
+        self.peft.set_adapter(key)
+        return nullcontext()
+
+    def _load_adapter(self, name: str, key: str) -> None:
+        """Read adapter ``name`` from its folder (first use), evicting the least recently used."""
+        from peft import PeftModel
+
+        folder = self.adapters_dir / name
+        if not (folder / "adapter_config.json").is_file():
+            raise ValueError(f"adapter {name!r} is not in {self.adapters_dir} (no adapter_config.json); "
+                             "publish it with serving.adapters.AdapterRepository")
+        started = time.perf_counter()
+        try:
+            if self.peft is None:
+                self.peft = PeftModel.from_pretrained(self.model, str(folder), adapter_name=key)
+                self.peft.eval()
+            else:
+                self.peft.load_adapter(str(folder), adapter_name=key)
+        except Exception:
+            # A half-read adapter (layers injected, weights not) must not stay behind.
+            if self.peft is not None and key in self.peft.peft_config:
+                try:
+                    self.peft.delete_adapter(key)
+                except Exception:  # noqa: BLE001 - the first error is the one to report
+                    pass
+            raise
+        self.loaded_adapters[key] = time.perf_counter() - started
+        while len(self.loaded_adapters) > self.max_adapters:
+            old, _ = self.loaded_adapters.popitem(last=False)
+            self.peft.delete_adapter(old)
 
     # -- request handling ---------------------------------------------------------------------
 
@@ -169,6 +232,7 @@ class TritonPythonModel:
         end_id = _scalar_per_row(request, "end_id", batch, self.end_id, np.int64)
         stop_t = pb_utils.get_input_tensor_by_name(request, "stop_words_list")
         stops = parse_stop_words(stop_t.as_numpy() if stop_t is not None else None, batch)
+        adapters = _adapter_names(pb_utils.get_input_tensor_by_name(request, "adapter"), batch)
         rows = []
         for b in range(batch):
             n = int(lengths[b])
@@ -183,7 +247,9 @@ class TritonPythonModel:
             greedy = int(top_k[b]) == 1 or float(temperature[b]) <= 0.0
             key = ("greedy", float(rep[b]), int(end_id[b])) if greedy else (
                 "sample", int(top_k[b]), float(top_p[b]), float(temperature[b]), float(rep[b]), int(seed[b]), int(end_id[b]))
+            key = (adapters[b], *key)
             rows.append({"prompt": prompt, "new": new, "stops": stops[b], "key": key, "greedy": greedy,
+                         "adapter": adapters[b],
                          "top_k": int(top_k[b]), "top_p": float(top_p[b]), "temperature": float(temperature[b]),
                          "rep": float(rep[b]), "seed": int(seed[b]), "end_id": int(end_id[b])})
         return rows
@@ -209,7 +275,7 @@ class TritonPythonModel:
         past = None
         current, current_pos = ids, positions
         seen = ids.clone()
-        with torch.inference_mode():
+        with torch.inference_mode(), self._use_adapter(first["adapter"]):
             for _ in range(max(r["new"] for r in rows)):
                 if all(done):
                     break
@@ -293,6 +359,7 @@ class TritonPythonModel:
 
     def finalize(self) -> None:
         self.model = None
+        self.peft = None
 
 
 def default_end_id(checkpoint: Path, cfg) -> int:
@@ -310,6 +377,20 @@ def default_end_id(checkpoint: Path, cfg) -> int:
     if isinstance(eos, (list, tuple)):
         eos = eos[0] if eos else None
     return int(eos) if eos is not None else 0
+
+
+def _adapter_names(tensor, batch: int) -> list[str | None]:
+    """The ``adapter`` input per row (BYTES [B, 1]); ``None`` where absent or empty."""
+    if tensor is None:
+        return [None] * batch
+    values = tensor.as_numpy().reshape(batch, -1)[:, 0]
+    names: list[str | None] = []
+    for value in values:
+        name = value.decode("utf-8") if isinstance(value, bytes) else str(value)
+        if name and not ADAPTER_NAME.match(name):
+            raise ValueError(f"adapter name {name!r} is not a folder name ([A-Za-z0-9_-], at most 64)")
+        names.append(name or None)
+    return names
 
 
 def _ends_with_stop(tokens: list[int], stops: list[list[int]]) -> bool:

@@ -1,0 +1,177 @@
+"""LoRA adapter versions on the real Triton: the base is loaded once, adapter swaps are a pointer
+switch (no model load) with zero failed requests, instant rollback, and refusals that leave the
+serving adapter alone."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import requests
+
+from serving import (
+    ProxyConfig,
+    RepositoryStateError,
+    SmokeTestFailed,
+    TritonClient,
+    create_proxy_app,
+)
+from serving.adapters import ADAPTERS_DIR, AdapterRepository, open_repository
+from serving.repository import ModelRepository, load_tokenizer, read_pointer
+from tests.fixtures.triton import serve_app
+from tests.test_serving_hotswap import PROMPT, LoadClient
+
+MODEL = "lora"
+
+
+def make_adapter(base: Path, out: Path, *, seed: int, kind: str = "good") -> Path:
+    """A peft LoRA adapter of ``base`` with random non-zero B weights (so its completions differ
+    from the base's and from other seeds'); ``kind="nan"`` makes its weights NaN."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from families.adapters import AdapterManifest, checkpoint_digest, write_manifest
+
+    model = AutoModelForCausalLM.from_pretrained(str(base))
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["qkv_proj", "out_proj"], lora_dropout=0.0)
+    peft_model = get_peft_model(model, lora)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_" in name:
+                value = torch.randn(param.shape, generator=gen) * (2.0 if "lora_B" in name else 1.0)
+                param.copy_(torch.full_like(param, float("nan")) if kind == "nan" else value)
+    peft_model.save_pretrained(str(out))
+    AutoTokenizer.from_pretrained(str(base)).save_pretrained(str(out))
+    write_manifest(out, AdapterManifest(base=str(base), base_digest=checkpoint_digest(base), family="codegen",
+                                        lora={"r": 4, "alpha": 8}))
+    return out
+
+
+@pytest.fixture(scope="module")
+def adapters(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    root = tmp_path_factory.mktemp("adapters")
+    counter = iter(range(1000))
+
+    def make(seed: int, kind: str = "good", base: Path = tiny_model) -> Path:
+        return make_adapter(base, root / f"{kind}-{seed}-{next(counter)}", seed=seed, kind=kind)
+
+    return make
+
+
+@pytest.fixture(scope="module")
+def repo(triton_server, triton_repo_root: Path) -> AdapterRepository:
+    return AdapterRepository(triton_repo_root, MODEL, triton_server.url, keep=3)
+
+
+@pytest.fixture(scope="module")
+def proxy(repo, triton_server, triton_repo_root: Path):
+    app = create_proxy_app(ProxyConfig(triton_url=triton_server.url, model_repository=triton_repo_root,
+                                       model_name=MODEL, timeout_s=30))
+    with serve_app(app) as url:
+        yield url
+
+
+def _instance_loads(triton_server) -> int:
+    """Model instances Triton initialised so far for this model (one per version load), from its log."""
+    return Path(triton_server.log_path).read_text(errors="replace").count(
+        f"TRITONBACKEND_ModelInstanceInitialize: {MODEL}_")
+
+
+def _direct(triton_server, repo: AdapterRepository, adapter: str | None) -> str:
+    """Greedy text straight from Triton on the base version with ``adapter`` (no proxy)."""
+    base = repo.base_version()
+    tok = load_tokenizer(repo.model_dir / str(base))
+    gen = TritonClient(triton_server.url, MODEL).generate(
+        tok(PROMPT["prompt"])["input_ids"], PROMPT["max_tokens"], top_k=1, end_id=tok.eos_token_id,
+        version=base, adapter=adapter)[0]
+    return tok.decode(gen.tokens, skip_special_tokens=True)
+
+
+def test_adapter_swap_under_load_changes_completions_without_reloading_the_base(repo, proxy, triton_server,
+                                                                                   adapters):
+    first = repo.publish(adapters(1))
+    base = repo.base_version()
+    # The first adapter wrote the base version (a copy of the checkpoint) and loaded it.
+    assert base is not None and (repo.model_dir / str(base) / "model" / "config.json").is_file()
+    assert TritonClient(triton_server.url, MODEL).model_ready(base)
+    repo.activate(first)
+    assert read_pointer(repo.model_dir) == {"model": MODEL, "version": base, "adapter": first}
+    first_text, base_text = _direct(triton_server, repo, str(first)), _direct(triton_server, repo, None)
+    loads_before = _instance_loads(triton_server)
+
+    with LoadClient(proxy, rate_per_s=25) as load:
+        time.sleep(1.0)
+        started = time.monotonic()
+        second = repo.publish(adapters(2))
+        repo.activate(second)
+        switched = time.monotonic()
+        time.sleep(1.5)
+    second_text = _direct(triton_server, repo, str(second))
+
+    failures = [r for r in load.results if r[1] != 200]
+    assert not failures, failures[:5]
+    assert len({first_text, second_text, base_text}) == 3  # the adapters really change the answers
+    before = [r for r in load.results if r[0] < started]
+    after = [r for r in load.results if r[0] > switched]
+    assert before and all(r[2] == str(base) and r[3] == first_text for r in before)
+    assert after and all(r[2] == str(base) and r[3] == second_text for r in after)
+    # Nothing was loaded: Triton initialised no model instance, and it still serves only the base,
+    # with the adapters folder beside it ignored.
+    assert _instance_loads(triton_server) == loads_before
+    assert TritonClient(triton_server.url, MODEL).model_ready(base)
+    assert repo._loaded_versions() == [base]  # config.pbtxt lists the base version only
+    assert (repo.model_dir / ADAPTERS_DIR / str(second) / "adapter_model.safetensors").is_file()
+    assert [v["version"] for v in repo.versions()] == [first, second] and repo.current() == second
+
+
+def test_rollback_is_a_pointer_switch_under_a_second(repo, proxy, triton_server):
+    serving = repo.current()
+    loads_before = _instance_loads(triton_server)
+    started = time.monotonic()
+    back = repo.rollback()
+    took = time.monotonic() - started
+    assert back < serving and repo.current() == back
+    assert took < 1.0, took
+    resp = requests.post(f"{proxy}/v1/completions", json=PROMPT, timeout=30)
+    assert resp.status_code == 200 and resp.json()["choices"][0]["text"] == _direct(triton_server, repo, str(back))
+    assert repo.rollback(to=serving) == serving and repo.current() == serving
+    assert _instance_loads(triton_server) == loads_before
+
+
+def test_adapter_on_another_base_is_refused_at_publish(repo, adapters, tiny_model: Path, tmp_path: Path):
+    other = tmp_path / "other-base"
+    shutil.copytree(tiny_model, other)
+    cfg = (other / "config.json").read_text()
+    (other / "config.json").write_text(cfg.replace("{", '{\n  "repotune_note": "another base",', 1))
+    before = [v["version"] for v in repo.versions()]
+    with pytest.raises(RepositoryStateError, match="serves base"):
+        repo.publish(adapters(3, base=other))
+    # A base that changed after training is refused too (digest), naming what to do.
+    changed = adapters(4, base=other)
+    (other / "config.json").write_text(cfg)
+    with pytest.raises(RepositoryStateError, match="retrain"):
+        repo.publish(changed)
+    assert [v["version"] for v in repo.versions()] == before
+
+
+def test_broken_adapter_fails_its_smoke_test_and_the_old_one_keeps_serving(repo, proxy, adapters):
+    serving = repo.current()
+    with LoadClient(proxy, rate_per_s=10) as load:
+        bad = repo.publish(adapters(5, kind="nan"))
+        with pytest.raises(SmokeTestFailed, match=f"adapter {bad}"):
+            repo.activate(bad)
+        time.sleep(0.5)
+    assert repo.current() == serving
+    assert [v["failed"] for v in repo.versions() if v["version"] == bad][0]
+    assert load.results and all(r[1] == 200 for r in load.results), [r for r in load.results if r[1] != 200][:3]
+
+
+def test_open_repository_picks_the_class(tmp_path: Path):
+    assert type(open_repository(tmp_path, "m", adapter=True, triton_url=None)) is AdapterRepository
+    full = open_repository(tmp_path, "m", adapter=False, triton_url=None, keep=2)
+    assert type(full) is ModelRepository and full.keep == 2
