@@ -62,7 +62,7 @@ class ModelSpec:
     lora_target_modules: list[str] = field(default_factory=list)
     """Modules that get LoRA layers (method lora); empty: the family's default modules."""
     training: dict[str, t.Any] = field(default_factory=dict)
-    """Overrides of [training] keys for this model only (e.g. { epochs = 2, learning_rate = 0.0002 })."""
+    """Overrides of [training] keys for this model only (e.g. { num_epochs = 2, learning_rate = 0.0002 })."""
     evaluation: dict[str, t.Any] = field(default_factory=dict)
     """Overrides of [evaluation] keys for this model's gate only (e.g. { num_tasks = 100 })."""
     implicit: bool = field(default=False, metadata={"setting": False})
@@ -183,8 +183,11 @@ def settings_for(settings: Settings, model: str | ModelSpec | None) -> Settings:
     """``settings`` as model ``model`` sees them (see the module doc). The implicit model's view
     is ``settings`` with :attr:`Settings.model` set: nothing else changes."""
     spec = model if isinstance(model, ModelSpec) else get_model(settings, model)
-    if settings.model is not None and settings.model.name == spec.name:
-        return settings
+    if settings.model is not None:
+        if settings.model.name == spec.name:
+            return settings
+        raise BotError(f"these settings are model {settings.model.name!r}'s view; "
+                       f"take model {spec.name!r}'s from the full settings")
     if spec.implicit:
         return dataclasses.replace(settings, model=spec)
     tr = settings.training
