@@ -313,6 +313,7 @@ def index() -> str:
         chart=_chart_state(home),
         freshness=_freshness_view(home, status),
         acceptance=_acceptance_view(status),
+        model_parts=status.get("models") or [],
     )
 
 
