@@ -22,7 +22,7 @@ from pathlib import Path
 
 from bot import defaults
 from bot.errors import ConfigError
-from bot.models import ModelSpec as ModelSpec
+from bot.model_spec import ModelSpec as ModelSpec
 from bot.repo_config import RepoConfig as RepoConfig
 from serving.config import ProxyConfig
 from trainer.evaluate.config import EvalConfig
