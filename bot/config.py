@@ -21,6 +21,8 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from bot.errors import ConfigError
+from bot.models import parse_models
+from bot.settings import LIST_TABLES
 from bot.settings import SECTIONS as _SECTIONS
 from bot.settings import ChatopsSettings as ChatopsSettings
 from bot.settings import EvalSettings as EvalSettings
@@ -181,13 +183,16 @@ def _apply_repos(settings: Settings, repos: t.Any) -> None:
 def _apply_file(settings: Settings, path: Path) -> None:
     data = _read_toml(path)
     settings.source = path.resolve()
-    _apply_table(settings, {k: v for k, v in data.items() if k not in _SECTIONS and k != "repos"}, "")
+    _apply_table(settings, {k: v for k, v in data.items() if k not in _SECTIONS and k not in LIST_TABLES}, "")
     for section in _SECTIONS:
         if section in data:
             if not isinstance(data[section], dict):
                 raise ConfigError(f"[{section}] must be a table")
             _apply_table(getattr(settings, section), data[section], f"{section}.")
     _apply_repos(settings, data.get("repos", []))
+    if "models" in data:  # after [[repos]] and the sections: a model names both
+        settings.models = parse_models(settings, data["models"],
+                                       lambda key, value, tp: _coerce(key, value, tp, from_env=False))
 
 
 def _apply_env(settings: Settings, env: Mapping[str, str]) -> None:
@@ -209,6 +214,11 @@ def _validate(settings: Settings) -> None:
         settings.evaluation.__post_init__()
     except ValueError as exc:
         raise ConfigError(f"[evaluation]: {exc}; see `repotune config --help-settings`") from exc
+    for spec in settings.models:  # a model's gate overrides check themselves the same way
+        try:
+            dataclasses.replace(settings.evaluation, **spec.evaluation)
+        except ValueError as exc:
+            raise ConfigError(f"models.{spec.name}.evaluation: {exc}") from exc
 
 
 def load(path: Path | None = None, *, env: Mapping[str, str] = os.environ) -> Settings:

@@ -11,7 +11,8 @@ Each line: ``corpus``, ``commit`` (the corpus commit scored; also ``push``, whic
 chart), ``time``, ``reason`` (push or reconcile), ``delivery_id``, ``serving_version`` (None when
 the base model is used and nothing is published), ``serving_checkpoint``, ``files``, ``paths`` (at
 most :data:`MAX_PATHS`; ``paths_total`` counts all), ``n_tasks``, ``scores``, ``per_language``,
-``ok``, ``error`` and ``duration_s``. A failed evaluation is a line with ``ok: false`` and the
+``ok``, ``error``, ``duration_s`` and ``model`` (the model scored; one history file holds
+every model learning from the corpus, :func:`summary` picks one). A failed evaluation is a line with ``ok: false`` and the
 error: it is recorded and logged, never raised, so it cannot stop ingestion or a run.
 
 This module holds the file format (the entry, paths, locked atomic appends, reading) and the
@@ -164,9 +165,21 @@ def point(entry: Mapping[str, t.Any]) -> dict[str, t.Any]:
             "scores": {m: scores[m] for m in SUMMARY_METRICS if m in scores}}
 
 
-def summary(home: str | os.PathLike[str], last: int = STATUS_POINTS) -> dict[str, list[dict[str, t.Any]]]:
-    """Corpus name → its ``last`` history points (oldest first), in :func:`point` form."""
-    return {name: [point(e) for e in read(path, last)] for name, path in histories(home).items()}
+def summary(home: str | os.PathLike[str], last: int = STATUS_POINTS, *, model: str | None = None,
+            unnamed: str | None = None) -> dict[str, list[dict[str, t.Any]]]:
+    """Corpus name → its ``last`` history points (oldest first), in :func:`point` form.
+
+    With ``model``, only that model's points (each line names the model it scored; a line
+    written before models had names belongs to ``unnamed``, the implicit model), and only the
+    corpora it has points for."""
+    if model is None:
+        return {name: [point(e) for e in read(path, last)] for name, path in histories(home).items()}
+    out = {}
+    for name, path in histories(home).items():
+        mine = [e for e in read(path) if (e.get("model") or unnamed) == model]
+        if mine:
+            out[name] = [point(e) for e in mine[-last:]]
+    return out
 
 
 # --- the second curve: accepted completions as tasks ------------------------------------------

@@ -28,7 +28,7 @@ import typing as t
 
 import redis
 
-from bot import freshness, lifecycle, locks, recipe, serving_version
+from bot import freshness, lifecycle, locks, models, recipe, serving_version
 from bot import queue as q
 from bot import scheduler as sched
 from bot.config import RepoConfig, Settings, current
@@ -93,8 +93,10 @@ def ingest_job(repo_name: str, branch: str | None = None, push: dict[str, t.Any]
     nbytes = sum(len(r["text"].encode("utf-8")) for r in changed)
     # Queued before the change is noted, so it sits on the gpu queue ahead of any run's
     # training on this push: the serving model is scored on code it has not seen.
-    forward = _queue_forward_eval(settings, conn, name, sorted({r["path"] for r in changed}),
-                                  result.commit, push, reason)
+    forward = [_queue_forward_eval(models.settings_for(settings, spec), conn, name,
+                                   sorted({r["path"] for r in changed}), result.commit, push, reason)
+               for spec in models.models_for_repo(settings, repo.name)]
+    forward = forward[0] if len(forward) == 1 else [f for f in forward if f]
     if files or push is not None:
         sched.note_change(settings, conn, repo=repo.name, files=files, nbytes=nbytes, push=push)
     log.info("ingest %s (%s): %s → %s, %d files changed", name, reason,
@@ -152,23 +154,33 @@ def _queue_forward_eval(settings: Settings, conn: redis.Redis, corpus_name: str,
         if serving_version.serving_model(settings)[1] is None:
             return None
         spec = lifecycle.forward_eval_spec(corpus_name, paths, commit, push, reason,
-                                           freshness.JOB_TIMEOUT_SECONDS)
+                                           freshness.JOB_TIMEOUT_SECONDS, _model_arg(settings))
         return q.enqueue(conn, spec).id
     except Exception as exc:
         log.warning("forward evaluation of %s@%s not queued: %s", corpus_name, str(commit)[:12], exc)
         return None
 
 
+def _model_arg(settings: Settings) -> str | None:
+    """The model name a queued job carries: None for the implicit model (jobs queued before
+    [[models]] existed look the same), the name otherwise."""
+    spec = models.get_model(settings, None)
+    return None if spec.implicit else spec.name
+
+
 def forward_eval_job(corpus_name: str, paths: list[str], commit: str | None,
-                     push: dict[str, t.Any] | None = None, reason: str = "push") -> dict[str, t.Any]:
-    """Score the serving model on ``paths`` of a corpus (a push's new code, not yet trained on)
-    and append the result to ``<home>/runs/freshness/<corpus>.jsonl``.
+                     push: dict[str, t.Any] | None = None, reason: str = "push",
+                     model: str | None = None) -> dict[str, t.Any]:
+    """Score ``model``'s serving version on ``paths`` of a corpus (a push's new code, not yet
+    trained on) and append the result, tagged with the model, to
+    ``<home>/runs/freshness/<corpus>.jsonl``.
 
     A failure is logged and written as an ``ok: false`` line, never raised: the freshness curve
     is an observation, and nothing else waits on it.
     """
-    settings = current()
+    settings = models.settings_for(current(), model)
     entry = freshness.new_entry(corpus_name, paths, commit, push, reason)
+    entry["model"] = settings.serving.model_name
     try:
         from trainer import corpus, evaluate
 
@@ -321,9 +333,9 @@ def publish_step(run_id: str) -> int:
 def promote_job(run_id: str) -> int | None:
     """Serve run ``run_id``: a rejected run is converted and published anyway; a run that was
     already published is activated again."""
-    settings = current()
+    run = load_run(current().home, run_id)
+    settings = lifecycle.run_settings(current(), run, snapshot=False)
     conn = lifecycle.connection(settings)
-    run = load_run(settings.home, run_id)
     if run.version is not None:
         serving_version.repository(settings).activate(run.version)
         return run.version
@@ -338,17 +350,17 @@ def promote_job(run_id: str) -> int | None:
     return None
 
 
-def rollback_job(version: int | None = None) -> int:
-    """Serve an older version (the previous one by default)."""
-    return int(serving_version.repository(current()).rollback(to=version))
+def rollback_job(version: int | None = None, model: str | None = None) -> int:
+    """Serve an older version of ``model`` (the previous one by default; None: the only model)."""
+    return int(serving_version.repository(models.settings_for(current(), model)).rollback(to=version))
 
 
 def eval_job(run_id: str) -> dict[str, t.Any]:
     """Re-run a run's evaluation against the serving model; updates metrics and the report.
     With the settings of now, not the run's snapshot: re-evaluating after the gate's settings
     changed is what the command is for."""
-    settings = current()
-    run = load_run(settings.home, run_id)
+    run = load_run(current().home, run_id)
+    settings = lifecycle.run_settings(current(), run, snapshot=False)
     if not run.checkpoint:
         raise BotError(f"run {run_id} has no checkpoint to evaluate (status {run.status.value})")
     _compare(settings, run)

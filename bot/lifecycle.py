@@ -57,6 +57,16 @@ def connection(settings: Settings) -> redis.Redis:
     return q.connect(settings.redis_url)
 
 
+def run_settings(settings: Settings, run: RunRecord, *, snapshot: bool = True) -> Settings:
+    """The settings a step of ``run`` works with: its model's view (:func:`bot.models.settings_for`:
+    that model's repositories, Triton model and overrides), with the run's snapshot in place of
+    the live ``[training]`` and ``[evaluation]`` unless ``snapshot`` is False (re-evaluation)."""
+    from bot import models
+
+    view = models.settings_for(settings, run.model or settings.serving.model_name)
+    return view.with_run_snapshot(run.settings) if snapshot else view
+
+
 def model_of(settings: Settings, run: RunRecord) -> str:
     """The Triton model a run trains (its lock's name)."""
     return run.model or settings.serving.model_name
@@ -133,7 +143,7 @@ def step(run_id: str, status: RunStatus | None, *,
     is re-raised so RQ records the traceback too.
     """
     run = load_run(current().home, run_id)
-    settings = current().with_run_snapshot(run.settings)
+    settings = run_settings(current(), run)
     conn = connection(settings)
     if run.status.terminal:
         raise BotError(f"run {run_id} is already {run.status.value}; step skipped")
@@ -188,23 +198,32 @@ def enqueue_reconcile(settings: Settings, conn: redis.Redis, repo_name: str) -> 
 
 
 def forward_eval_spec(corpus_name: str, paths: list[str], commit: str | None,
-                      push: dict[str, t.Any] | None, reason: str, timeout: int) -> q.JobSpec:
-    """The forward evaluation of an ingest's changed files (:mod:`bot.freshness`)."""
+                      push: dict[str, t.Any] | None, reason: str, timeout: int,
+                      model: str | None = None) -> q.JobSpec:
+    """The forward evaluation of an ingest's changed files by ``model`` (:mod:`bot.freshness`)."""
     return q.JobSpec(
-        "gpu", "bot.jobs.forward_eval_job", (corpus_name, paths, commit, push, reason), {},
+        "gpu", "bot.jobs.forward_eval_job", (corpus_name, paths, commit, push, reason),
+        {"model": model} if model else {},
         {"timeout": timeout, "result_ttl": defaults.RESULT_TTL_SECONDS,
-         "description": f"forward eval {corpus_name}@{str(commit)[:12]} ({len(paths)} files)",
-         "meta": {"corpus": corpus_name, "commit": commit}})
+         "description": f"forward eval {corpus_name}@{str(commit)[:12]} ({len(paths)} files"
+                        f"{', ' + model if model else ''})",
+         "meta": {"corpus": corpus_name, "commit": commit, "model": model}})
 
 
 def enqueue_promote(settings: Settings, conn: redis.Redis, run_id: str) -> str:
+    """Queue the promotion of ``run_id`` (its model is the run's own)."""
     load_run(settings.home, run_id)
     return q.enqueue(conn, q.JobSpec("deploy", "bot.jobs.promote_job", (run_id,), {},
                                      {"timeout": defaults.DEPLOY_JOB_TIMEOUT_SECONDS})).id
 
 
-def enqueue_rollback(settings: Settings, conn: redis.Redis, version: int | None = None) -> str:
-    return q.enqueue(conn, q.JobSpec("deploy", "bot.jobs.rollback_job", (version,), {},
+def enqueue_rollback(settings: Settings, conn: redis.Redis, version: int | None = None,
+                     model: str | None = None) -> str:
+    """Queue a rollback of ``model`` (None: the only model; several: BotError naming them)."""
+    from bot import models
+
+    name = models.get_model(settings, model).name
+    return q.enqueue(conn, q.JobSpec("deploy", "bot.jobs.rollback_job", (version,), {"model": name},
                                      {"timeout": defaults.DEPLOY_JOB_TIMEOUT_SECONDS})).id
 
 

@@ -1,7 +1,10 @@
 """What a run's steps hand the packages: corpora, shards, the FinetuneConfig and the EvalConfig.
 
 Pure functions of the settings (a run's snapshot, see :func:`bot.lifecycle.step`) and the data
-folder, so :mod:`bot.jobs` stays a list of package calls. Nothing here talks to Redis. Which
+folder, so :mod:`bot.jobs` stays a list of package calls. Nothing here talks to Redis. The
+settings are one model's view (:func:`bot.models.settings_for`): its repositories only, so a
+model trains and is gated on the corpora of the repositories it learns from and no others, with
+its base model, family, method, LoRA settings and overrides already in ``[training]``. Which
 corpora are live is decided here too: a corpus whose branch was deleted is *retired*
 (:func:`retire`, a marker file the bot owns) and left out of :func:`corpora`.
 """
@@ -143,6 +146,11 @@ def finetune_config(settings: Settings, run: RunRecord) -> FinetuneConfig:
     if unknown:
         raise ConfigError(f"training.{unknown[0]} is not a FinetuneConfig field "
                           f"(unknown: {', '.join(unknown)}); `repotune config --help-settings` lists them")
+    spec = settings.model
+    if spec is not None and spec.method != values.get("method", "full"):
+        raise ConfigError(f"models.{spec.name}.method = {spec.method!r}, but this trainer's FinetuneConfig "
+                          f"has no `method` field (no LoRA support installed); set method = \"full\" "
+                          f"or upgrade RepoTune")
     return FinetuneConfig(**values)
 
 

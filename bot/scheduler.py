@@ -1,6 +1,7 @@
 """The policy that turns ingested pushes into training runs.
 
-State in Redis, per model (``settings.serving.model_name``):
+State in Redis, per model (:mod:`bot.models`: each ``[[models]]`` entry, or the one implicit
+model named ``settings.serving.model_name``):
 
 ``repotune:pending:<model>``          hash: files, bytes changed since the last run; first/last push time
 ``repotune:pending:<model>:pushes``   list of JSON push summaries waiting for a run
@@ -14,7 +15,9 @@ injected clock; ``now`` is otherwise the Redis server's clock (:func:`bot.queue.
 one clock every timestamp here is written and judged on, so a worker host whose clock is off
 neither looks dead nor shifts the debounce; ``repotune up`` calls it every ``policy.tick_seconds``. Pushes that arrive while a run
 holds the model simply accumulate in ``pending``; the first tick after the run ends turns them into
-one follow-up run.
+one follow-up run. A push to a repository is noted for every model that learns from it
+(:func:`bot.models.models_for_repo`), and each model is debounced, locked and cooled down on its
+own: a run of one model never blocks another.
 """
 
 from __future__ import annotations
@@ -26,9 +29,10 @@ import typing as t
 import redis
 from rq.job import Job, JobStatus
 
-from bot import lifecycle
+from bot import lifecycle, models
 from bot import queue as q
 from bot.config import Settings
+from bot.errors import BotError
 
 # The lock's functions, for callers that know them as the scheduler's (status, chat-ops, tests).
 from bot.locks import acquire_lock as acquire_lock
@@ -85,26 +89,32 @@ def is_paused(connection: redis.Redis) -> bool:
 
 
 def note_change(settings: Settings, connection: redis.Redis, *, repo: str, files: int, nbytes: int,
-                push: dict[str, t.Any] | None, now: float | None = None) -> None:
-    """Add an ingest's changes to what the next run will cover (called by the ingest job)."""
+                push: dict[str, t.Any] | None, now: float | None = None) -> list[str]:
+    """Add an ingest's changes to what the next run of every model learning from ``repo`` will
+    cover (called by the ingest job); returns those models' names."""
     if files <= 0 and push is None:
-        return
+        return []
     now = q.server_time(connection) if now is None else now
-    model = settings.serving.model_name
     summary = dict(push or {"kind": "reconcile"})
     summary.update(repo_name=repo, files=files, bytes=nbytes, at=now)
+    names = [spec.name for spec in models.models_for_repo(settings, repo)]
     with connection.pipeline(transaction=True) as pipe:
-        pipe.hincrby(pending_key(model), "files", files)
-        pipe.hincrby(pending_key(model), "bytes", nbytes)
-        pipe.hsetnx(pending_key(model), "first", now)
-        pipe.hset(pending_key(model), "last", now)
-        pipe.rpush(pushes_key(model), json.dumps(summary))
+        for model in names:
+            pipe.hincrby(pending_key(model), "files", files)
+            pipe.hincrby(pending_key(model), "bytes", nbytes)
+            pipe.hsetnx(pending_key(model), "first", now)
+            pipe.hset(pending_key(model), "last", now)
+            pipe.rpush(pushes_key(model), json.dumps(summary))
         pipe.execute()
+    if not names:
+        log.info("push to %s noted for no model: no [[models]] entry learns from it", repo)
+    return names
 
 
-def pending(settings: Settings, connection: redis.Redis) -> dict[str, t.Any]:
-    """What has changed since the last run: files, bytes, first/last push time, pushes."""
-    model = settings.serving.model_name
+def pending(settings: Settings, connection: redis.Redis, model: str | None = None) -> dict[str, t.Any]:
+    """What has changed since the last run of ``model`` (default: the model ``settings`` are a
+    view of): files, bytes, first/last push time, pushes."""
+    model = model or settings.serving.model_name
     raw = {k.decode(): v.decode() for k, v in connection.hgetall(pending_key(model)).items()}
     pushes = [json.loads(p) for p in connection.lrange(pushes_key(model), 0, -1)]
     return {"files": int(raw.get("files", 0)), "bytes": int(raw.get("bytes", 0)),
@@ -140,8 +150,10 @@ def start_run(settings: Settings, connection: redis.Redis, *, trigger: Trigger,
               repo: str | None, full: bool = False, now: float | None = None) -> RunRecord | None:
     """Create a run, take the model's lock and queue its first step; None if the model is busy.
 
-    The effective ``training`` and ``evaluation`` settings are snapshotted into the run record
-    here, and every step of the run uses the snapshot."""
+    ``settings`` are one model's view (:func:`bot.models.settings_for`; the only model's when
+    they are not). The effective ``training`` and ``evaluation`` settings, the model's overrides
+    applied, are snapshotted into the run record here, and every step of the run uses the snapshot."""
+    settings = models.settings_for(settings, None)
     now = q.server_time(connection) if now is None else now
     model = settings.serving.model_name
     run = new_run(repo=repo, trigger=trigger, model=model, now=now)
@@ -174,15 +186,21 @@ def start_run(settings: Settings, connection: redis.Redis, *, trigger: Trigger,
 
 def request_training(settings: Settings, connection: redis.Redis, repo_name: str | None, *,
                      full: bool = False, reason: str = "requested", requested_by: str | None = None,
-                     trigger: dict[str, t.Any] | None = None) -> str | None:
-    """Start a run now, skipping debounce, threshold and cooldown (chat-ops ``retrain``).
+                     trigger: dict[str, t.Any] | None = None, model: str | None = None) -> str | None:
+    """Start a run of ``model`` now, skipping debounce, threshold and cooldown (chat-ops ``retrain``).
 
-    ``trigger`` adds fields to the run's trigger (``forge``, ``repo``, ``number`` for the reply).
-    Returns the run id, or None when the model is already being trained (the pending changes
-    then go into the follow-up run).
+    ``model`` may be None with one model; with several, a BotError names them. ``repo_name``,
+    when given, must be one the model learns from. ``trigger`` adds fields to the run's trigger
+    (``forge``, ``repo``, ``number`` for the reply). Returns the run id, or None when the model
+    is already being trained (the pending changes then go into the follow-up run).
     """
     if repo_name is not None:
         settings.repo(repo_name)  # ConfigError naming the configured repositories
+    spec = models.get_model(settings, model)
+    if repo_name is not None and not spec.implicit and repo_name not in spec.repos:
+        raise BotError(f"model {spec.name!r} does not learn from {repo_name!r} "
+                       f"(it learns from {', '.join(spec.repos)})")
+    settings = models.settings_for(settings, spec)
     full_trigger = Trigger(kind="chatops", reason=reason, requested_by=requested_by).merged(trigger)
     # As in tick: a run whose next step merely waits in a queue re-takes its lapsed lease first,
     # so a retrain never starts beside it.
@@ -235,14 +253,17 @@ def tick(settings: Settings, connection: redis.Redis, now: float | None = None) 
     2. judge running canaries (:func:`bot.canary.evaluate`: promote, roll back or extend; it
        keeps their lease), then fail runs whose worker died (lease expired);
     3. queue a reconciliation of every repository when ``policy.reconcile_seconds`` passed;
-    4. start a run when: not paused, no run holds the model, the last push is older than the
-       debounce, the change since the last run meets a threshold, and the cooldown passed.
+    4. for each model (:func:`bot.models.model_specs`), start a run when: not paused, no run
+       holds the model, its last push is older than the debounce, its change since its last run
+       meets a threshold, and its cooldown passed (:func:`tick_model`).
+
+    ``did["models"]`` holds each model's ``{"run", "reason"}``; ``did["run"]`` and
+    ``did["reason"]`` are the only model's (with several: the first run started, the reasons joined).
     """
     now = q.server_time(connection) if now is None else now
     policy = settings.policy
-    model = settings.serving.model_name
     did: dict[str, t.Any] = {"now": now, "run": None, "reason": None, "reconcile": [],
-                             "abandoned": [], "orphaned": []}
+                             "abandoned": [], "orphaned": [], "models": {}}
     did["orphaned"] = q.clean_registries(connection, now)
     q.enqueue_due(connection, now)
     from bot import canary  # serving's acceptance reader, only needed here
@@ -257,30 +278,39 @@ def tick(settings: Settings, connection: redis.Redis, now: float | None = None) 
             did["reconcile"] = [lifecycle.enqueue_reconcile(settings, connection, r.name).id
                                 for r in settings.repos]
 
+    paused = is_paused(connection)
+    for spec in models.model_specs(settings):
+        did["models"][spec.name] = tick_model(models.settings_for(settings, spec), connection, now,
+                                              paused=paused)
+    outcomes = list(did["models"].values())
+    did["run"] = next((o["run"] for o in outcomes if o["run"]), None)
+    did["reason"] = outcomes[0]["reason"] if len(outcomes) == 1 else \
+        "; ".join(f"{name}: {o['reason']}" for name, o in did["models"].items())
+    return did
+
+
+def tick_model(settings: Settings, connection: redis.Redis, now: float, *,
+               paused: bool = False) -> dict[str, t.Any]:
+    """Step 4 of :func:`tick` for the one model ``settings`` are a view of: ``{"run", "reason"}``."""
+    policy = settings.policy
+    model = settings.serving.model_name
     state = pending(settings, connection)
     if not state["pushes"] and state["files"] <= 0:
-        did["reason"] = "nothing changed"
-        return did
-    if is_paused(connection):
-        did["reason"] = "paused"
-        return did
+        return {"run": None, "reason": "nothing changed"}
+    if paused:
+        return {"run": None, "reason": "paused"}
     holder = lock_holder(connection, model)
     if holder:
-        did["reason"] = f"run {holder} holds {model}; changes wait for the follow-up run"
-        return did
+        return {"run": None, "reason": f"run {holder} holds {model}; changes wait for the follow-up run"}
     if state["last"] is not None and now - state["last"] < policy.debounce_seconds:
-        did["reason"] = f"debounce: last push {now - state['last']:.0f}s ago"
-        return did
+        return {"run": None, "reason": f"debounce: last push {now - state['last']:.0f}s ago"}
     if state["files"] < policy.min_changed_files and state["bytes"] < policy.min_changed_bytes:
-        did["reason"] = (f"below threshold: {state['files']} files / {state['bytes']} bytes changed "
-                         f"(need {policy.min_changed_files} files or {policy.min_changed_bytes} bytes)")
-        return did
+        return {"run": None, "reason": (
+            f"below threshold: {state['files']} files / {state['bytes']} bytes changed "
+            f"(need {policy.min_changed_files} files or {policy.min_changed_bytes} bytes)")}
     last_train = connection.get(last_train_key(model))
     if last_train is not None and now - float(last_train) < policy.cooldown_seconds:
-        did["reason"] = f"cooldown: last run started {now - float(last_train):.0f}s ago"
-        return did
+        return {"run": None, "reason": f"cooldown: last run started {now - float(last_train):.0f}s ago"}
     trigger, repo = _trigger_from_pushes(settings, state["pushes"])
     run = start_run(settings, connection, trigger=trigger, repo=repo, now=now)
-    did["run"] = run.id if run else None
-    did["reason"] = "started" if run else "model busy"
-    return did
+    return {"run": run.id if run else None, "reason": "started" if run else "model busy"}

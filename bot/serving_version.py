@@ -6,43 +6,68 @@ by :meth:`serving.ModelRepository.current`; no Triton is needed to read it. A ru
 ``serving`` with that version supplies the checkpoint; when none does (the base model that
 ``repotune up`` published as version 1, or a version published by hand) the base model is what
 serves.
+
+Every function answers for one model: ``model`` names it, or ``settings`` are already that
+model's view (:func:`bot.models.settings_for`); with one model nothing needs naming. A LoRA model
+served by the python backend is an adapter repository (``serving.adapters``): its versions are
+adapters over a base loaded once, with the same lifecycle methods.
 """
 
 from __future__ import annotations
 
+import typing as t
 from pathlib import Path
 
+from bot import models
 from bot.config import Settings
 from bot.errors import BotError
 from bot.runs import RunStatus, list_runs
 from serving import ModelRepository
 
 
-def repository(settings: Settings, *, need_triton: bool = True) -> ModelRepository:
-    """The model repository under ``<home>/triton``. ``need_triton``: publishing, activating and
-    rolling back talk to Triton, so they get a BotError naming the setting when it is unset."""
+def repository(settings: Settings, model: str | None = None, *, need_triton: bool = True) -> t.Any:
+    """The repository of ``model`` under ``<home>/triton``: a :class:`serving.ModelRepository`,
+    or an adapter repository for a LoRA model on the python backend. ``need_triton``:
+    publishing, activating and rolling back talk to Triton, so they get a BotError naming the
+    setting when it is unset."""
+    settings = models.settings_for(settings, model)
     url = settings.serving.triton_url
     if need_triton and not url:
         raise BotError("no Triton to publish to: set serving.triton_url (REPOTUNE_SERVING_TRITON_URL) "
                        "or run under `repotune up`, which starts the bundled Triton")
-    return ModelRepository(settings.home / "triton", settings.serving.model_name, url,
-                           keep=max(1, settings.serving.keep_versions))
+    root, name, keep = settings.home / "triton", settings.serving.model_name, max(1, settings.serving.keep_versions)
+    spec = models.get_model(settings, None)
+    if spec.method == "lora" and settings.serving.backend == "python":
+        from serving.adapters import open_repository
+
+        return open_repository(root, name, adapter=True, triton_url=url, keep=keep)
+    return ModelRepository(root, name, url, keep=keep)
 
 
-def active_version(settings: Settings) -> int | None:
-    """The version the proxy routes to (the pointer on disk), or None when nothing is published
-    or the pointer cannot be read."""
+def active_version(settings: Settings, model: str | None = None) -> int | None:
+    """The version of ``model`` the proxy routes to (the pointer on disk), or None when nothing
+    is published or the pointer cannot be read."""
     try:
-        return repository(settings, need_triton=False).current()
+        return repository(settings, model, need_triton=False).current()
     except Exception:  # a half-written or foreign model folder: report "nothing serves"
         return None
 
 
-def serving_checkpoint(settings: Settings) -> tuple[int | None, str | None]:
-    """(version, checkpoint) of the serving model when a run record serves the active version
-    (the newest such run when no pointer exists yet); (None, None) otherwise."""
-    active = active_version(settings)
+def _runs_of(settings: Settings, name: str) -> t.Iterator[t.Any]:
+    """The runs of model ``name``, newest first (a run without a model name, from before models
+    had names, is the implicit model's)."""
     for run in list_runs(settings.home, limit=None):
+        if (run.model or settings.serving.model_name) == name:
+            yield run
+
+
+def serving_checkpoint(settings: Settings, model: str | None = None) -> tuple[int | None, str | None]:
+    """(version, checkpoint) of ``model``'s serving version when one of its run records serves
+    the active version (the newest such run when no pointer exists yet); (None, None) otherwise.
+    This is the gate's baseline: a model is compared with its own serving version, never another's."""
+    settings = models.settings_for(settings, model)
+    active = active_version(settings)
+    for run in _runs_of(settings, settings.serving.model_name):
         if run.version is None or run.status != RunStatus.SERVING:
             continue
         if active is None or run.version == active:
@@ -50,7 +75,13 @@ def serving_checkpoint(settings: Settings) -> tuple[int | None, str | None]:
     return None, None
 
 
-def serving_model(settings: Settings) -> tuple[int | None, str | None]:
+def last_run(settings: Settings, model: str | None = None) -> t.Any:
+    """The newest run of ``model`` (a RunRecord), or None."""
+    settings = models.settings_for(settings, model)
+    return next(_runs_of(settings, settings.serving.model_name), None)
+
+
+def serving_model(settings: Settings, model: str | None = None) -> tuple[int | None, str | None]:
     """(version, checkpoint) of the model that serves now, the base model included.
 
     A serving run's checkpoint when a run record serves the active version; otherwise the base
@@ -58,6 +89,7 @@ def serving_model(settings: Settings) -> tuple[int | None, str | None]:
     version 1) — or as no version when nothing is published yet, as long as it is a local
     folder. (None, None) when there is no model at all.
     """
+    settings = models.settings_for(settings, model)
     version, checkpoint = serving_checkpoint(settings)
     if checkpoint:
         return version, checkpoint

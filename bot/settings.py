@@ -22,6 +22,7 @@ from pathlib import Path
 
 from bot import defaults
 from bot.errors import ConfigError
+from bot.model_spec import ModelSpec as ModelSpec
 from bot.repo_config import RepoConfig as RepoConfig
 from serving.config import ProxyConfig
 from trainer.evaluate.config import EvalConfig
@@ -270,6 +271,9 @@ SECTIONS: dict[str, type] = {
 }
 """TOML table name → its dataclass, in the order the settings table lists them."""
 
+LIST_TABLES = ("repos", "models")
+"""Settings written as arrays of tables (``[[repos]]``, ``[[models]]``): one row per field, no environment."""
+
 SNAPSHOT_SECTIONS = ("training", "evaluation")
 """Sections a run records when it starts (``run.json``'s ``settings``) and uses to the end."""
 
@@ -299,6 +303,10 @@ class Settings:
     serving: ServingSettings = field(default_factory=ServingSettings)
     canary: CanarySettings = field(default_factory=CanarySettings)
     repos: list[RepoConfig] = field(default_factory=list)
+    models: list[ModelSpec] = field(default_factory=list)
+    """The ``[[models]]`` tables (empty: one implicit model, see :func:`bot.models.model_specs`)."""
+    model: ModelSpec | None = field(default=None, metadata=_NOT_A_SETTING)
+    """The model these settings are a view of (:func:`bot.models.settings_for`); None: all of them."""
     source: Path | None = field(default=None, metadata=_NOT_A_SETTING)
     """The TOML file these settings came from (None: defaults and environment only)."""
 
@@ -336,13 +344,15 @@ class Settings:
         out: dict[str, t.Any] = {}
         for prefix, obj in [("", self)] + [(f"{name}.", getattr(self, name)) for name in SECTIONS]:
             for f in dataclasses.fields(obj):
-                if f.name in SECTIONS or f.name == "repos" or f.metadata.get("setting") is False:
+                if f.name in SECTIONS or f.name in LIST_TABLES or f.metadata.get("setting") is False:
                     continue
                 value = getattr(obj, f.name)
                 if f.metadata.get("secret") and value is not None and not reveal:
                     value = "***"
                 out[prefix + f.name] = str(value) if isinstance(value, Path) else value
         out["repos"] = [dataclasses.asdict(r) for r in self.repos]
+        out["models"] = [{k: v for k, v in dataclasses.asdict(m).items() if k != "implicit"}
+                         for m in self.models]
         return out
 
     def run_snapshot(self) -> dict[str, t.Any]:

@@ -20,7 +20,7 @@ import typing as t
 from dataclasses import dataclass
 from pathlib import Path
 
-from bot.settings import SECTIONS, RepoConfig, Settings
+from bot.settings import LIST_TABLES, SECTIONS, ModelSpec, RepoConfig, Settings
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,8 @@ def _rows() -> list[Setting]:
         hints = t.get_type_hints(cls)
         helps = field_help(cls)
         for f in dataclasses.fields(cls):
-            if f.name in SECTIONS or f.name == "repos" or f.metadata.get("setting") is False:
+            nested = cls is Settings and (f.name in SECTIONS or f.name in LIST_TABLES)
+            if nested or f.metadata.get("setting") is False:
                 continue
             if f.name not in helps:
                 raise TypeError(f"{cls.__name__}.{f.name} has no docstring: every setting needs help text")
@@ -100,6 +101,7 @@ def _rows() -> list[Setting]:
     for section, cls in SECTIONS.items():
         add(f"{section}.", cls)
     add("repos.", RepoConfig, env=False)
+    add("models.", ModelSpec, env=False)
     return rows
 
 
@@ -144,7 +146,7 @@ def example_toml() -> str:
              ""]
     section = None
     for row in SETTINGS:
-        if row.key.startswith("repos."):
+        if row.key.startswith(("repos.", "models.")):
             continue
         head, _, name = row.key.rpartition(".")
         if head != section and head:

@@ -93,6 +93,31 @@ class ServingStatus:
 
 
 @dataclass(frozen=True)
+class ModelStatus:
+    """One model (:mod:`bot.models`): what it learns from, which version serves, its queue state."""
+
+    name: str
+    method: str
+    repos: list[str]
+    serving: ServingStatus
+    last_run: str | None = None
+    """The newest run of this model (its id), if any."""
+    last_run_status: str | None = None
+    pending: dict[str, t.Any] = field(default_factory=dict)
+    """Changes waiting for this model's next run (empty when Redis is not readable)."""
+    training_lock: str | None = None
+    """The run id holding this model's training lock, if any."""
+    freshness: dict[str, t.Any] = field(default_factory=dict)
+    """This model's freshness points per corpus (see :func:`bot.freshness.summary`)."""
+
+    def to_dict(self) -> dict[str, t.Any]:
+        return {"name": self.name, "method": self.method, "repos": list(self.repos),
+                "serving": self.serving.to_dict(), "last_run": self.last_run,
+                "last_run_status": self.last_run_status, "pending": self.pending,
+                "training_lock": self.training_lock, "freshness": self.freshness}
+
+
+@dataclass(frozen=True)
 class QueueStatus:
     """What Redis knows: queue lengths, the pause flag, pending changes, the training lock."""
 
@@ -133,13 +158,16 @@ class Status:
     acceptance: dict[str, t.Any] = field(default_factory=dict)
     """What editors did with the served completions: ``{"days", "rows"}`` (rows of
     :class:`serving.acceptance.AcceptanceRow` as dicts, newest version first) or ``{"error": …}``."""
+    models: list[ModelStatus] = field(default_factory=list)
+    """One part per model (one with no ``[[models]]``); ``serving`` is the first one's."""
 
     def to_dict(self) -> dict[str, t.Any]:
         return {"time": self.time, "home": self.home,
                 "repositories": [r.to_dict() for r in self.repositories],
                 "serving": self.serving.to_dict(), "runs": [r.as_dict() for r in self.runs],
                 "freshness": self.freshness, "editor_freshness": self.editor_freshness,
-                "acceptance": self.acceptance, **self.queue.to_dict()}
+                "acceptance": self.acceptance, "models": [m.to_dict() for m in self.models],
+                **self.queue.to_dict()}
 
 
 def _safe_url(url: str) -> str:
@@ -186,6 +214,33 @@ def _serving(settings: Settings) -> ServingStatus:
     return ServingStatus(model=settings.serving.model_name, backend=settings.serving.backend,
                          triton_url=settings.serving.triton_url,
                          version=serving_version.active_version(settings), versions=versions)
+
+
+def _model(settings: Settings, spec: t.Any, connection: redis.Redis | None, queue_ok: bool) -> ModelStatus:
+    """One model's part; ``settings`` are the full settings. Reads like the rest: summaries only."""
+    from bot import models, serving_version
+
+    view = models.settings_for(settings, spec)
+    last = serving_version.last_run(view)
+    pending: dict[str, t.Any] = {}
+    holder = None
+    if connection is not None and queue_ok:
+        try:
+            conn = bounded(connection)
+            pending = sched.pending(view, conn)
+            holder = sched.lock_holder(conn, spec.name)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            log.warning("status: Redis unreachable for model %s: %s", spec.name, exc)
+    try:
+        fresh = freshness.summary(settings.home, freshness.STATUS_POINTS, model=spec.name,
+                                  unnamed=settings.serving.model_name)
+    except Exception as exc:  # as _freshness: never take the status down
+        log.warning("status: freshness history of %s unreadable: %s", spec.name, exc)
+        fresh = {"error": "the freshness history could not be read (the server log says why)"}
+    return ModelStatus(name=spec.name, method=spec.method, repos=[r.name for r in view.repos],
+                       serving=_serving(view), last_run=last.id if last else None,
+                       last_run_status=last.status.value if last else None, pending=pending,
+                       training_lock=holder, freshness=fresh)
 
 
 def _freshness(settings: Settings) -> dict[str, t.Any]:
@@ -271,22 +326,35 @@ def _queue(settings: Settings, connection: redis.Redis | None) -> QueueStatus:
 
 
 def snapshot(settings: Settings, connection: redis.Redis | None,
-             limit: int = defaults.RECENT_RUNS) -> Status:
+             limit: int = defaults.RECENT_RUNS, model: str | None = None) -> Status:
     """Repositories with corpus stats, serving version and versions, the ``limit`` most recent
     runs, the freshness history per corpus (last points), queue lengths, pending changes, the
-    training lock, the paused flag and the acceptance of served completions per version."""
+    training lock, the paused flag, the acceptance of served completions per version, and a
+    part per model. With ``model``, everything is that model's: its repositories, its runs, its
+    serving version, its freshness points."""
+    from bot import models
+
+    specs = models.model_specs(settings) if model is None else [models.get_model(settings, model)]
+    first = models.settings_for(settings, specs[0])
+    scoped = first if model is not None else settings
+    queue = _queue(first, connection)
+    runs = list_runs(settings.home, None if model is not None else limit)
+    if model is not None:
+        runs = [r for r in runs if (r.model or settings.serving.model_name) == model][:limit]
+    fresh = _freshness(settings) if model is None else \
+        freshness.summary(settings.home, freshness.STATUS_POINTS, model=model, unnamed=settings.serving.model_name)
     return Status(time=time.time(), home=str(settings.home),
-                  repositories=[_repository(settings, repo) for repo in settings.repos],
-                  serving=_serving(settings), runs=list_runs(settings.home, limit),
-                  freshness=_freshness(settings), editor_freshness=_editor_freshness(settings),
-                  queue=_queue(settings, connection),
-                  acceptance=_acceptance(settings))
+                  repositories=[_repository(settings, repo) for repo in scoped.repos],
+                  serving=_serving(first), runs=runs, freshness=fresh,
+                  editor_freshness=_editor_freshness(settings), queue=queue,
+                  acceptance=_acceptance(settings),
+                  models=[_model(settings, spec, connection, queue.ok) for spec in specs])
 
 
 def collect(settings: Settings, connection: redis.Redis | None,
-            limit: int = defaults.RECENT_RUNS) -> dict[str, t.Any]:
+            limit: int = defaults.RECENT_RUNS, model: str | None = None) -> dict[str, t.Any]:
     """:func:`snapshot` as the ``/api/status`` JSON (the webhook and chat-ops read this)."""
-    return snapshot(settings, connection, limit).to_dict()
+    return snapshot(settings, connection, limit, model).to_dict()
 
 
 # --- the public form -----------------------------------------------------------------------
@@ -323,12 +391,17 @@ def public(data: dict[str, t.Any]) -> dict[str, t.Any]:
     out = {k: v for k, v in data.items() if k != "home"}
     out["repositories"] = [{k: v for k, v in r.items() if k != "url"} for r in data.get("repositories", [])]
     out["runs"] = [public_run(r) for r in data.get("runs", [])]
-    fresh = data.get("freshness") or {}
-    out["freshness"] = {name: [dict(p, error=scrub(p.get("error"))) for p in points]
-                        if isinstance(points, list) else scrub(points) for name, points in fresh.items()}
+    out["freshness"] = _public_freshness(data.get("freshness") or {})
+    out["models"] = [dict(m, freshness=_public_freshness(m.get("freshness") or {}))
+                     for m in data.get("models") or []]
     editor = data.get("editor_freshness") or {}
     if "models" in editor:
         editor = {**editor, "models": {name: [dict(p, error=scrub(p.get("error")), skipped=scrub(p.get("skipped")))
                                               for p in points] for name, points in editor["models"].items()}}
     out["editor_freshness"] = editor
     return out
+
+
+def _public_freshness(fresh: dict[str, t.Any]) -> dict[str, t.Any]:
+    return {name: [dict(p, error=scrub(p.get("error"))) for p in points]
+            if isinstance(points, list) else scrub(points) for name, points in fresh.items()}

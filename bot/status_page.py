@@ -323,6 +323,7 @@ def index() -> str:
         freshness=_freshness_view(home, status),
         editor_freshness=_editor_view(status),
         acceptance=_acceptance_view(status),
+        model_parts=status.get("models") or [],
     )
 
 

@@ -11,7 +11,8 @@ from bot import config, runs, scheduler
 from bot.status import QueueStatus, Status, bounded, collect, public, snapshot
 from trainer.corpus.update import _locked, corpus_dir
 
-TOP_LEVEL = ["time", "home", "repositories", "serving", "runs", "freshness", "editor_freshness", "acceptance"]
+TOP_LEVEL = ["time", "home", "repositories", "serving", "runs", "freshness", "editor_freshness", "acceptance",
+             "models"]
 
 
 def _settings(tmp_path: Path, redis_url: str | None) -> config.Settings:

@@ -5,10 +5,10 @@ an @mention of the bot (``@repotune``); every later line is free text and never 
 
     /repotune help [<command>]
     /repotune status
-    /repotune retrain [--full]
+    /repotune retrain [--full] [--model <name>]
     /repotune eval [--run <run-id>]
     /repotune promote <run-id>
-    /repotune rollback [<version>]
+    /repotune rollback [<version>] [--model <name>]
     /repotune canary status|stop|promote
     /repotune pause
     /repotune resume

@@ -71,9 +71,10 @@ class Decision:
 
 
 def model_feeders(settings: Settings) -> list[RepoConfig]:
-    """The repositories whose corpora train the one served model: today every ``[[repos]]`` entry
-    (``serving.model_name`` is a single model). When models are split per repository group,
-    this is the one place that changes."""
+    """The repositories whose corpora train the one implicit model: every ``[[repos]]`` entry.
+    With ``[[models]]``, a command on one model checks that model's repositories instead
+    (:func:`bot.chatops.job._check_model`); ``pause`` and ``resume``, which act on every model,
+    still check all of them here."""
     return list(settings.repos)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import difflib
 import re
 import shlex
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +26,9 @@ VERSION_RE = re.compile(r"v?([1-9][0-9]{0,8})")
 
 COMMAND_NAME_RE = re.compile(r"[a-z][a-z-]{0,31}")
 
+MODEL_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+"""A model name (as :data:`bot.models.NAME_RE`); checked again against the configured names."""
+
 
 @dataclass(frozen=True)
 class CommandSpec:
@@ -39,13 +42,14 @@ class CommandSpec:
 SPECS: dict[str, CommandSpec] = {s.name: s for s in (
     CommandSpec("help", "help [<command>]", "List the commands (or explain one)."),
     CommandSpec("status", "status", "Serving version, last runs, corpus size and queues."),
-    CommandSpec("retrain", "retrain [--full]",
-                "Train on this repository now, skipping the debounce (`--full`: rebuild the corpus)."),
+    CommandSpec("retrain", "retrain [--full] [--model <name>]",
+                "Train a model on its repositories now, skipping the debounce (`--full`: rebuild the "
+                "corpus; `--model`: which model, needed only when this repository feeds several)."),
     CommandSpec("eval", "eval [--run <run-id>]",
                 "Post the evaluation table of a run (default: the latest evaluated run)."),
     CommandSpec("promote", "promote <run-id>", "Serve the model of a run that passed or was rejected."),
-    CommandSpec("rollback", "rollback [<version>]",
-                "Serve the previous model version (or the given one)."),
+    CommandSpec("rollback", "rollback [<version>] [--model <name>]",
+                "Serve the previous model version (or the given one) of a model."),
     CommandSpec("canary", "canary <status/stop/promote>",
                 "`status`: the canary's acceptance test so far; `stop`: roll it back; "
                 "`promote`: serve it to everyone."),
@@ -74,10 +78,11 @@ class UnknownCommand(CommandError):
         self.suggestion = suggestion
 
 
-def parse_command(body: str, prefix: str = "/repotune",
-                  bot_username: str = "repotune") -> Command | None:
+def parse_command(body: str, prefix: str = "/repotune", bot_username: str = "repotune",
+                  models: Sequence[str] | None = None) -> Command | None:
     """Parse a comment. None when it is not addressed to the bot; :class:`CommandError` (or
-    :class:`UnknownCommand`) when it is, but the command is malformed."""
+    :class:`UnknownCommand`) when it is, but the command is malformed. ``models``: the configured
+    model names a ``--model`` must be one of (None: only the name's form is checked)."""
     if not addressed(body, prefix, bot_username):
         return None
     line = first_line(body)
@@ -95,7 +100,9 @@ def parse_command(body: str, prefix: str = "/repotune",
         word = "help"
     if word not in SPECS:
         raise UnknownCommand(shown(word), suggest(word))
-    return Command(word, _PARSERS[word](args))
+    args, model = _take_model(word, args, models)
+    parsed = _PARSERS[word](args)
+    return Command(word, {**parsed, "model": model} if model is not None else parsed)
 
 
 def suggest(word: str) -> str | None:
@@ -108,6 +115,37 @@ def shown(text: str, limit: int = 40) -> str:
     """A user-supplied word made safe to quote back inside backticks."""
     clean = re.sub(r"[^\w.\-/@:=+ ]", "?", text)[:limit]
     return clean + ("…" if len(text) > limit else "")
+
+
+MODEL_COMMANDS = frozenset({"retrain", "rollback"})
+"""Commands that take ``--model <name>`` (the key ``model`` of their args, present only when given)."""
+
+
+def _take_model(word: str, args: list[str], models: Sequence[str] | None) -> tuple[list[str], str | None]:
+    """``args`` without ``--model NAME`` / ``--model=NAME``, and the name (validated)."""
+    rest: list[str] = []
+    model = None
+    items = list(args)
+    while items:
+        arg = items.pop(0)
+        if word in MODEL_COMMANDS and (arg == "--model" or arg.startswith("--model=")):
+            value = arg.split("=", 1)[1] if "=" in arg else (items.pop(0) if items else "")
+            model = _model_name(value, word, models)
+        else:
+            rest.append(arg)
+    return rest, model
+
+
+def _model_name(value: str, command: str, models: Sequence[str] | None) -> str:
+    if not MODEL_RE.fullmatch(value):
+        raise CommandError(f"`{shown(value)}` is not a model name (letters, digits, `_`, `-`). "
+                           f"Usage: `{SPECS[command].usage}`")
+    if models is not None and value not in models:
+        close = difflib.get_close_matches(value, list(models), n=1, cutoff=0.6)
+        hint = f" Did you mean `{close[0]}`?" if close else ""
+        raise CommandError(f"No model `{shown(value)}`.{hint} Configured: "
+                           f"{', '.join(f'`{m}`' for m in models)}.")
+    return value
 
 
 def _no_args(name: str) -> Callable[[list[str]], dict]:

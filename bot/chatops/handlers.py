@@ -93,16 +93,16 @@ def _status(ctx: Context, cmd: Command) -> str:
 def _retrain(ctx: Context, cmd: Command) -> str:
     from bot import scheduler
 
-    full = bool(cmd.args.get("full"))
+    full, model = bool(cmd.args.get("full")), cmd.args.get("model")
     run_id = scheduler.request_training(
-        ctx.settings, ctx.redis, ctx.repo.name, full=full,
+        ctx.settings, ctx.redis, ctx.repo.name, full=full, model=model,
         reason=f"chat-ops retrain{' --full' if full else ''} by @{ctx.author} on {ctx.where}",
         requested_by=ctx.author, trigger=ctx.reply_to)
+    what = f"`{ctx.repo.name}`" + (f" (model `{model}`)" if model else "")
     if run_id is None:
-        return (f":hourglass: A training of `{ctx.repo.name}` is already queued or running; "
-                "this request joins it.")
+        return f":hourglass: A training of {what} is already queued or running; this request joins it."
     kind = "full rebuild and training" if full else "training"
-    return f":rocket: Queued a {kind} of `{ctx.repo.name}`: run `{run_id}`.{_run_link(ctx, run_id)}"
+    return f":rocket: Queued a {kind} of {what}: run `{run_id}`.{_run_link(ctx, run_id)}"
 
 
 def _eval(ctx: Context, cmd: Command) -> str:
@@ -145,10 +145,11 @@ def _promote(ctx: Context, cmd: Command) -> str:
 def _rollback(ctx: Context, cmd: Command) -> str:
     from bot import lifecycle
 
-    version = cmd.args.get("version")
-    job_id = lifecycle.enqueue_rollback(ctx.settings, ctx.redis, version)
+    version, model = cmd.args.get("version"), cmd.args.get("model")
+    job_id = lifecycle.enqueue_rollback(ctx.settings, ctx.redis, version, model)
     target = f"version {version}" if version is not None else "the previous version"
-    return f":leftwards_arrow_with_hook: Rolling back to {target} (job `{job_id}`)."
+    of = f" of model `{model}`" if model else ""
+    return f":leftwards_arrow_with_hook: Rolling back{of} to {target} (job `{job_id}`)."
 
 
 def _canary(ctx: Context, cmd: Command) -> str:

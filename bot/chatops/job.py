@@ -7,7 +7,10 @@ collaborator / not a member) gets neither a reaction nor a reply, so a stranger'
 cannot make the bot write to the forge (no amplification); a collaborator below the command's
 level gets the one-line refusal. A command on the shared model (promote, rollback, pause,
 resume) then needs the same level on every repository feeding the model, or an operator
-(:func:`~bot.chatops.auth.decide_shared`); each repository's level is asked once per job.
+(:func:`~bot.chatops.auth.decide_shared`); each repository's level is asked once per job. With
+``[[models]]``, a command on one model (retrain, rollback, promote) runs only from a repository
+that model learns from, and needs the level on every repository it learns from
+(:func:`_check_model`).
 """
 
 from __future__ import annotations
@@ -108,8 +111,10 @@ def handle_comment_job(event_dict: Mapping[str, Any], settings: Settings | None 
         log.debug("comment %s ignored: %s", event.comment_id, reason)
         return {"handled": False, "reason": reason}
     chatops = settings.chatops
+    from bot.models import model_names
+
     try:
-        command = parse_command(event.body, chatops.prefix, chatops.bot_username)
+        command = parse_command(event.body, chatops.prefix, chatops.bot_username, model_names(settings))
         error: CommandError | None = None
     except CommandError as exc:
         command, error = None, exc
@@ -125,11 +130,18 @@ def handle_comment_job(event_dict: Mapping[str, Any], settings: Settings | None 
         return {"handled": True, "command": name, "allowed": False, "answered": False}
     _acknowledge(forge, event)
     need = required_level(settings, event.forge, name)
+    on_model = command is not None and name in MODEL_COMMANDS and bool(settings.models)
     shared = command is not None and name in SHARED_MODEL_COMMANDS
-    operator = shared and is_operator(chatops.operators, event.forge, event.author)
+    operator = (shared or on_model) and is_operator(chatops.operators, event.forge, event.author)
     if not allowed(event.forge, have, need) and not operator:
         return _refuse(forge, event, name, have, need)
-    if shared:
+    if on_model:
+        assert command is not None
+        checked = _check_model(settings, forge, event, command, have, need)
+        if isinstance(checked, dict):
+            return checked
+        command = checked
+    elif shared:
         denied = _check_shared(settings, forge, event, name, have, need)
         if denied is not None:
             return denied
@@ -171,6 +183,71 @@ def _check_shared(settings: Settings, forge: Forge, event: CommentEvent, name: s
     forge.comment(event, f"@{event.author} :no_entry: `{name}` acts on the model that every "
                          f"configured repository feeds: {decision.reason}")
     return {"handled": True, "command": name, "allowed": False, "repo": decision.repo}
+
+
+MODEL_COMMANDS = frozenset({"retrain", "rollback", "promote"})
+"""Commands that act on one model; with ``[[models]]`` they go through :func:`_check_model`."""
+
+
+def _target_model(settings: Settings, here: Any, command: Command) -> Any:
+    """The model ``command`` acts on: ``--model``, the promoted run's own, or the one model the
+    comment's repository feeds; BotError (the reply) when that is not one model."""
+    from bot import models, runs
+
+    if command.name == "promote":
+        run_id = command.args["run_id"]
+        if not (runs.run_dir(settings.home, run_id) / "run.json").is_file():
+            raise CommandError(f"no run `{run_id}`; `{settings.chatops.prefix} status` lists the recent ones")
+        run = runs.load_run(settings.home, run_id)
+        return models.get_model(settings, run.model or settings.serving.model_name)
+    if command.args.get("model"):
+        return models.get_model(settings, command.args["model"])
+    feeding = models.models_for_repo(settings, here.name)
+    if len(feeding) == 1:
+        return feeding[0]
+    if not feeding:
+        raise CommandError(f"no model learns from {here.full_name or here.name}, so there is nothing to "
+                           f"{command.name} from here")
+    raise CommandError(f"{here.full_name or here.name} feeds several models "
+                       f"({', '.join(f'`{m.name}`' for m in feeding)}): name one with `--model <name>`")
+
+
+def _check_model(settings: Settings, forge: Forge, event: CommentEvent, command: Command, have: Any,
+                 need: Any) -> Command | dict:
+    """The command with its model resolved (``args["model"]``) when the commenter may act on that
+    model; otherwise refuse in a reply and return the job summary. A model can reveal the code of
+    every repository it learns from, so acting on it needs the level on all of them (or an
+    operator), and the comment must come from one of them."""
+    from bot.models import settings_for
+
+    here = settings.repo_for(event.forge, event.repo, event.project_id)
+    assert here is not None  # should_handle checked it
+    mention, name = f"@{event.author}", command.name
+    try:
+        spec = _target_model(settings, here, command)
+    except BotError as exc:
+        forge.comment(event, truncate(f"{mention} :x: `{name}`: {exc}"))
+        return {"handled": True, "command": name, "allowed": True, "error": str(exc)}
+    feeders = settings_for(settings, spec).repos
+    if here.name not in [r.name for r in feeders]:
+        learns = ", ".join(str(r.full_name or r.name) for r in feeders)
+        forge.comment(event, f"{mention} :no_entry: `{name}`: model `{spec.name}` does not learn from "
+                             f"{event.repo}; it learns from {learns}: comment on one of those.")
+        return {"handled": True, "command": name, "allowed": False, "model": spec.name,
+                "repo": event.repo}
+    user = _user(event)
+    levels = LevelCache(lambda repo: forge.permission(str(repo.full_name or repo.name), user,
+                                                      project_id=repo.project_id))
+    levels.seed(here, have)
+    decision = decide_shared(event.forge, event.author, feeders, need, levels, settings.chatops.operators)
+    if not decision.allowed:
+        log.warning("chat-ops %s on model %s denied: %s on %s; missing on %s", name, spec.name,
+                    event.author, _where(event), decision.repo)
+        forge.comment(event, f"{mention} :no_entry: `{name}` acts on model `{spec.name}`, which learns "
+                             f"from {len(feeders)} repositories: {decision.reason}")
+        return {"handled": True, "command": name, "allowed": False, "model": spec.name,
+                "repo": decision.repo}
+    return Command(command.name, {**command.args, "model": spec.name})
 
 
 def _run(settings: Settings, forge: Forge, event: CommentEvent, command: Command) -> dict:

@@ -11,21 +11,29 @@ import click
 from bot.commands._common import home_option
 from bot.commands.service import _redis, _settings, config_option
 
+model_option = click.option("--model", "model", default=None, metavar="NAME",
+                            help="The [[models]] entry to act on (optional with one model).")
+
 
 @click.command("retrain")
 @config_option
 @home_option
 @click.option("--repo", default=None, help="Only this configured repository (default: all).")
 @click.option("--full", is_flag=True, help="Rebuild the corpus from scratch first.")
-def retrain_command(config_path, home, repo, full) -> None:
-    """Start a training run now, skipping the debounce, threshold and cooldown."""
+@model_option
+def retrain_command(config_path, home, repo, full, model) -> None:
+    """Start a training run of a model now, skipping the debounce, threshold and cooldown."""
     from bot import scheduler
+    from bot.errors import BotError
 
     settings = _settings(config_path, home)
-    run_id = scheduler.request_training(settings, _redis(settings), repo, full=full,
-                                        reason="requested from the command line", requested_by="cli")
+    try:
+        run_id = scheduler.request_training(settings, _redis(settings), repo, full=full, model=model,
+                                            reason="requested from the command line", requested_by="cli")
+    except BotError as exc:
+        raise click.ClickException(str(exc)) from exc
     if run_id is None:
-        raise click.ClickException("a training run is already in progress; try again when it ends")
+        raise click.ClickException("a training run of this model is already in progress; try again when it ends")
     click.echo(f"run {run_id} queued")
 
 
@@ -33,11 +41,23 @@ def retrain_command(config_path, home, repo, full) -> None:
 @config_option
 @home_option
 @click.argument("run_id")
-def promote_command(config_path, home, run_id) -> None:
-    """Serve RUN_ID even though the gate rejected it (or re-activate its version)."""
-    from bot import lifecycle
+@model_option
+def promote_command(config_path, home, run_id, model) -> None:
+    """Serve RUN_ID even though the gate rejected it (or re-activate its version).
+
+    The run's own model is promoted; ``--model`` only checks that RUN_ID is a run of it."""
+    from bot import lifecycle, models
+    from bot.errors import BotError
+    from bot.runs import load_run
 
     settings = _settings(config_path, home)
+    try:
+        run = load_run(settings.home, run_id)
+        owner = run.model or settings.serving.model_name
+        if model is not None and models.get_model(settings, model).name != owner:
+            raise BotError(f"run {run_id} is a run of model {owner!r}, not {model!r}")
+    except BotError as exc:
+        raise click.ClickException(str(exc)) from exc
     job = lifecycle.enqueue_promote(settings, _redis(settings), run_id)
     click.echo(f"promotion of {run_id} queued (job {job})")
 

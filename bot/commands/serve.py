@@ -157,30 +157,43 @@ def deploy_command(checkpoint, home, triton_url, model_name, backend, gpus, publ
 @config_option
 @home_option
 @triton_url_option
-@model_option
+@click.option("--model", "model_name", default=None, metavar="NAME",
+              help="The model to roll back (a [[models]] name; optional with one model).")
 @click.option("--to", "to_version", type=int, default=None,
               help="Version to serve. Default: the newest healthy version older than the current one.")
 def rollback_command(config_path, home, triton_url, model_name, to_version) -> None:
-    """Serve an earlier version again (loaded and smoke-tested before the switch).
+    """Serve an earlier version of a model again (loaded and smoke-tested before the switch).
 
     Runs here and now the function the chat-ops `rollback` job runs on a worker
     (:func:`bot.jobs.rollback_job`), so both keep the same number of old versions.
     """
-    from bot import jobs
+    from bot import jobs, models
+    from bot.errors import BotError
 
     settings = _settings(config_path, home)
-    settings.serving.model_name = model_name
     settings.serving.triton_url = _find_triton(_repo_root(settings.home), triton_url)
-    version = jobs.rollback_job(to_version)
-    click.echo(f"{model_name} version {version} serving")
+    try:
+        if model_name is not None and not settings.models:
+            settings.serving.model_name = model_name  # one implicit model: --model names its Triton model
+        name = models.get_model(settings, model_name).name
+        version = jobs.rollback_job(to_version, name)
+    except BotError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"{name} version {version} serving")
 
 
 @click.command("models")
+@config_option
 @home_option
-@model_option
+@click.option("--model", "model_name", default=None, metavar="NAME",
+              help="List the published versions of this model (a Triton model name) instead.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def models_command(home, model_name, as_json) -> None:
-    """List the published versions of the model and which one serves."""
+def models_command(config_path, home, model_name, as_json) -> None:
+    """The configured models (repositories, method, serving version, last run), or with --model
+    the published versions of one model and which one serves."""
+    if model_name is None:
+        _list_models(_settings(config_path, home), as_json)
+        return
     from serving import ModelRepository
 
     versions = ModelRepository(_repo_root(home), model_name, None).versions()
@@ -194,6 +207,26 @@ def models_command(home, model_name, as_json) -> None:
         mark = "*" if v["serving"] else " "
         state = f"FAILED: {v['failed']}" if v["failed"] else (v["backend"] or "")
         click.echo(f"{mark} {v['version']:>4}  {v['published'] or '':20}  {state}  {v['source'] or ''}")
+
+
+def _list_models(settings, as_json: bool) -> None:
+    from bot import models, serving_version
+
+    rows = []
+    for spec in models.model_specs(settings):
+        view = models.settings_for(settings, spec)
+        last = serving_version.last_run(view)
+        rows.append({"name": spec.name, "repos": [r.name for r in view.repos], "method": spec.method,
+                     "serving_version": serving_version.active_version(view),
+                     "last_run": last.id if last else None,
+                     "last_run_status": last.status.value if last else None})
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for r in rows:
+        last = f"{r['last_run']} ({r['last_run_status']})" if r["last_run"] else "—"
+        click.echo(f"{r['name']}  {r['method']}  repos {', '.join(r['repos']) or 'none'}  "
+                   f"serving {r['serving_version'] if r['serving_version'] is not None else '—'}  last run {last}")
 
 
 COMMANDS = [serve_command, deploy_command, rollback_command, models_command]

@@ -152,18 +152,28 @@ the corpus when none is configured; the base model as the first serving version.
 @config_option
 @home_option
 @click.option("--json", "as_json", is_flag=True, help="Print the full status as JSON.")
-def status_command(config_path, home, as_json) -> None:
-    """Repositories, serving version, recent runs, queues."""
+@click.option("--model", default=None, metavar="NAME", help="Only this model (its repositories, runs, versions).")
+def status_command(config_path, home, as_json, model) -> None:
+    """Repositories, serving version, recent runs, queues: a section per model."""
+    from bot.errors import BotError
     from bot.status import snapshot
 
     settings = _settings(config_path, home)
     connection = _redis(settings) if settings.redis_url else None
-    status = snapshot(settings, connection)
+    try:
+        status = snapshot(settings, connection, model=model)
+    except BotError as exc:
+        raise click.ClickException(str(exc)) from exc
     if as_json:
         click.echo(json.dumps(status.to_dict(), indent=2, default=str))
         return
-    sv = status.serving
-    click.echo(f"serving: {sv.model} version {sv.version or '—'} (versions {sv.versions or 'none'})")
+    for m in status.models:
+        sv = m.serving
+        click.echo(f"model {m.name} ({m.method}, repos {', '.join(m.repos) or 'none'}): serving {sv.model} "
+                   f"version {sv.version or '—'} (versions {sv.versions or 'none'}); last run "
+                   f"{m.last_run or '—'} {m.last_run_status or ''}".rstrip()
+                   + (f"; training {m.training_lock}" if m.training_lock else "")
+                   + (f"; pending files {m.pending['files']}" if m.pending else ""))
     for repo in status.repositories:
         c = repo.corpus or {}
         click.echo(f"repo {repo.name}: commit {str(c.get('commit') or '—')[:12]} "
@@ -228,14 +238,25 @@ def _echo_editor_freshness(editor: dict[str, t.Any]) -> None:
 @home_option
 @click.option("--json", "as_json", is_flag=True, help="JSON, one object per run.")
 @click.option("--limit", type=int, default=20, show_default=True)
-def runs_command(config_path, home, as_json, limit) -> None:
-    """Recent training runs, newest first."""
+@click.option("--model", default=None, metavar="NAME", help="Only the runs of this model.")
+def runs_command(config_path, home, as_json, limit, model) -> None:
+    """Recent training runs, newest first (each names its model)."""
     import time
 
+    from bot import models
+    from bot.errors import BotError
     from bot.runs import list_runs
 
     settings = _settings(config_path, home)
-    runs = list_runs(settings.home, limit)
+    if model is None:
+        runs = list_runs(settings.home, limit)
+    else:
+        try:
+            name = models.get_model(settings, model).name
+        except BotError as exc:
+            raise click.ClickException(str(exc)) from exc
+        runs = [r for r in list_runs(settings.home, None)
+                if (r.model or settings.serving.model_name) == name][:limit]
     if as_json:
         click.echo(json.dumps([r.as_dict() for r in runs], indent=2, default=str))
         return
@@ -244,7 +265,8 @@ def runs_command(config_path, home, as_json, limit) -> None:
     for r in runs:
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(r.created))
         extra = f"v{r.version}" if r.version is not None else (r.error or "")[:60]
-        click.echo(f"{r.id}  {when}  {r.status.value:<10}  {r.trigger.kind:<9}  {extra}")
+        click.echo(f"{r.id}  {when}  {r.model or settings.serving.model_name:<16}  {r.status.value:<10}  "
+                   f"{r.trigger.kind:<9}  {extra}")
 
 
 @click.command("init")
