@@ -210,3 +210,19 @@ def test_lora_settings_are_bot_training_settings() -> None:
     assert (rows["training.lora_r"].default, rows["training.lora_alpha"].default) == (16, 32)
     assert rows["training.lora_dropout"].default == 0.05 and rows["training.lora_target_modules"].default == []
     assert "adapter" in rows["training.method"].help
+
+
+def test_bot_configuration_refuses_bad_lora_settings_when_loaded(tmp_path: Path) -> None:
+    from bot import config
+    from bot.errors import ConfigError
+
+    toml = tmp_path / "repotune.toml"
+    toml.write_text('[training]\nmethod = "lora"\nlora_r = 8\nlora_target_modules = ["q_proj", "v_proj"]\n')
+    settings = config.load(toml, env={})
+    assert settings.training.recipe()["method"] == "lora"
+    assert settings.training.recipe()["lora_target_modules"] == ["q_proj", "v_proj"]
+    toml.write_text('[training]\nmethod = "lora"\nlora_dropout = 1.5\n')
+    with pytest.raises(ConfigError, match=r"\[training\] lora_dropout=1\.5"):
+        config.load(toml, env={})
+    with pytest.raises(ConfigError, match="method='qlora'"):
+        config.load(None, env={"REPOTUNE_TRAINING_METHOD": "qlora"})

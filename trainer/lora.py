@@ -62,8 +62,11 @@ empty. Embeddings, norms and the LM head are left out: they are large (the head 
 vocab × hidden) and adapting them buys little for completing code in a known language."""
 
 
-def lora_problems(cfg: FinetuneConfig) -> list[str]:
-    """The method and LoRA settings' problems (part of :meth:`FinetuneConfig.problems`)."""
+def lora_problems(cfg: t.Any) -> list[str]:
+    """The method and LoRA settings' problems (part of :meth:`FinetuneConfig.problems`).
+
+    ``cfg`` is a FinetuneConfig or anything with its ``method`` and ``lora_*`` fields (the bot's
+    ``[training]`` settings, checked when the configuration is loaded rather than hours later)."""
     found = []
     if cfg.method not in METHODS:
         found.append(f"method={cfg.method!r}: use one of {', '.join(METHODS)}")
