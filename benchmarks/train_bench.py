@@ -32,7 +32,8 @@ not a real network.
 against a LoRA adapter (``method="lora"``, rank 16, attention + MLP targets) on the same tiny
 CodeGen, data, steps and learning rate, warm tokenisation cache, each run twice alternately (the
 faster run counts). Printed side by side: training-loop tokens/s, trainable parameters, bytes
-written (checkpoint vs adapter weights), peak memory and the final held-out loss. ``--n-embd 256``
+written (checkpoint vs adapter weights) and the final held-out loss. (No memory column: both
+methods run in this one process, whose peak RSS only grows.) ``--n-embd 256``
 widens the tiny model, where LoRA's smaller backward and optimizer state start to show.
 """
 
@@ -230,7 +231,7 @@ def method_run(cfg) -> dict:
     lora = result.extras.get("lora") or {}
     return {"train_loop_tokens_per_s": round(result.tokens_per_s), "train_s": result.extras["train_seconds"],
             "weights_bytes": (out / weights).stat().st_size, "trainable_params": lora.get("trainable_params"),
-            "peak_memory_mib": round(result.peak_memory_bytes / 2**20), "heldout_loss": result.heldout_loss}
+            "heldout_loss": result.heldout_loss}
 
 
 def lora_vs_full(quick: bool, n_embd: int) -> None:
@@ -265,7 +266,7 @@ def lora_vs_full(quick: bool, n_embd: int) -> None:
                    best["lora"]["train_loop_tokens_per_s"] / best["full"]["train_loop_tokens_per_s"], 3)}
     print(json.dumps(figures, indent=2))
     print(f"\n{'':24}{'full':>14}{'lora':>14}")
-    for key in ("train_loop_tokens_per_s", "trainable_params", "weights_bytes", "peak_memory_mib", "heldout_loss"):
+    for key in ("train_loop_tokens_per_s", "trainable_params", "weights_bytes", "heldout_loss"):
         row = [best["full"][key], best["lora"][key]]
         print(f"{key:24}" + "".join(f"{'-' if v is None else (f'{v:.4f}' if isinstance(v, float) else f'{v:,}'):>14}"
                                     for v in row))
