@@ -186,7 +186,8 @@ class TrainResult:
     """What a finished run produced (also written to ``output_dir/train.json``)."""
 
     checkpoint: Path
-    """Final HF checkpoint folder (safetensors + tokenizer files); equals ``output_dir``."""
+    """Final HF checkpoint folder (safetensors + tokenizer files), or for ``method="lora"`` the adapter
+    folder (:mod:`families.adapters`); equals ``output_dir``."""
     steps: int
     """Optimizer steps completed in total (including those before a resume)."""
     tokens: int
