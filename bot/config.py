@@ -38,6 +38,7 @@ from bot.settings_table import SETTINGS as SETTINGS
 from bot.settings_table import Setting as Setting
 from bot.settings_table import example_toml as example_toml
 from bot.settings_table import settings_markdown as settings_markdown
+from trainer.lora import lora_problems
 
 try:  # Python 3.11+
     import tomllib
@@ -209,11 +210,15 @@ def _apply_env(settings: Settings, env: Mapping[str, str]) -> None:
 
 
 def _validate(settings: Settings) -> None:
-    """Checks that span fields: the evaluation settings are an EvalConfig and check themselves."""
+    """Checks that span fields: the evaluation settings are an EvalConfig and check themselves; the
+    training method and LoRA settings are checked as a fine-tuning run would check them."""
     try:
         settings.evaluation.__post_init__()
     except ValueError as exc:
         raise ConfigError(f"[evaluation]: {exc}; see `repotune config --help-settings`") from exc
+    problems = lora_problems(settings.training)
+    if problems:
+        raise ConfigError(f"[training] {'; '.join(problems)}; see `repotune config --help-settings`")
     for spec in settings.models:  # a model's gate overrides check themselves the same way
         try:
             dataclasses.replace(settings.evaluation, **spec.evaluation)
