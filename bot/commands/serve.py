@@ -107,6 +107,9 @@ def serve_command(config_path, home, triton_url, model_name, host, port, timeout
                        err=True)
         app = create_proxy_app(proxy_config(settings, triton_url=triton_url, model_name=model_name,
                                             timeout_s=timeout_s))
+        others = app.config["repotune.models"].names()[1:]
+        for other in others:  # every served model is loaded, not only the default (embedded Triton)
+            ModelRepository(root, other, triton_url).ensure_loaded()
         if get_path:
             resp = app.test_client().get(get_path, headers=_first_key_header(keys))
             click.echo(resp.get_data(as_text=True))
@@ -114,7 +117,6 @@ def serve_command(config_path, home, triton_url, model_name, host, port, timeout
                 raise click.ClickException(f"GET {get_path} answered {resp.status_code}")
             return
         http = HttpServer(app, host, port, http_limits(settings), name="proxy").bind()
-        others = [n for n in app.config["repotune.models"].names() if n != model_name]
         served = f", also serving {', '.join(others)}" if others else ""
         click.echo(f"completions on {http.url}/v1 (model {model_name!r}, version {version}{served}, "
                    f"{'API keys required' if keys else 'no API keys'})", err=True)
