@@ -12,6 +12,7 @@ to ``[serving]`` therefore reaches both commands, and neither can forget the key
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing as t
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from bot.errors import ConfigError
 
 if t.TYPE_CHECKING:
     from bot.settings import Settings
-    from serving import ProxyConfig
+    from serving import ApiKey, ProxyConfig
     from serving.http import HttpLimits
 
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
@@ -27,9 +28,66 @@ LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
 
-def api_keys(raw: str | None) -> tuple[str, ...]:
-    """``serving.api_keys`` (env ``REPOTUNE_API_KEYS`` or ``REPOTUNE_API_KEYS_FILE``), comma-separated."""
-    return tuple(k.strip() for k in (raw or "").split(",") if k.strip())
+KEYS_VARIABLE = "REPOTUNE_API_KEYS (or the file REPOTUNE_API_KEYS_FILE names)"
+_MODEL_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+"""A Triton model name (what ``[serving] model_name`` and the repository's folders are called)."""
+
+
+def api_keys(raw: str | None) -> tuple[str | ApiKey, ...]:
+    """``serving.api_keys`` (env ``REPOTUNE_API_KEYS`` or ``REPOTUNE_API_KEYS_FILE``) as the proxy takes them.
+
+    One entry per line, or entries separated by ``;``; blank lines and lines starting with ``#``
+    are skipped. An entry is ``KEY`` (every model; a plain string, as before models could be
+    named), ``KEY:model-a,model-b`` (only those models: an :class:`serving.ApiKey`), or, as
+    before, several all-model keys separated by commas (``k1, k2``). Anything else is a
+    :class:`ConfigError` naming the entry by its number, never by its key."""
+    from serving import ApiKey
+
+    out: list[str | ApiKey] = []
+    seen: dict[str, int] = {}
+    entries = [e.strip() for e in re.split(r"[\n;]", raw or "")]
+    for number, entry in enumerate(entries, start=1):
+        if not entry or entry.startswith("#"):
+            continue
+        if ":" in entry:
+            secret, _, scope = entry.partition(":")
+            parsed: list[str | ApiKey] = [ApiKey(_check_key(secret.strip(), number),
+                                                 _scope(scope, number))]
+        else:
+            parsed = [_check_key(k.strip(), number) for k in entry.split(",") if k.strip()]
+        for key in parsed:
+            secret = key.secret if isinstance(key, ApiKey) else key
+            if secret in seen:
+                raise ConfigError(f"{KEYS_VARIABLE}: entry {number} repeats the key of entry {seen[secret]}; "
+                                  "list each key once, with every model it may use")
+            seen[secret] = number
+            out.append(key)
+    return tuple(out)
+
+
+def _check_key(secret: str, number: int) -> str:
+    if not secret:
+        raise ConfigError(f"{KEYS_VARIABLE}: entry {number} has no key before ':'; write KEY:model-a,model-b")
+    if any(c.isspace() or c in ",:" for c in secret):
+        raise ConfigError(f"{KEYS_VARIABLE}: the key of entry {number} contains a space, ',' or ':'; keys are "
+                          "single words (e.g. `openssl rand -hex 24`), one entry per line")
+    return secret
+
+
+def _scope(text: str, number: int) -> frozenset[str]:
+    """The model names after ``KEY:`` (at least one, each a valid model name)."""
+    names = [n.strip() for n in text.split(",")]
+    if not any(names):
+        raise ConfigError(f"{KEYS_VARIABLE}: entry {number} ends with ':' but names no model; write "
+                          "KEY:model-a,model-b, or KEY alone for every model")
+    for name in names:
+        if not _MODEL_NAME.fullmatch(name):
+            # Not echoed: a key pasted on the wrong side of ':' would land in the message.
+            what = ("an empty model name" if not name else
+                    "a model name with characters other than letters, digits, '_', '.' and '-'")
+            raise ConfigError(f"{KEYS_VARIABLE}: entry {number} has {what}; separate model names by "
+                              "commas: KEY:model-a,model-b")
+    return frozenset(names)
 
 
 def is_loopback(host: str) -> bool:
@@ -37,7 +95,7 @@ def is_loopback(host: str) -> bool:
     return host in LOOPBACK or host.startswith("127.")
 
 
-def check_exposure(host: str, keys: tuple[str, ...], insecure: bool) -> None:
+def check_exposure(host: str, keys: tuple[str | ApiKey, ...], insecure: bool) -> None:
     """Refuse to put an unauthenticated model on the network: its completions reveal the code it learnt.
 
     Raises :class:`ConfigError` naming the variables that provide keys and the development flag."""

@@ -8,6 +8,7 @@ them, so ``import serving`` is cheap.
 
 from __future__ import annotations
 
+from serving._auth import ApiKey as ApiKey
 from serving.client import Generation as Generation
 from serving.client import TritonClient as TritonClient
 from serving.completer import Completer as Completer
@@ -24,6 +25,7 @@ from serving.errors import SmokeTestFailed as SmokeTestFailed
 from serving.errors import TritonTimeout as TritonTimeout
 from serving.errors import TritonUnavailable as TritonUnavailable
 from serving.errors import VersionUnavailable as VersionUnavailable
+from serving.models import ModelSet as ModelSet
 from serving.proxy import VERSION_HEADER as VERSION_HEADER
 from serving.proxy import ProxyConfig as ProxyConfig
 from serving.proxy import create_proxy_app as create_proxy_app
@@ -35,6 +37,7 @@ from serving.triton import tritonserver_binary as tritonserver_binary
 __all__ = [
     "VERSION_HEADER",
     "ApiError",
+    "ApiKey",
     "Completer",
     "CompletionObserver",
     "CompletionRequest",
@@ -42,6 +45,7 @@ __all__ = [
     "InferenceFailed",
     "ModelLoadFailed",
     "ModelRepository",
+    "ModelSet",
     "ProxyConfig",
     "RepositoryStateError",
     "RequestLimits",

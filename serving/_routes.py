@@ -1,5 +1,6 @@
-"""The completion routes of :mod:`serving.proxy`: one handler per protocol, sharing one
-:class:`serving.completer.Completer`, the error shapes, the metrics and the stream limit."""
+"""The completion routes of :mod:`serving.proxy`: one handler per protocol, sharing the served
+models (:class:`serving.models.ModelSet`: the request's model picks its
+:class:`serving.completer.Completer`), the error shapes, the metrics and the stream limit."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from serving.protocols import (
 )
 
 if TYPE_CHECKING:
+    from serving.models import ModelSet
     from serving.proxy import ProxyConfig
     from serving.telemetry import Telemetry
 
@@ -53,27 +55,30 @@ class _StreamSlots:
 
 
 class _Handlers:
-    """One method per protocol; :meth:`run` wraps each with auth, error shapes and metrics."""
+    """One method per protocol; :meth:`run` wraps each with auth, model routing, error shapes
+    and metrics, and hands it the body and the chosen model's completer."""
 
-    def __init__(self, cfg: ProxyConfig, completer: Completer, metrics, telemetry: Telemetry | None = None) -> None:
+    def __init__(self, cfg: ProxyConfig, models: ModelSet, metrics, telemetry: Telemetry | None = None) -> None:
         self.cfg = cfg
-        self.completer = completer
+        self.models = models
         self.metrics = metrics
         self.telemetry = telemetry
         self.slots = _StreamSlots(cfg.max_concurrent_streams)
         self.events = EventLog(cfg.events_dir) if cfg.events_dir is not None else None
         self._started = threading.local()
 
-    def run(self, route: str, handler: Callable[[Any], Any]):
+    def run(self, route: str, handler: Callable[[Any, Completer], Any], engine: str | None = None):
         from flask import request
 
         from serving.proxy import authorize, error_response
 
         started = self._started.value = time.monotonic()
-        status = 500
+        status, model = 500, None
         try:
-            authorize(self.cfg)
-            resp = handler(request.get_json(silent=True))
+            key = authorize(self.cfg)
+            body = request.get_json(silent=True)
+            model = self.models.resolve(requested_model(body, engine), key)
+            resp = handler(body, self.models.completer(model))
             status = resp.status_code
             return resp
         except ApiError as err:
@@ -86,22 +91,24 @@ class _Handlers:
         finally:
             self.metrics.requests.labels(route, str(status)).inc()
             self.metrics.latency.labels(route).observe(time.monotonic() - started)
+            if model is not None:
+                self.metrics.model_requests.labels(model, str(status)).inc()
 
-    def _stream(self, req, prompt, to_sse: Callable[[Iterator[dict[str, Any]]], Iterator[str]], route: str):
+    def _stream(self, completer: Completer, req, prompt, to_sse: Callable[[Iterator[dict[str, Any]]], Iterator[str]], route: str):
         """Start a stream in a free slot; the slot is released when the last byte is sent or the
         client goes away (whichever comes first). Telemetry records it once it ends."""
         from flask import Response
 
         release = self.slots.take()
         try:
-            stream = self.completer.stream(req, prompt, time.monotonic())
+            stream = completer.stream(req, prompt, time.monotonic())
         except BaseException:
             release()
             raise
         events = stream.events
         if self.telemetry is not None:
-            events = self._watch(stream.events, req, prompt, route, self._context(), self._started.value,
-                                 stream.version)
+            events = self._watch(stream.events, completer.model_name, req, prompt, route, self._context(),
+                                 self._started.value, stream.version)
 
         def body() -> Iterator[str]:
             try:
@@ -122,32 +129,32 @@ class _Handlers:
         resp.headers.update({VERSION_HEADER: str(version), **headers})
         return resp
 
-    def openai(self, body: Any, route: str = "/v1/completions"):
-        req = self.completer.parse(body)
-        prompt = self.completer.prepare(req, client=self._client())
+    def openai(self, body: Any, completer: Completer, route: str = "/v1/completions"):
+        req = completer.parse(body)
+        prompt = completer.prepare(req, client=self._client())
         if req.stream:
-            return self._stream(req, prompt, lambda events: _sse(events, done=True), route)
-        done = self.completer.complete(req, prompt)
-        self._record(route, req, prompt, done.body, done.version)
+            return self._stream(completer, req, prompt, lambda events: _sse(events, done=True), route)
+        done = completer.complete(req, prompt)
+        self._record(completer.model_name, route, req, prompt, done.body, done.version)
         return self._json(done.body, done.version, prompt.headers)
 
-    def tabby(self, body: Any):
-        req = parse_tabby(body, self.completer.limits)
-        prompt = self.completer.prepare(req, client=self._client())
-        done = self.completer.complete(req, prompt)
-        self._record("/v1/completions:tabby", req, prompt, done.body, done.version)
+    def tabby(self, body: Any, completer: Completer):
+        req = parse_tabby(body, completer.limits)
+        prompt = completer.prepare(req, client=self._client())
+        done = completer.complete(req, prompt)
+        self._record(completer.model_name, "/v1/completions:tabby", req, prompt, done.body, done.version)
         return self._json(tabby_body(done.body), done.version, prompt.headers)
 
-    def llama(self, body: Any, infill: bool):
-        limits = self.completer.limits
+    def llama(self, body: Any, completer: Completer, infill: bool):
+        limits = completer.limits
         route = "/infill" if infill else "/completion"
         req = parse_infill(body, limits) if infill else parse_llama_completion(body, limits)
-        prompt = self.completer.prepare(req, infill=infill, client=self._client())
+        prompt = completer.prepare(req, infill=infill, client=self._client())
         if req.stream:
-            return self._stream(req, prompt, lambda events: _sse(
+            return self._stream(completer, req, prompt, lambda events: _sse(
                 (e for e in map(llama_event, events) if e is not None), done=False), route)
-        done = self.completer.complete(req, prompt)
-        self._record(route, req, prompt, done.body, done.version)
+        done = completer.complete(req, prompt)
+        self._record(completer.model_name, route, req, prompt, done.body, done.version)
         stopped_word = bool(done.stopped_at and done.stopped_at[0])
         return self._json(llama_body(done.body, stopped_word=stopped_word), done.version, prompt.headers)
 
@@ -208,23 +215,23 @@ class _Handlers:
         """The request's client hash, which a canary routes by ("" without telemetry: production)."""
         return self._context()[1] if self.telemetry is not None else ""
 
-    def _record(self, route: str, req: CompletionRequest, prompt: Prompt, body: dict[str, Any], version: int,
-                context: tuple[str, str] | None = None, started: float | None = None) -> None:
+    def _record(self, model: str, route: str, req: CompletionRequest, prompt: Prompt, body: dict[str, Any],
+                version: int, context: tuple[str, str] | None = None, started: float | None = None) -> None:
         if self.telemetry is None:
             return
         language, client = context or self._context()
         suffix = req.suffix if SUFFIX_HEADER not in prompt.headers else ""
         tok = prompt.tokenizer
         self.telemetry.completion(
-            cid=body["id"], model=self.cfg.model_name, version=version,
+            cid=body["id"], model=model, version=version,
             language=language, route=route, client=client, prompt_tokens=sum(len(r) for r in prompt.rows),
             texts=[c["text"] for c in body["choices"]],
             latency_s=time.monotonic() - (started if started is not None else self._started.value),
             suffix=suffix, prompt=req.prompts[0] if req.prompts else "",
             count_suffix=lambda s: len(tok(s, add_special_tokens=False)["input_ids"]))
 
-    def _watch(self, events: Iterator[dict[str, Any]], req: CompletionRequest, prompt: Prompt, route: str,
-               context: tuple[str, str], started: float, version: int) -> Iterator[dict[str, Any]]:
+    def _watch(self, events: Iterator[dict[str, Any]], model: str, req: CompletionRequest, prompt: Prompt,
+               route: str, context: tuple[str, str], started: float, version: int) -> Iterator[dict[str, Any]]:
         """Pass a stream's events through; when it ends, record the text it sent (under the
         version of its first chunk, the one its response header named)."""
         texts: dict[int, str] = {}
@@ -236,10 +243,26 @@ class _Handlers:
             yield ev
         if cid:
             body = {"id": cid, "choices": [{"text": texts[i]} for i in sorted(texts)]}
-            self._record(route, req, prompt, body, version, context, started)
+            self._record(model, route, req, prompt, body, version, context, started)
 
 
-def completion_routes(app, cfg: ProxyConfig, completer: Completer, metrics,
+def requested_model(body: Any, engine: str | None = None) -> str | None:
+    """The model a request names: the engine in its path (FauxPilot, Copilot), else the base
+    URL's ``/m/<model>`` (:data:`serving.proxy.MODEL_PREFIX`), else the body's ``model``."""
+    from flask import request
+
+    from serving.proxy import MODEL_ENVIRON
+
+    if engine:
+        return engine
+    pinned = request.environ.get(MODEL_ENVIRON)
+    if pinned:
+        return str(pinned)
+    named = body.get("model") if isinstance(body, dict) else None
+    return named if isinstance(named, str) and named else None
+
+
+def completion_routes(app, cfg: ProxyConfig, models: ModelSet, metrics,
                       telemetry: Telemetry | None = None) -> None:
     """Register the completion routes of every protocol, Tabby's probes and events, and the
     feedback endpoint."""
@@ -247,7 +270,7 @@ def completion_routes(app, cfg: ProxyConfig, completer: Completer, metrics,
 
     from serving.proxy import authorize
 
-    h = _Handlers(cfg, completer, metrics, telemetry)
+    h = _Handlers(cfg, models, metrics, telemetry)
 
     @app.post("/v1/completions")
     def completions():
@@ -256,25 +279,22 @@ def completion_routes(app, cfg: ProxyConfig, completer: Completer, metrics,
         return h.run("/v1/completions", h.openai)
 
     app.add_url_rule("/completions", "bare_completions",
-                     lambda: h.run("/completions", lambda b: h.openai(b, "/completions")), methods=["POST"])
+                     lambda: h.run("/completions", lambda b, c: h.openai(b, c, "/completions")), methods=["POST"])
     app.add_url_rule("/v1/engines/<engine>/completions", "engine_completions",
                      lambda engine: h.run("/v1/engines/completions",
-                                          lambda b: h.openai(b, "/v1/engines/completions")), methods=["POST"])
-    app.add_url_rule("/infill", "infill", lambda: h.run("/infill", lambda b: h.llama(b, infill=True)),
+                                          lambda b, c: h.openai(b, c, "/v1/engines/completions"), engine),
+                     methods=["POST"])
+    app.add_url_rule("/infill", "infill", lambda: h.run("/infill", lambda b, c: h.llama(b, c, infill=True)),
                      methods=["POST"])
     app.add_url_rule("/completion", "llama_completion",
-                     lambda: h.run("/completion", lambda b: h.llama(b, infill=False)), methods=["POST"])
+                     lambda: h.run("/completion", lambda b, c: h.llama(b, c, infill=False)), methods=["POST"])
     app.add_url_rule("/v1/events", "tabby_events", h.event, methods=["POST"])
     app.add_url_rule("/v1/completions/<cid>/feedback", "completion_feedback", h.feedback, methods=["POST"])
 
     @app.get("/v1/health")
     def tabby_health_route():
-        authorize(cfg)
-        try:
-            version = completer.router.version()
-        except ApiError:
-            version = None
-        return jsonify(tabby_health(cfg.model_name, version))
+        model = models.resolve(requested_model(None), authorize(cfg))
+        return jsonify(tabby_health(model, models.version(model)))
 
     @app.get("/v1beta/server_setting")
     def tabby_server_setting():

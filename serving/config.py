@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from serving._auth import ApiKey
 from serving.completions import RequestLimits
 
 
@@ -22,11 +23,11 @@ class ProxyConfig:
     model_repository: str | Path
     """Root of the Triton model repository (holds ``<model>/serving.json`` and the versions)."""
     model_name: str = "codegen"
-    """The Triton model (and the engine/model name clients send; any name is accepted)."""
+    """The default model (what a request naming no model gets); every model deployed in the repository is served by its name, and while this is the only one any name is accepted."""
     timeout_s: float = 30.0
     """Deadline of one completion request (all stream chunks together), in seconds."""
-    api_keys: tuple[str, ...] = ()
-    """Accepted API keys (``Authorization: Bearer <key>`` or ``token <key>``); empty means none needed."""
+    api_keys: tuple[str | ApiKey, ...] = ()
+    """Accepted API keys (``Authorization: Bearer <key>`` or ``token <key>``); empty means none needed. One entry per line (or ``;``): ``KEY`` may use every model, ``KEY:model-a,model-b`` only those models."""
     max_tokens_limit: int = 2048
     """Largest ``max_tokens`` accepted."""
     default_context_window: int = 2048

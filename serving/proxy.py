@@ -14,7 +14,13 @@ window is trimmed (:mod:`serving._fitting`) and ``X-RepoTune-Trimmed`` says what
 (``strict_context``: OpenAI's 400). Limits on body size, prompt characters, completions per
 request, stop strings and concurrent streams answer 413/400/429 in OpenAI's shape.
 
-Each request goes to the exact version named by the model repository's pointer file
+One proxy serves every model of the model repository (each folder with a pointer file) plus
+``model_name``, the default; the engine in the path or the body's ``model`` picks one, and API
+keys may be limited to some models (:mod:`serving.models` has the routing rules, 404
+``model_not_found`` for a model a key may not use, whether or not it exists). ``/v1/models``
+lists the models the caller may use, each with its serving version.
+
+Each request goes to the exact version named by its model's pointer file
 (``<repository>/<model>/serving.json``, a symlink to the serving version's own
 ``<N>/serving.json``; re-read when the link changes). If that version was
 unloaded in the instant between reading the pointer and calling Triton, the request is retried
@@ -46,12 +52,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from serving._auth import key_matches, mint_token, presented_credential, token_valid
+from serving._auth import ApiKey, authenticate, matching_key, mint_token, presented_credential
 from serving._routes import VERSION_HEADER as VERSION_HEADER
-from serving.client import TritonClient
-from serving.completer import Completer, CompletionObserver, VersionRouter
+from serving.completer import CompletionObserver
 from serving.completions import ApiError
 from serving.config import ProxyConfig as ProxyConfig
+from serving.models import ModelSet
 
 
 @dataclass(frozen=True)
@@ -68,6 +74,8 @@ class _Metrics:
     events: Any
     events_rejected: Any
     telemetry_dropped: Any
+    model_requests: Any
+    model_tokens: Any
 
     @classmethod
     def create(cls) -> _Metrics:
@@ -95,7 +103,21 @@ class _Metrics:
                                     "(unknown, replay, malformed)", ["reason"], registry=registry),
             telemetry_dropped=Counter("repotune_proxy_telemetry_dropped", "Telemetry records dropped "
                                       "because the writer's queue was full", registry=registry),
+            model_requests=Counter("repotune_proxy_model_requests", "Completion requests by served model "
+                                   "and status (requests no model was resolved for are not counted)",
+                                   ["model", "status"], registry=registry),
+            model_tokens=Counter("repotune_proxy_model_completion_tokens", "Tokens generated, by model",
+                                 ["model"], registry=registry),
         )
+
+    def observer(self, model: str) -> CompletionObserver:
+        """The counters one model's completer reports to."""
+        tokens = self.model_tokens.labels(model)
+
+        def generated(n: int) -> None:
+            self.tokens.inc(n)
+            tokens.inc(n)
+        return CompletionObserver(tokens=generated, retry=self.retries.inc)
 
     def telemetry_hooks(self):
         from serving.telemetry import TelemetryHooks
@@ -117,22 +139,43 @@ def create_proxy_app(cfg: ProxyConfig):
 
     app = Flask("repotune.proxy")
     app.config["MAX_CONTENT_LENGTH"] = cfg.max_body_bytes
-    router = VersionRouter(cfg.model_repository, cfg.model_name, cfg.default_context_window, family=cfg.family)
-    triton = TritonClient(cfg.triton_url, cfg.model_name, timeout_s=cfg.timeout_s)
     metrics = _Metrics.create()
-    completer = Completer(router, triton, model_name=cfg.model_name, timeout_s=cfg.timeout_s,
-                          limits=cfg.limits(), stream_chunk_tokens=cfg.stream_chunk_tokens,
-                          strict_suffix=cfg.strict_suffix, strict_context=cfg.strict_context,
-                          observer=CompletionObserver(tokens=metrics.tokens.inc, retry=metrics.retries.inc))
-    app.config["repotune.router"] = router
-    app.config["repotune.triton"] = triton
-    app.config["repotune.completer"] = completer
+    models = ModelSet(cfg, metrics.observer)
+    default = models.completer(cfg.model_name)
+    app.config["repotune.models"] = models
+    app.config["repotune.router"] = default.router  # the default model's, as before several models
+    app.config["repotune.triton"] = models.triton(cfg.model_name)
+    app.config["repotune.completer"] = default
     telemetry = _telemetry(cfg, metrics)
     app.config["repotune.telemetry"] = telemetry
     _error_handlers(app, cfg)
-    completion_routes(app, cfg, completer, metrics, telemetry)
-    _info_routes(app, cfg, router, triton, metrics)
+    completion_routes(app, cfg, models, metrics, telemetry)
+    _info_routes(app, cfg, models, metrics)
+    app.wsgi_app = _ModelPrefix(app.wsgi_app)
     return app
+
+
+MODEL_PREFIX = "/m/"
+"""``/m/<model>/<any route>`` is ``<any route>`` on that model: a base URL that picks the model for
+clients whose requests carry no model name (Tabby, llama.cpp)."""
+MODEL_ENVIRON = "repotune.model"
+
+
+class _ModelPrefix:
+    """WSGI middleware: moves ``/m/<model>`` from the path into the environ (``repotune.model``)."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    def __call__(self, environ, start_response):
+        path = environ.get("PATH_INFO", "")
+        if path.startswith(MODEL_PREFIX):
+            name, slash, rest = path[len(MODEL_PREFIX):].partition("/")
+            if name and slash:
+                environ[MODEL_ENVIRON] = name
+                environ["SCRIPT_NAME"] = environ.get("SCRIPT_NAME", "") + MODEL_PREFIX + name
+                environ["PATH_INFO"] = "/" + rest
+        return self.app(environ, start_response)
 
 
 def _telemetry(cfg: ProxyConfig, metrics: _Metrics):
@@ -156,16 +199,18 @@ def error_response(err: ApiError):
     return resp
 
 
-def authorize(cfg: ProxyConfig) -> None:
-    """401 unless the request presents one of ``cfg.api_keys`` or a live token minted from one."""
+def authorize(cfg: ProxyConfig) -> ApiKey | None:
+    """The caller's key and its models; 401 unless the request presents one of ``cfg.api_keys``
+    or a live token minted from one. ``None`` when the proxy has no keys (every model is open)."""
     from flask import request
 
     if not cfg.api_keys:
-        return
-    presented = presented_credential(request.headers.get("Authorization", ""))
-    if not presented or not (key_matches(presented, cfg.api_keys) or token_valid(presented, cfg.api_keys)):
+        return None
+    key = authenticate(presented_credential(request.headers.get("Authorization", "")), cfg.api_keys)
+    if key is None:
         raise ApiError(401, "missing or invalid API key: send `Authorization: Bearer <key>`",
                        code="invalid_api_key")
+    return key
 
 
 def _error_handlers(app, cfg: ProxyConfig) -> None:
@@ -204,26 +249,23 @@ def _too_large(cfg: ProxyConfig) -> ApiError:
                          "send less context", code="body_too_large")
 
 
-def _info_routes(app, cfg: ProxyConfig, router: VersionRouter, triton: TritonClient, metrics: _Metrics) -> None:
+def _info_routes(app, cfg: ProxyConfig, models: ModelSet, metrics: _Metrics) -> None:
     from flask import Response, jsonify, request
     from prometheus_client import generate_latest
     from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
     @app.get("/v1/models")
-    def models():
-        authorize(cfg)
-        try:
-            version = router.version()
-        except ApiError:
-            version = None
-        data = [{"id": cfg.model_name, "object": "model", "created": 0, "owned_by": "repotune",
-                 "version": version}]
+    def list_models():
+        key = authorize(cfg)
+        data = [{"id": name, "object": "model", "created": 0, "owned_by": "repotune",
+                 "version": models.version(name)} for name in _listed(models, key)]
         return jsonify({"object": "list", "data": data})
 
     @app.get("/v1/engines")
     def engines():
-        authorize(cfg)
-        return jsonify({"object": "list", "data": [{"id": cfg.model_name, "object": "engine", "ready": True}]})
+        key = authorize(cfg)
+        return jsonify({"object": "list", "data": [{"id": name, "object": "engine", "ready": True}
+                                                   for name in _listed(models, key)]})
 
     @app.get("/copilot_internal/v2/token")
     def copilot_token():
@@ -232,17 +274,20 @@ def _info_routes(app, cfg: ProxyConfig, router: VersionRouter, triton: TritonCli
             return jsonify({"token": "repotune", "expires_at": int(time.time()) + cfg.token_ttl_s,
                             "refresh_in": cfg.token_ttl_s // 2})
         presented = presented_credential(request.headers.get("Authorization", ""))
-        if not presented or not key_matches(presented, cfg.api_keys):
+        key = matching_key(presented, cfg.api_keys) if presented else None
+        if key is None:
             raise ApiError(401, "a token is handed out only for a valid API key: send "
                                 "`Authorization: token <key>` (or `Bearer <key>`)", code="invalid_api_key")
-        token, expires = mint_token(presented, cfg.token_ttl_s)
+        token, expires = mint_token(key, cfg.token_ttl_s)  # carries the key's models, signed
         return jsonify({"token": token, "expires_at": expires, "refresh_in": cfg.token_ttl_s // 2})
 
     @app.get("/healthz")
     def healthz():
+        # Unauthenticated: it speaks of the default model only and names no other.
+        triton = models.triton(cfg.model_name)
         live = triton.live()
         try:
-            version = router.version()
+            version = models.router(cfg.model_name).version()
             ready = live and triton.model_ready(version)
         except ApiError:
             version, ready = None, False
@@ -253,3 +298,12 @@ def _info_routes(app, cfg: ProxyConfig, router: VersionRouter, triton: TritonCli
     @app.get("/metrics")
     def metrics_page():
         return Response(generate_latest(metrics.registry), mimetype=CONTENT_TYPE_LATEST)
+
+
+def _listed(models: ModelSet, key: ApiKey | None) -> list[str]:
+    """The models a caller sees: those its key may use (``/m/<model>`` narrows it to that one)."""
+    from flask import request
+
+    visible = models.visible(key)
+    pinned = request.environ.get(MODEL_ENVIRON)
+    return [n for n in visible if n == pinned] if pinned else visible

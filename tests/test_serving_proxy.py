@@ -69,13 +69,13 @@ def test_openai_sdk_streaming_matches_plain_greedy_text(proxy_url: str) -> None:
 
 def test_raw_sse_ends_with_done_and_stream_false_is_json(proxy_url: str) -> None:
     body = {"prompt": "import os\n", "max_tokens": 4, "temperature": 0}
-    streamed = requests.post(f"{proxy_url}/v1/engines/codegen/completions", json={**body, "stream": True},
+    streamed = requests.post(f"{proxy_url}/v1/engines/{MODEL}/completions", json={**body, "stream": True},
                              timeout=30)
     assert streamed.headers["content-type"].startswith("text/event-stream")
     events = [line for line in streamed.text.split("\n\n") if line]
     assert events[-1] == "data: [DONE]"
     assert all(e.startswith("data: ") for e in events)
-    plain = requests.post(f"{proxy_url}/v1/engines/codegen/completions", json={**body, "stream": False},
+    plain = requests.post(f"{proxy_url}/v1/engines/{MODEL}/completions", json={**body, "stream": False},
                           timeout=30)
     assert plain.headers["content-type"].startswith("application/json")
     assert plain.json()["choices"][0]["text"] == "".join(

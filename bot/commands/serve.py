@@ -53,7 +53,8 @@ def _stop_on_sigterm() -> None:
 @home_option
 @triton_url_option
 @click.option("--model", "model_name", default=None,
-              help="Triton model name (and the engine name editors send). Default: serving.model_name.")
+              help="The default model (what requests naming no model get; every deployed model is served). "
+                   "Default: serving.model_name.")
 @click.option("--host", default=None, help="Address the proxy listens on. Default: serving.proxy_host.")
 @click.option("--port", type=int, default=None, help="Port the proxy listens on. Default: serving.proxy_port.")
 @click.option("--timeout", "timeout_s", type=float, default=None,
@@ -106,15 +107,18 @@ def serve_command(config_path, home, triton_url, model_name, host, port, timeout
                        err=True)
         app = create_proxy_app(proxy_config(settings, triton_url=triton_url, model_name=model_name,
                                             timeout_s=timeout_s))
+        others = app.config["repotune.models"].names()[1:]
+        for other in others:  # every served model is loaded, not only the default (embedded Triton)
+            ModelRepository(root, other, triton_url).ensure_loaded()
         if get_path:
-            resp = app.test_client().get(get_path, headers=(
-                {"Authorization": f"Bearer {keys[0]}"} if keys else {}))
+            resp = app.test_client().get(get_path, headers=_first_key_header(keys))
             click.echo(resp.get_data(as_text=True))
             if resp.status_code != 200:
                 raise click.ClickException(f"GET {get_path} answered {resp.status_code}")
             return
         http = HttpServer(app, host, port, http_limits(settings), name="proxy").bind()
-        click.echo(f"completions on {http.url}/v1 (model {model_name!r}, version {version}, "
+        served = f", also serving {', '.join(others)}" if others else ""
+        click.echo(f"completions on {http.url}/v1 (model {model_name!r}, version {version}{served}, "
                    f"{'API keys required' if keys else 'no API keys'})", err=True)
         http.serve_forever()
     except KeyboardInterrupt:
@@ -123,6 +127,15 @@ def serve_command(config_path, home, triton_url, model_name, host, port, timeout
         if server is not None:
             (root / URL_FILE).unlink(missing_ok=True)
             server.stop()
+
+
+def _first_key_header(keys) -> dict[str, str]:
+    """``--get``'s credentials: the first key that may use every model, else the first key."""
+    if not keys:
+        return {}
+    secrets = [(getattr(k, "secret", k), getattr(k, "models", None)) for k in keys]
+    secret = next((s for s, models in secrets if models is None), secrets[0][0])
+    return {"Authorization": f"Bearer {secret}"}
 
 
 @click.command("deploy")
