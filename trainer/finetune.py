@@ -120,6 +120,19 @@ class FinetuneConfig:
     (CodeGen) trains left to right whatever this says, and train.json records fim_rate 0."""
     spm_rate: float = 0.5
     """Share of FIM examples in suffix-prefix-middle order (families trained with PSM only ignore it)."""
+    method: str = "full"
+    """``full`` (every weight, DeepSpeed) or ``lora`` (a small adapter over a frozen base, plain PyTorch, no
+    DeepSpeed; the output folder is an adapter that names its base by digest). LoRA learns best with a
+    higher learning_rate than full training, about 1e-4 to 3e-4 (docs/training.md)."""
+    lora_r: int = 16
+    """LoRA rank: width of the low-rank update per targeted layer (adapter size grows linearly with it)."""
+    lora_alpha: int = 32
+    """LoRA scaling numerator: the update is multiplied by lora_alpha / lora_r (2 at the defaults)."""
+    lora_dropout: float = 0.05
+    """Dropout on the LoRA branch's input during training, in [0, 1)."""
+    lora_target_modules: list[str] = field(default_factory=list)
+    """Module names LoRA wraps (e.g. q_proj, v_proj); empty: the architecture's attention and MLP projections
+    (trainer.lora.DEFAULT_TARGET_MODULES)."""
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FinetuneConfig:
@@ -163,7 +176,9 @@ class FinetuneConfig:
             found.append(f"family={self.family!r}: use one of {', '.join(FAMILIES)} (or leave it unset: detected)")
         found += [f"{n}={getattr(self, n)}: must be between 0 and 1" for n in ("fim_rate", "spm_rate")
                   if not 0.0 <= getattr(self, n) <= 1.0]
-        return found
+        from trainer.lora import lora_problems
+
+        return found + lora_problems(self)
 
 
 @dataclass
@@ -270,12 +285,17 @@ def train(cfg: FinetuneConfig, progress: ProgressFn | None = None) -> TrainResul
     """Fine-tune ``cfg.base`` on the corpus shards; resume if ``output_dir`` holds a checkpoint.
 
     Runs in this process as one rank (or as one of the ranks the launcher started). Returns
-    the :class:`TrainResult` and writes ``output_dir/train.json`` on rank 0.
+    the :class:`TrainResult` and writes ``output_dir/train.json`` on rank 0. ``method="lora"``
+    goes to :func:`trainer.lora.train_lora` (same data and progress, no DeepSpeed, an adapter out).
     """
     started = time.perf_counter()
     problems = cfg.problems()
     if problems:
         raise FinetuneError("cannot start fine-tuning:\n  - " + "\n  - ".join(problems))
+    if cfg.method == "lora":
+        from trainer.lora import train_lora
+
+        return train_lora(cfg, progress, started)
 
     import torch
 

@@ -57,16 +57,26 @@ def _corpus_files(home: Path, name: str) -> tuple[list[Path], list[Path]]:
               help="Seconds a rank waits for a silent peer before the run fails.")
 @click.option("--env", "env_pairs", multiple=True, metavar="KEY=VALUE",
               help="Extra environment for the ranks (NCCL_DEBUG=INFO, NCCL_SHM_DISABLE=1 …).")
+@click.option("--method", type=click.Choice(["full", "lora"]), default="full", show_default=True,
+              help="full: every weight (DeepSpeed); lora: a small adapter over the frozen base (no DeepSpeed).")
+@click.option("--lora-r", type=int, default=16, show_default=True, help="LoRA rank (--method lora).")
+@click.option("--lora-alpha", type=int, default=32, show_default=True, help="LoRA scale numerator (alpha / r).")
+@click.option("--lora-dropout", type=float, default=0.05, show_default=True, help="Dropout on the LoRA branch.")
+@click.option("--lora-target", "lora_targets", multiple=True, metavar="MODULE",
+              help="Module LoRA wraps (repeat); none: the architecture's attention and MLP projections.")
 @home_option
 def train_cmd(corpus_name: str, base: str, out_dir: Path, deepspeed: str, max_steps: int, epochs: float,
               block_size: int, learning_rate: float, per_device_batch: int, grad_accum: int, precision: str,
               eval_every: int, save_every: int, gpus: int | None, include: str | None, hostfile: Path | None,
               num_nodes: int, node_rank: int | None, master_addr: str | None, master_port: int | None,
-              dist_timeout_s: int, env_pairs: tuple[str, ...], home: Path | None) -> None:
+              dist_timeout_s: int, env_pairs: tuple[str, ...], method: str, lora_r: int, lora_alpha: int,
+              lora_dropout: float, lora_targets: tuple[str, ...], home: Path | None) -> None:
     """Fine-tune BASE on a corpus; in-process on CPU, or through the deepspeed launcher with
     --gpus/--include/--hostfile/--num-nodes. Rerunning with the same --out resumes from the last
     checkpoint. Multi-node without ssh: run the same command on every node with its own
-    --node-rank and the same --master-addr/--master-port (docs/operations.md)."""
+    --node-rank and the same --master-addr/--master-port (docs/operations.md). With --method lora
+    the output folder is an adapter (docs/training.md); `repotune model export-merged` makes it a
+    full checkpoint."""
     from trainer.finetune import FinetuneConfig, launch, train
 
     home_dir = resolve_home(home)
@@ -84,6 +94,8 @@ def train_cmd(corpus_name: str, base: str, out_dir: Path, deepspeed: str, max_st
         precision=precision, deepspeed=deepspeed, eval_every=eval_every, save_every=save_every,
         cache_dir=str(home_dir / "corpus" / corpus_name / "tokenized"), num_nodes=num_nodes,
         node_rank=node_rank, master_addr=master_addr, master_port=master_port, dist_timeout_s=dist_timeout_s,
+        method=method, lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
+        lora_target_modules=list(lora_targets),
     )
     launcher = gpus is not None or include is not None or hostfile is not None or num_nodes > 1 \
         or node_rank is not None
@@ -101,7 +113,7 @@ def train_cmd(corpus_name: str, base: str, out_dir: Path, deepspeed: str, max_st
     click.echo(f"trained {result.steps} steps ({result.tokens:,} tokens) in {result.wall_time_s:.1f}s, "
                f"{result.tokens_per_s:,.0f} tokens/s; held-out loss {first}{heldout}; "
                f"peak memory {result.peak_memory_bytes / 2**20:,.0f} MiB{resumed}")
-    click.echo(f"checkpoint: {result.checkpoint}")
+    click.echo(f"{'adapter' if method == 'lora' else 'checkpoint'}: {result.checkpoint}")
 
 
 def _family_choices() -> list[str]:
@@ -113,7 +125,7 @@ def _family_choices() -> list[str]:
 
 @click.group("model")
 def model() -> None:
-    """Base models: bootstrap an offline tiny model (CodeGen or a FIM family)."""
+    """Models: bootstrap an offline tiny base (CodeGen or a FIM family); merge a LoRA adapter."""
 
 
 @model.command("init-tiny")
@@ -136,6 +148,20 @@ def init_tiny_cmd(corpus_name: str, out_dir: Path, vocab_size: int, n_positions:
     path = init_tiny((r["text"] for r in read_records(train_files)), out_dir,
                      TinyModelConfig(vocab_size=vocab_size, n_positions=n_positions), family=family)
     click.echo(f"tiny {family} model written to {path} (use it as --base)")
+
+
+@model.command("export-merged")
+@click.argument("adapter", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--base", type=click.Path(file_okay=False, exists=True, path_type=Path), default=None,
+              help="The base's folder if it moved since training (its digest must still match).")
+def export_merged_cmd(adapter: Path, out: Path, base: Path | None) -> None:
+    """Fold a LoRA ADAPTER into its base and write a full checkpoint to OUT (a new folder), for
+    backends that cannot apply adapters (FasterTransformer). The base is checked by digest first."""
+    from trainer.lora import merge_adapter
+
+    path = merge_adapter(adapter, out, base=base)
+    click.echo(f"merged checkpoint written to {path}")
 
 
 COMMANDS = [train_cmd, model]

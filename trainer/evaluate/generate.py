@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from families import Family, FamilyError, build_fim_prompt, detect_family, get_family, stop_tokens
+from families.adapters import MANIFEST, AdapterError, is_adapter, read_manifest
 from trainer.errors import EvaluationError
 from trainer.evaluate.config import EvalConfig
 from trainer.evaluate.tasks import FIM_TASK_KINDS, Task, truncate_left, truncate_right
@@ -75,17 +76,24 @@ def resolve_device(device: str) -> str:
 
 
 def load_model(ref: str | Path | LoadedModel, device: str = "auto") -> LoadedModel:
-    """Load an HF causal-LM checkpoint folder (weights + tokenizer) in fp32 for evaluation."""
+    """Load an HF causal-LM checkpoint folder (weights + tokenizer) in fp32 for evaluation.
+
+    An adapter folder (:func:`families.adapters.is_adapter`) loads its base, checked by digest,
+    with the adapter merged in memory (evaluation then runs at the base's speed) and the
+    tokenizer saved with the adapter; a base that changed since training is an EvaluationError.
+    """
     if isinstance(ref, LoadedModel):
         return ref
+    path = Path(ref)
+    if is_adapter(path):
+        return _load_adapter(path, device)
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path = Path(ref)
     if not (path / "config.json").is_file():
         raise EvaluationError(
-            f"no model checkpoint at {path} (looked for {path / 'config.json'}); pass the folder "
-            "a fine-tuning run wrote (runs/<id>/checkpoint) or a base model saved with save_pretrained")
+            f"no model checkpoint at {path} (looked for {path / 'config.json'} or {path / MANIFEST}); pass "
+            "the folder a fine-tuning run wrote (runs/<id>/checkpoint) or a base model saved with save_pretrained")
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
@@ -96,6 +104,28 @@ def load_model(ref: str | Path | LoadedModel, device: str = "auto") -> LoadedMod
     chosen = resolve_device(device)
     model.to(chosen).eval()
     return LoadedModel(model=model, tokenizer=tokenizer, name=str(path), device=chosen)
+
+
+def _load_adapter(path: Path, device: str) -> LoadedModel:
+    """An adapter folder as a LoadedModel: base + adapter merged, the family its manifest records."""
+    from trainer.lora import load_adapted
+
+    chosen = resolve_device(device)
+    try:
+        manifest = read_manifest(path)
+        model, tokenizer = load_adapted(path, device=chosen)
+    except AdapterError as exc:
+        raise EvaluationError(f"cannot evaluate adapter {path}: {exc}") from exc
+    except (OSError, ValueError) as exc:
+        raise EvaluationError(f"could not load adapter {path} (peft files, tokenizer or base): {exc}") from exc
+    tokenizer.model_max_length = 1 << 40
+    family = None
+    if manifest.family:
+        try:
+            family = get_family(manifest.family)
+        except FamilyError:
+            family = None  # an unknown recorded family: detect it from the model like any checkpoint
+    return LoadedModel(model=model, tokenizer=tokenizer, name=str(path), device=chosen, family=family)
 
 
 def model_family(lm: LoadedModel, explicit: str | None = None) -> Family | None:
