@@ -129,3 +129,19 @@ def test_cli_convert_and_deploy_refusal_on_cpu_triton(qwen: Path, tmp_path: Path
     assert [(v["version"], v["serving"], bool(v["failed"])) for v in versions] == [(1, False, True)]
     published = (home / "triton").resolve() / "vllm-coder" / "1"
     assert json.loads((published / "model.json").read_text())["model"] == str(published / "model")
+
+
+def test_deploy_refuses_to_switch_a_serving_model_to_vllm(qwen: Path, tmp_path: Path, triton_server) -> None:
+    runner = CliRunner()
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "triton").symlink_to(triton_server.model_repository, target_is_directory=True)
+    common = ["--home", str(home), "--model", "mixed", "--triton-url", triton_server.url]
+    first = runner.invoke(cli, ["deploy", str(qwen), *common])
+    assert first.exit_code == 0, first.output
+    second = runner.invoke(cli, ["deploy", str(qwen), "--backend", "vllm", *common])
+    assert second.exit_code == 1
+    assert "one Triton model has one backend" in second.output and "new --model name" in second.output
+    versions = json.loads(runner.invoke(cli, ["models", "--home", str(home), "--model", "mixed",
+                                              "--json"]).output)
+    assert [(v["version"], v["serving"], v["backend"]) for v in versions] == [(1, True, "python")]
