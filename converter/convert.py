@@ -19,7 +19,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -27,9 +27,13 @@ from typing import Any, Literal
 from converter._checkpoint import TensorReader, copy_tokenizer, read_config, token_ids, weight_files
 from converter.errors import CheckpointError, ConversionError
 from converter.triton_config import Schema, fastertransformer_config, python_backend_config
+from converter.vllm import VERSION_DIR, VllmOptions
 from durable import fsync_dir, fsync_tree, write_json_atomic
 
-Backend = Literal["python", "fastertransformer"]
+Backend = Literal["python", "fastertransformer", "vllm"]
+BACKENDS: tuple[str, ...] = ("python", "fastertransformer", "vllm")
+VLLM_DTYPE = {"auto": "auto", "fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+"""``dtype`` names RepoTune takes → vLLM's ``dtype`` engine argument."""
 ProgressFn = Callable[[dict[str, Any]], None]
 
 ARTIFACT_FILE = "artifact.json"
@@ -84,6 +88,8 @@ def convert(
     max_batch_size: int | None = None,
     model_mount: str = "/model",
     mp: int | None = None,
+    adapters: Sequence[tuple[str, Path]] = (),
+    vllm_options: VllmOptions | None = None,
 ) -> ConvertResult:
     """Turn the checkpoint ``src`` into the artifact folder ``out``.
 
@@ -95,18 +101,16 @@ def convert(
     model. ``schema`` picks the FasterTransformer backend's config format (``v1.1`` or
     ``v1.2``); the v1.1 loader reads fp32 files only, so there ``dtype="fp16"`` keeps fp32
     files and sets ``is_half``. ``mp`` overrides the inferred qkv block count.
-    ``out`` must not exist or be empty.
+    ``to="vllm"`` writes a Triton model folder for Triton's vLLM backend (GPU only; see
+    :mod:`converter.vllm`): the checkpoint, ``model.json`` engine arguments (``dtype`` also
+    ``bf16`` or ``auto``; ``gpus`` is the tensor-parallel size; ``vllm_options`` overrides all
+    of them) and, with ``adapters`` (``(name, folder)`` pairs trained on ``src``), the adapters
+    and ``multi_lora.json``. ``out`` must not exist or be empty.
     """
     started = time.perf_counter()
     src = Path(src).expanduser().resolve()
     out = Path(out).expanduser().absolute()
-    if to not in ("python", "fastertransformer"):
-        raise ConversionError(f"unknown target {to!r}: use 'python' or 'fastertransformer'")
-    if dtype not in ("fp32", "fp16"):
-        raise ConversionError(f"unknown dtype {dtype!r}: use 'fp32' or 'fp16'")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ConversionError(f"{out} already exists and is not empty; choose a new --out folder "
-                              "(artifacts are never overwritten in place)")
+    _check_request(to, dtype, bool(adapters), out)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
@@ -114,6 +118,10 @@ def convert(
             meta, report = _to_python(src, staging, model_name=model_name, verify=verify,
                                       max_batch_size=max_batch_size or 8, progress=progress)
             tp = 1
+        elif to == "vllm":
+            options = vllm_options or VllmOptions(dtype=VLLM_DTYPE[dtype], tensor_parallel=gpus,
+                                                  model_mount=model_mount)
+            meta, report, tp = _to_vllm(src, staging, model_name, options, adapters), None, options.tensor_parallel
         else:
             meta, report = _to_fastertransformer(
                 src, staging, gpus=gpus, dtype=dtype, model_name=model_name, verify=verify,
@@ -124,6 +132,8 @@ def convert(
                     dtype=dtype, verified=bool(report), created=time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                                                               time.gmtime()))
         write_json_atomic(staging / ARTIFACT_FILE, meta)
+        if to == "vllm":  # the version folder is itself a publishable artifact
+            write_json_atomic(staging / VERSION_DIR / ARTIFACT_FILE, meta)
         files = sorted(str(p.relative_to(staging)) for p in staging.rglob("*") if p.is_file())
         fsync_tree(staging)  # every converted file durable before the folder appears under its name
         if out.exists():
@@ -138,6 +148,21 @@ def convert(
         tensor_parallel=tp, dtype=dtype, source=str(src),
         duration_s=round(time.perf_counter() - started, 3),
         verify=report.as_dict() if report else None, files=files)
+
+
+def _check_request(to: str, dtype: str, adapters: bool, out: Path) -> None:
+    """Refuse a target, dtype or adapter request the target cannot honour, and a used ``out``."""
+    if to not in BACKENDS:
+        raise ConversionError(f"unknown target {to!r}: use one of {', '.join(BACKENDS)}")
+    dtypes = tuple(VLLM_DTYPE) if to == "vllm" else ("fp32", "fp16")
+    if dtype not in dtypes:
+        raise ConversionError(f"unknown dtype {dtype!r} for {to}: use one of {', '.join(dtypes)}")
+    if adapters and to != "vllm":
+        raise ConversionError(f"adapters are served by the vllm target only; for {to}, merge the adapter "
+                              "into a full checkpoint first (trainer.lora.merge_adapter)")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ConversionError(f"{out} already exists and is not empty; choose a new --out folder "
+                              "(artifacts are never overwritten in place)")
 
 
 def read_artifact(path: str | Path) -> dict[str, Any]:
@@ -252,6 +277,20 @@ def _to_python(src: Path, staging: Path, *, model_name: str, verify: bool, max_b
     return meta, report
 
 
+# ---------------------------------------------------------------- vLLM (GPU)
+
+def _to_vllm(src: Path, staging: Path, model_name: str, options: VllmOptions,
+             adapters: Sequence[tuple[str, Path]]) -> dict[str, Any]:
+    """The Triton model folder for the vLLM backend, re-checked against its documented format
+    (no numerical verification: vLLM runs on GPUs only)."""
+    from converter.vllm import check_vllm_model, write_vllm_model
+
+    meta = write_vllm_model(src, staging, model_name=model_name, options=options,
+                            adapters=[(n, Path(p).resolve()) for n, p in adapters])
+    check_vllm_model(staging)
+    return meta
+
+
 # ---------------------------------------------------------------- FasterTransformer
 
 def _to_fastertransformer(src: Path, staging: Path, *, gpus: int, dtype: str, model_name: str,
@@ -315,6 +354,11 @@ def check_artifact(path: str | Path) -> dict[str, Any]:
 
     path = Path(path)
     meta = read_artifact(path)
+    if meta["backend"] == "vllm":
+        from converter.vllm import check_vllm_model
+
+        check_vllm_model(path)
+        return meta
     pbtxt = (path / "config.pbtxt").read_text(encoding="utf-8")
     parse_model_config(pbtxt)
     if meta["backend"] == "fastertransformer":

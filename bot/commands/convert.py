@@ -2,6 +2,7 @@
 
     repotune convert <hf-ckpt> --to fastertransformer --gpus 2 --out <artifact> [--dtype fp16]
     repotune convert <hf-ckpt> --to python --out <artifact>
+    repotune convert <hf-ckpt> --to vllm --out <model-folder> [--adapter NAME=DIR ...]
     repotune convert verify <N-gpu dir or artifact> --reference <hf-ckpt>
     repotune convert check <artifact>
 
@@ -48,14 +49,15 @@ def convert_group() -> None:
 
 @convert_group.command("checkpoint", hidden=True)
 @click.argument("checkpoint", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--to", "to", type=click.Choice(["python", "fastertransformer"]), default="python",
-              show_default=True, help="Serving backend the artifact is for.")
+@click.option("--to", "to", type=click.Choice(["python", "fastertransformer", "vllm"]), default="python",
+              show_default=True, help="Serving backend the artifact is for (vllm: Triton's vLLM backend, GPU).")
 @click.option("--out", required=True, type=click.Path(path_type=Path),
               help="Artifact folder to create (must not exist or be empty).")
 @click.option("--gpus", default=1, show_default=True, type=click.IntRange(1, 64),
               help="FasterTransformer tensor-parallel ranks.")
-@click.option("--dtype", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
-              help="Inference precision (with --schema v1.1 weights stay fp32 on disk, is_half=1).")
+@click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16", "auto"]), default=None,
+              help="Inference precision; default fp32 (python, fastertransformer) or auto (vllm). "
+                   "bf16/auto: vllm only. With --schema v1.1 weights stay fp32 on disk, is_half=1.")
 @click.option("--model-name", default="codegen", show_default=True,
               help="Triton model name (the engine editors ask for).")
 @click.option("--schema", type=click.Choice(["v1.1", "v1.2"]), default="v1.1", show_default=True,
@@ -65,31 +67,65 @@ def convert_group() -> None:
 @click.option("--model-mount", default="/model", show_default=True,
               help="Where the Triton container mounts the model repository.")
 @click.option("--no-verify", is_flag=True, help="Skip the logits comparison (not recommended).")
-def convert_checkpoint(checkpoint: Path, to: str, out: Path, gpus: int, dtype: str,
+@click.option("--adapter", "adapters", multiple=True, metavar="[NAME=]DIR",
+              help="vllm: a LoRA adapter trained on CHECKPOINT, served by NAME (default: the folder "
+                   "name). Repeat for several.")
+@click.option("--gpu-memory-utilization", type=click.FloatRange(0.05, 1.0), default=0.9, show_default=True,
+              help="vllm: share of GPU memory the engine takes.")
+@click.option("--max-model-len", type=click.IntRange(1), default=None,
+              help="vllm: context length. Default: the checkpoint's max_position_embeddings.")
+def convert_checkpoint(checkpoint: Path, to: str, out: Path, gpus: int, dtype: str | None,
                        model_name: str, schema: str, mp: int | None, model_mount: str,
-                       no_verify: bool) -> None:
+                       no_verify: bool, adapters: tuple[str, ...], gpu_memory_utilization: float,
+                       max_model_len: int | None) -> None:
     """Convert the Hugging Face CodeGen CHECKPOINT into a servable artifact.
 
     `--to fastertransformer` does CodeGen → GPT-J → FasterTransformer for --gpus ranks, writes
     config.pbtxt (vocab size from the converted tensors) and the tokenizer, then compares
     logits of an independent NumPy forward pass over the written files with the checkpoint.
     `--to python` packages the checkpoint for RepoTune's Triton python-backend model.
+    `--to vllm` writes a Triton model folder for Triton's vLLM backend (config.pbtxt,
+    1/model.json, 1/multi_lora.json with --adapter); it needs a GPU Triton to serve.
     """
     from converter import convert
+    from converter.convert import VLLM_DTYPE
+    from converter.vllm import VllmOptions
 
+    if adapters and to != "vllm":
+        raise click.UsageError("--adapter needs --to vllm (other backends serve merged checkpoints)")
+    dtype = dtype or ("auto" if to == "vllm" else "fp32")
+    options = None
+    if to == "vllm":
+        options = VllmOptions(dtype=VLLM_DTYPE.get(dtype, dtype), gpu_memory_utilization=gpu_memory_utilization,
+                              tensor_parallel=gpus, max_model_len=max_model_len, model_mount=model_mount)
     with progress_bar("convert") as progress:
         result = convert(checkpoint, out, to=to, gpus=gpus, dtype=dtype,
                          model_name=model_name, verify=not no_verify, progress=progress,
-                         schema=schema, mp=mp, model_mount=model_mount)
+                         schema=schema, mp=mp, model_mount=model_mount,
+                         adapters=[parse_adapter(a) for a in adapters], vllm_options=options)
     click.echo(f"artifact: {result.artifact}")
+    if to == "vllm":
+        meta = json.loads((result.artifact / "artifact.json").read_text(encoding="utf-8"))
+        click.echo(f"adapters: {', '.join(meta['adapters']) or 'none'}  max_model_len: {meta['max_model_len']}")
     click.echo(f"backend: {result.backend}  tensor_parallel: {result.tensor_parallel}  "
                f"vocab_size: {result.vocab_size}  time: {result.duration_s:.1f}s")
     if result.verify:
         diffs = ", ".join(f"{d:.2e}" for d in result.verify["max_abs_diff"])
         click.echo(f"verified: max |Δ logit| per input [{diffs}] "
                    f"(tolerance {result.verify['tolerance']:.2e})")
+    elif to == "vllm":
+        click.echo("files checked against the vLLM backend's format; not run (vLLM needs a GPU)")
     else:
         click.echo("verification skipped")
+
+
+def parse_adapter(value: str) -> tuple[str, Path]:
+    """``NAME=DIR`` or ``DIR`` (named after its folder) → ``(name, folder)``."""
+    name, sep, folder = value.partition("=")
+    path = Path(folder if sep else value).expanduser()
+    if not path.is_dir():
+        raise click.BadParameter(f"{path} is not a folder", param_hint="--adapter")
+    return (name if sep else path.resolve().name), path
 
 
 @convert_group.command("verify")

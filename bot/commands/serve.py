@@ -19,6 +19,9 @@ URL_FILE = "triton.url"
 triton_url_option = click.option(
     "--triton-url", default=None,
     help="host:port of a running Triton's HTTP endpoint. Default: the one `repotune serve` started.")
+NO_VLLM_BACKEND = "backend 'vllm'"
+"""In Triton's load error when no vllm backend is installed ("unable to find backend library for
+backend 'vllm'"; tritonserver 2.51, the embedded CPU server)."""
 model_option = click.option("--model", "model_name", default="codegen", show_default=True,
                             help="Triton model name (and the engine name editors send).")
 
@@ -143,27 +146,80 @@ def _first_key_header(keys) -> dict[str, str]:
 @home_option
 @triton_url_option
 @model_option
-@click.option("--backend", type=click.Choice(["python", "fastertransformer"]), default="python",
-              show_default=True, help="python: HF checkpoint on CPU/GPU; fastertransformer: FT GPT-J on GPUs.")
-@click.option("--gpus", default=1, show_default=True, help="Tensor-parallel ranks (FasterTransformer).")
+@click.option("--backend", type=click.Choice(["python", "fastertransformer", "vllm"]), default="python",
+              show_default=True, help="python: HF checkpoint on CPU/GPU; fastertransformer: FT GPT-J on GPUs; "
+                                      "vllm: Triton's vLLM backend on GPUs.")
+@click.option("--gpus", default=1, show_default=True, help="Tensor-parallel ranks (FasterTransformer, vLLM).")
+@click.option("--adapter", "adapters", multiple=True, metavar="[NAME=]DIR",
+              help="vllm: a LoRA adapter trained on CHECKPOINT, served by NAME. Repeat for several.")
+@click.option("--model-mount", default=None,
+              help="vllm: the path at which Triton sees the model repository. Default: its path here "
+                   "(--home's triton/), right for a Triton on this machine.")
 @click.option("--publish-only", is_flag=True, help="Publish the version without activating it.")
-def deploy_command(checkpoint, home, triton_url, model_name, backend, gpus, publish_only) -> None:
+def deploy_command(checkpoint, home, triton_url, model_name, backend, gpus, adapters, model_mount,
+                   publish_only) -> None:
     """Convert CHECKPOINT, publish it as the next version and hot-swap it in."""
     import converter
-    from serving import ModelRepository
+    from bot.commands.convert import parse_adapter
+    from serving import ModelLoadFailed, ModelRepository
 
+    if adapters and backend != "vllm":
+        raise click.UsageError("--adapter needs --backend vllm")
     root = _repo_root(home)
     out = resolve_home(home) / "artifacts" / f"{model_name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     url = None if publish_only else _find_triton(root, triton_url)
+    repo = ModelRepository(root, model_name, url)
+    _check_same_backend(repo, backend)
     with progress_bar("deploy") as progress:
         result = converter.convert(checkpoint, out, to=backend, gpus=gpus, model_name=model_name,
-                                   progress=progress)
-        repo = ModelRepository(root, model_name, url)
-        version = repo.publish(result.artifact, progress=progress)
+                                   dtype="auto" if backend == "vllm" else "fp32", progress=progress,
+                                   adapters=[parse_adapter(a) for a in adapters])
+        artifact = result.artifact
+        if backend == "vllm":
+            from converter.vllm import VERSION_DIR
+
+            artifact = artifact / VERSION_DIR  # the version folder is the publishable artifact
+        version = repo.publish(artifact, progress=progress)
+        if backend == "vllm":
+            _pin_vllm(repo, version, model_mount)
         if not publish_only:
-            repo.activate(version, progress=progress)
+            try:
+                repo.activate(version, progress=progress)
+            except ModelLoadFailed as exc:
+                if backend == "vllm" and NO_VLLM_BACKEND in str(exc):
+                    raise click.ClickException(_no_vllm_message(url, model_name, version, exc)) from exc
+                raise
     state = "published" if publish_only else "serving"
     click.echo(f"{model_name} version {version} {state}")
+
+
+def _check_same_backend(repo, backend: str) -> None:
+    """One Triton model has one backend: its config.pbtxt is shared by the warm previous version
+    and the new one during a swap, so switching backends would reload the serving version too."""
+    serving = next((v for v in repo.versions() if v["serving"]), None)
+    if serving and serving["backend"] and serving["backend"] != backend:
+        raise click.ClickException(
+            f"{repo.model_name!r} serves version {serving['version']} on the {serving['backend']} backend; "
+            f"a {backend} version cannot hot-swap with it (one Triton model has one backend). Deploy "
+            f"under a new --model name, or keep --backend {serving['backend']}.")
+
+
+def _pin_vllm(repo, version: int, model_mount: str | None) -> None:
+    """Point the new version's model.json / multi_lora.json at its own folder, before its first load."""
+    from converter.vllm import pin_version
+
+    vdir = repo.version_dir(version)
+    mount = (model_mount or str(repo.root)).rstrip("/")
+    pin_version(vdir, f"{mount}/{repo.model_name}/{version}")
+
+
+def _no_vllm_message(url: str | None, model_name: str, version: int, exc: Exception) -> str:
+    return (f"the Triton at {url} has no vllm backend, so version {version} of {model_name!r} cannot "
+            "load (it is marked failed; any version serving before keeps serving). The vLLM backend "
+            "runs on a GPU Triton: the NGC image nvcr.io/nvidia/tritonserver:<xx.yy>-vllm-python-py3 "
+            "(see docs/serving.md, \"vLLM backend (GPU)\"); pass its address with --triton-url and "
+            "the path it mounts the model repository at with --model-mount. On this machine, deploy "
+            f"with --backend python. Triton said: {exc}")
 
 
 @click.command("rollback")
