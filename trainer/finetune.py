@@ -37,9 +37,10 @@ from trainer._base_model import (
     load_model,
     load_tokenizer,
 )
+from trainer._fit import fit_model, prepare_data
 from trainer.errors import FinetuneError, TrainerError
 from trainer.launch import DIST_VARS, build_launch_command, free_port, launch, peer_lost_error
-from trainer.progress import ProgressCallback, ProgressFn, parse_progress_line, print_progress
+from trainer.progress import ProgressFn, parse_progress_line, print_progress
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 
@@ -324,34 +325,12 @@ def _train(cfg: FinetuneConfig, progress: ProgressFn | None, started: float, use
     ckpt_dir = out / "checkpoints"
     args = _training_args(cfg, ckpt_dir, use_cpu, ds_config)  # also sets up the process group
 
-    from trainer.data import prepare
-    from trainer.fim import FimSettings
-
-    # Only a FIM family gets the transform: CodeGen keeps the plain (faster) packing path.
-    fim = FimSettings(family.name, cfg.fim_rate, cfg.spm_rate, cfg.seed) if family.has_fim else None
-    cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else out / "tokenized"
-    with args.main_process_first(desc="tokenise corpus", local=False):
-        data = prepare(cfg.train_files, cfg.heldout_files, tokenizer, cache_dir, block_size,
-                       num_proc=cfg.num_proc, max_eval_blocks=cfg.max_eval_blocks, fim=fim,
-                       progress=progress if args.process_index == 0 else None)
-
+    data = prepare_data(cfg, args, tokenizer, family, block_size, progress)
     model, embedding = load_model(cfg, tokenizer)
     check_token_range(data.max_token_id, embedding["rows"])
-
-    resume = last_complete_checkpoint(ckpt_dir)
-    tokens_per_step = cfg.per_device_batch * cfg.grad_accum * args.world_size * block_size
-    reporter = ProgressCallback(progress, tokens_per_step)
-
-    from transformers import Trainer
-    from transformers.trainer_callback import PrinterCallback
-
-    trainer = Trainer(model=model, args=args, train_dataset=data.train, eval_dataset=data.heldout,
-                      data_collator=_collate, callbacks=[reporter])
-    # Our progress events replace the Trainer's printed log dicts.
-    trainer.remove_callback(PrinterCallback)
-    train_started = time.perf_counter()
-    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    train_seconds = time.perf_counter() - train_started
+    fit = fit_model(cfg, args, model, data, block_size, progress)
+    trainer, reporter, train_seconds = fit.trainer, fit.reporter, fit.train_seconds
+    resume, tokens_per_step = fit.resume, fit.tokens_per_step
 
     heldout_curve, loss_curve = _final_curves(trainer, reporter, has_heldout=data.heldout is not None)
     trainer.save_model(str(out))

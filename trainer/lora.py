@@ -150,10 +150,8 @@ def train_lora(cfg: FinetuneConfig, progress: ProgressFn | None, started: float 
     import torch
 
     from trainer._base_model import check_token_range, load_tokenizer
-    from trainer.data import prepare
-    from trainer.fim import FimSettings
-    from trainer.finetune import _collate, _training_args, last_complete_checkpoint
-    from trainer.progress import ProgressCallback
+    from trainer._fit import fit_model, prepare_data
+    from trainer.finetune import _training_args
 
     started = time.perf_counter() if started is None else started
     use_cpu = cfg.use_cpu if cfg.use_cpu is not None else not torch.cuda.is_available()
@@ -166,29 +164,15 @@ def train_lora(cfg: FinetuneConfig, progress: ProgressFn | None, started: float 
     args = _training_args(cfg, out / "checkpoints", use_cpu, None)
     args.label_names = ["labels"]  # a PeftModel's forward hides them from the Trainer's signature check
 
-    fim = FimSettings(family.name, cfg.fim_rate, cfg.spm_rate, cfg.seed) if family.has_fim else None
-    cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else out / "tokenized"
-    with args.main_process_first(desc="tokenise corpus", local=False):
-        data = prepare(cfg.train_files, cfg.heldout_files, tokenizer, cache_dir, block_size,
-                       num_proc=cfg.num_proc, max_eval_blocks=cfg.max_eval_blocks, fim=fim,
-                       progress=progress if args.process_index == 0 else None)
+    data = prepare_data(cfg, args, tokenizer, family, block_size, progress)
     model, embedding, targets = _peft_model(cfg, base, tokenizer)
     check_token_range(data.max_token_id, embedding["rows"],
                       where="the corpus (LoRA never grows the base's embedding rows)")
     trainable, total = model.get_nb_trainable_parameters()
 
-    from transformers import Trainer
-    from transformers.trainer_callback import PrinterCallback
-
-    resume = last_complete_checkpoint(out / "checkpoints")
-    tokens_per_step = cfg.per_device_batch * cfg.grad_accum * args.world_size * block_size
-    reporter = ProgressCallback(progress, tokens_per_step)
-    trainer = Trainer(model=model, args=args, train_dataset=data.train, eval_dataset=data.heldout,
-                      data_collator=_collate, callbacks=[reporter])
-    trainer.remove_callback(PrinterCallback)
-    train_started = time.perf_counter()
-    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    train_seconds = time.perf_counter() - train_started
+    fit = fit_model(cfg, args, model, data, block_size, progress)
+    trainer, reporter, train_seconds = fit.trainer, fit.reporter, fit.train_seconds
+    resume, tokens_per_step = fit.resume, fit.tokens_per_step
     extras = {"lora": {**lora_settings(cfg, targets), "trainable_params": trainable, "total_params": total},
               "base": str(base), "base_digest": base_digest}
     return _finish(cfg, trainer, reporter, data, family, base, started, train_seconds, use_cpu,
