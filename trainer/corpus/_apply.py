@@ -268,8 +268,9 @@ class CorpusUpdate:
     def _pin_heldout(self) -> None:
         """Pins: drop those of vanished/ineligible paths, add what the minimum needs."""
         conn, spec = self.conn, self.spec
-        conn.execute("DELETE FROM pins WHERE NOT EXISTS "
-                     "(SELECT 1 FROM files WHERE files.path = pins.path AND eligible=1)")
+        gone = [p for (p,) in conn.execute("DELETE FROM pins WHERE NOT EXISTS (SELECT 1 FROM files "
+                                           "WHERE files.path = pins.path AND eligible=1) RETURNING path")]
+        self._unpin(gone)
         held = conn.execute("SELECT COUNT(*) FROM (SELECT 1 FROM files WHERE split='heldout' AND eligible=1 "
                             "LIMIT ?)", (spec.heldout_min,)).fetchone()[0]
         if held >= spec.heldout_min:
@@ -284,6 +285,21 @@ class CorpusUpdate:
         conn.executemany("INSERT OR IGNORE INTO pins(path) VALUES (?)", [(p,) for p in self.pinned_now])
         conn.executemany("UPDATE files SET split='heldout', shard=? WHERE path=?",
                          [(split.shard_of(p, self.counts["heldout"]), p) for p in self.pinned_now])
+
+    def _unpin(self, paths: list[str]) -> None:
+        """A row whose pin was just dropped (its file became ineligible) takes the split its
+        path hashes to, as a full build that never saw the pin gives it."""
+        spec, moved = self.spec, []
+        for p in paths:
+            r = self.rows.get(p)
+            if r is None or r["split"] != "heldout" or split.is_heldout(spec.name, p, spec.heldout_fraction):
+                continue
+            self._snapshot(p)
+            r = dict(r)
+            r.update(split="train", shard=split.shard_of(p, self.counts["train"]))
+            self.rows.put(r)
+            moved.append((r["shard"], p))
+        self.conn.executemany("UPDATE files SET split='train', shard=? WHERE path=?", moved)
 
     def _affected(self, cross: dict[str, str]) -> set[str]:
         """Every path whose duplicate status this update can have changed."""
