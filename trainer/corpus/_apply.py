@@ -62,7 +62,8 @@ class CorpusUpdate:
     old_sigs: dict[str, bytes] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
     """Shards per split: the last update's choice until :meth:`_resize_splits` settles it."""
-    texts: dict[str, str] = field(default_factory=dict)
+    texts: dict[str, bytes] = field(default_factory=dict)
+    """path -> its scrubbed text as a JSON string literal (``shards.quote``), for the shards."""
     added: int = 0
     modified: int = 0
     deleted: int = 0
@@ -214,9 +215,9 @@ class CorpusUpdate:
             paths = sent.popleft()
             for p, fields in zip(paths, fields_list, strict=True):
                 nbytes += fields["bytes"]
-                text = fields.pop("text", None)
-                if text is not None:
-                    self.texts[p] = text
+                quoted = fields.pop("quoted", None)
+                if quoted is not None:
+                    self.texts[p] = quoted
                 by_path[p].update(fields)
             done += len(paths)
             if done - last >= 500:
@@ -412,7 +413,7 @@ class CorpusUpdate:
             want = sorted(reread)
             blobs = [self.rows.get(p)["blob"] for p in want]
             for p, (_, data) in zip(want, gitobjects.read_blobs(self.repo, blobs), strict=True):
-                self.texts[p] = process(data, self.spec)["text"]
+                self.texts[p] = process(data, self.spec)["quoted"]
 
     def _stage_shards(self) -> None:
         """Write each changed shard to a hidden temp file, fsync them together, and record the
@@ -429,7 +430,7 @@ class CorpusUpdate:
                     conn.execute("DELETE FROM shards WHERE name=?", (name,))
                     self.written.append(name)
                 continue
-            lines = [shards.encode(self.texts[p], p, self.spec.name, lang, b) if p in self.texts
+            lines = [shards.encode_quoted(self.texts[p], p, self.spec.name, lang, b) if p in self.texts
                      else self.reusable[p][1] for p, b, lang in members]
             data = shards.compress(lines)
             digest = shards.checksum(data)

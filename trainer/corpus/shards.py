@@ -57,9 +57,20 @@ def shard_name(split: str, index: int) -> str:
 def encode(text: str, path: str, repo: str, lang: str, sha: str) -> bytes:
     """One JSON line (with its newline) for a record: exactly ``json.dumps`` of the dict
     (``ensure_ascii=False``), built from the C string encoder without the generic walk."""
+    return encode_quoted(quote(text), path, repo, lang, sha)
+
+
+def quote(text: str) -> bytes:
+    """``text`` as a JSON string literal, UTF-8: the costly part of :func:`encode`, which a
+    scan worker does so the updating process only joins bytes."""
+    return _json_str(text).encode()
+
+
+def encode_quoted(quoted: bytes, path: str, repo: str, lang: str, sha: str) -> bytes:
+    """:func:`encode` of the text whose :func:`quote` is ``quoted`` (the same bytes)."""
     q = _json_str
-    return (f'{{"text": {q(text)}, "path": {q(path)}, "repo": {q(repo)}, "lang": {q(lang)}, '
-            f'"sha": {q(sha)}}}\n').encode()
+    return (b'{"text": ' + quoted
+            + f', "path": {q(path)}, "repo": {q(repo)}, "lang": {q(lang)}, "sha": {q(sha)}}}\n'.encode())
 
 
 def compress(lines: Iterable[bytes]) -> bytes:
