@@ -191,3 +191,74 @@ def test_dead_worker_fails_the_update_and_keeps_the_corpus(big_repo, tmp_path):
     assert len(killed) == 2
     assert _children_named_like_me() == set()
     assert corpus_state(home, "big") == before
+
+
+# --------------------------------------------------------------------------- the per-file work
+
+_FRAGMENTS = ["pass", "Pass", "pwd", "aws", "auth", "secret", "cred", "contrase", "token", "key", "api_key",
+              "sk-", "sk_live_", "k_test_", "xox", "xoxb-", "pypi-", "putty", "eyJ", "gh", "ghp_", "gl",
+              "glpat-", "github_pat_", "sig=", "p", "w", "h", "c", "k", "x", "g", "J", "s", "a", "=", ":", " ",
+              "\n", "'", '"', "_", "-", "0123456789abcdefABCDEF", "\u017f", "\u212a", "\u0130"]
+
+
+def test_pass_prechecks_never_skip_a_hit():
+    """A pass is skipped when its subject holds none of its ``_*_NEEDS`` literals: on random
+    mixes of the words the rules are made of, every hit of such a pass sits in a subject that
+    holds one of them (so skipping never loses a candidate)."""
+    from trainer.corpus import secrets
+
+    rng = random.Random(5)
+    checked = 0
+    for _ in range(3000):
+        text = "".join(rng.choice(_FRAGMENTS) for _ in range(rng.randint(1, 40)))
+        data = secrets._proxy(text)
+        for passes, needs, subject in ((secrets._LOW_PASSES, secrets._LOW_NEEDS, data.lower()),
+                                       (secrets._DATA_PASSES, secrets._DATA_NEEDS, data)):
+            for lead, finditer in passes:
+                if lead in needs and any(True for _ in finditer(subject)):
+                    checked += 1
+                    assert any(n in subject for n in needs[lead]), (lead, text)
+    assert checked > 500  # the mixes do reach the guarded passes
+
+
+def _signature_alone(data: bytes):
+    """The per-file MinHash as engine 4 first computed it (the oracle for the batched one)."""
+    import numpy as np
+
+    from trainer.corpus import dedupe
+
+    if len(data) < dedupe.MIN_BYTES:
+        return None
+    grams = np.ndarray(shape=(len(data) - 7,), dtype="<u8", buffer=data, offset=0, strides=(1,))
+    h = grams * dedupe._MUL
+    h ^= h >> np.uint64(31)
+    h *= dedupe._MUL2
+    h ^= h >> np.uint64(29)
+    sig = np.full(dedupe.NUM_PERM, dedupe._EMPTY, dtype=np.uint32)
+    np.minimum.at(sig, (h >> np.uint64(57)).astype(np.intp), (h & np.uint64(0xFFFFFFFF)).astype(np.uint32))
+    empty = sig == dedupe._EMPTY
+    if empty.any():
+        full, idx = np.flatnonzero(~empty), np.flatnonzero(empty)
+        sig[idx] = sig[full[np.searchsorted(full, idx) % len(full)]] ^ np.uint32(0x5BD1E995) * (
+            idx.astype(np.uint32) + 1)
+    return sig
+
+
+def test_batched_signatures_equal_one_at_a_time():
+    """Signatures of a batch (one numpy pass, bins offset per file) are each file's own, as
+    the per-file code computed them (stored signatures and dedupe decisions stay the same)."""
+    import numpy as np
+
+    from trainer.corpus import dedupe
+
+    rng = random.Random(3)
+    datas = [bytes(rng.randrange(256) for _ in range(n)) for n in (0, 7, 8, 199, 200, 201, 230, 300, 4000)]
+    datas += [b"a" * 250, b"ab" * 300, _module(rng, 1).encode(), _module(rng, 2).encode()]
+    rng.shuffle(datas)
+    batch = dedupe.signatures(datas)
+    for data, sig in zip(datas, batch, strict=True):
+        alone = _signature_alone(data)
+        assert (sig is None) == (alone is None) == (len(data) < dedupe.MIN_BYTES)
+        if sig is not None:
+            assert np.array_equal(sig, alone), len(data)
+    assert any(s is not None and len(d) < 300 for d, s in zip(datas, batch, strict=True))  # densified bins

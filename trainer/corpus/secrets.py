@@ -140,6 +140,14 @@ _DATA_PASSES = (
     _pass(b"'", r_single=_RUN + rb"'"),
     _pass(b'"', r_double=_RUN + rb'"'),
 )
+# Literals every hit of a pass contains (one of them, at least), where they are rarer than its
+# lead byte: a file holding none of them skips the pass after a few substring searches (~1 us a
+# 4 KB file) instead of the regex engine stopping at each 'p', 'w', 'h', 'c', 'k', 'x' or 'g'
+# (6-9 us). Read off the alternatives above; a pass not listed needs its lead byte only.
+_LOW_NEEDS = {b"p": (b"pass", b"pypi-", b"putty"), b"w": (b"pwd", b"aws"), b"h": (b"auth",),
+              b"c": (b"secret", b"contrase", b"cred"), b"x": (b"xox",),
+              b"k": (b"key", b"token", b"k_live_", b"k_test_", b"sk-")}
+_DATA_NEEDS = {b"g": (b"gh", b"github_pat_", b"gl", b"sig="), b"J": (b"eyJ",)}
 _HEX = set("0123456789abcdefABCDEF")
 
 
@@ -160,9 +168,12 @@ def _candidates(data: bytes, text: str) -> dict[int, bool]:
     must judge it (else only the precise rules run)."""
     found: dict[int, bool] = {}
     low = data.lower()
-    for passes, subject in ((_LOW_PASSES, low), (_DATA_PASSES, data)):
+    for passes, needs, subject in ((_LOW_PASSES, _LOW_NEEDS, low), (_DATA_PASSES, _DATA_NEEDS, data)):
         for lead, finditer in passes:
-            if lead not in subject:
+            for literal in needs.get(lead, (lead,)):
+                if literal in subject:
+                    break
+            else:
                 continue
             for m in finditer(subject):
                 kind = m.lastgroup
