@@ -15,6 +15,8 @@ computed for a whole batch of signatures in one broadcast (:func:`band_keys_many
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 NUM_PERM = 128
@@ -48,16 +50,22 @@ def signatures(datas: list[bytes]) -> list[np.ndarray | None]:
     keep = [i for i, d in enumerate(datas) if len(d) >= MIN_BYTES]
     if not keep:
         return out
-    buf = b"".join(datas[i] for i in keep)
+    buf, h, tmp, vals = _scratch(sum(len(datas[i]) for i in keep))
+    start = 0
+    for i in keep:
+        buf[start:start + len(datas[i])] = datas[i]
+        start += len(datas[i])
+    n = start - _K + 1
+    h, tmp, vals = h[:n], tmp[:n], vals[:n]
+    grams = np.ndarray(shape=(n,), dtype="<u8", buffer=buf, offset=0, strides=(1,))
     files = len(keep)
-    grams = np.ndarray(shape=(len(buf) - _K + 1,), dtype="<u8", buffer=buf, offset=0, strides=(1,))
-    h = grams * _MUL
-    tmp = h >> np.uint64(31)
+    np.multiply(grams, _MUL, out=h)
+    np.right_shift(h, np.uint64(31), out=tmp)
     h ^= tmp
     h *= _MUL2
     np.right_shift(h, np.uint64(29), out=tmp)
     h ^= tmp
-    vals = h.astype(np.uint32)  # the low 32 bits
+    np.copyto(vals, h, casting="unsafe")  # the low 32 bits
     h >>= np.uint64(57)  # top 7 bits: 128 bins
     slot = h.view(np.intp)
     start = 0
@@ -74,6 +82,20 @@ def signatures(datas: list[bytes]) -> list[np.ndarray | None]:
     for row, i in enumerate(keep):
         out[i] = sigs[row]
     return out
+
+
+_local = threading.local()
+
+
+def _scratch(nbytes: int) -> tuple[bytearray, np.ndarray, np.ndarray, np.ndarray]:
+    """This thread's reusable buffers for :func:`signatures`, at least ``nbytes`` long: fresh
+    multi-megabyte arrays per batch cost more in page faults (system time) than the hashing."""
+    have = getattr(_local, "buffers", None)
+    if have is None or len(have[0]) < nbytes:
+        size = max(nbytes, 1 << 18)
+        have = _local.buffers = (bytearray(size), np.empty(size, np.uint64), np.empty(size, np.uint64),
+                                 np.empty(size, np.uint32))
+    return have
 
 
 def _densify(sig: np.ndarray) -> None:

@@ -107,6 +107,8 @@ def glob_match(pattern: str, path: str) -> bool:
 
 def included(path: str, include: Sequence[str], exclude: Sequence[str]) -> bool:
     """Include/exclude globs: matches some include and no exclude."""
+    if not exclude and "**" in include:  # the default: "**" matches every path
+        return True
     if not any(glob_match(p, path) for p in include):
         return False
     return not any(glob_match(p, path) for p in exclude)
@@ -176,7 +178,7 @@ def path_verdict(path: str, mode: str, include: Sequence[str], exclude: Sequence
     if not included(path, include, exclude):
         return "excluded", None
     parts = path.split("/")
-    if any(p in VENDORED_DIRS for p in parts[:-1]) or attrs.get("vendored"):
+    if not VENDORED_DIRS.isdisjoint(parts[:-1]) or attrs.get("vendored"):
         return "vendored", None
     if parts[-1] in LOCK_FILES:
         return "lock-file", None

@@ -148,6 +148,10 @@ _LOW_NEEDS = {b"p": (b"pass", b"pypi-", b"putty"), b"w": (b"pwd", b"aws"), b"h":
               b"c": (b"secret", b"contrase", b"cred"), b"x": (b"xox",),
               b"k": (b"key", b"token", b"k_live_", b"k_test_", b"sk-")}
 _DATA_NEEDS = {b"g": (b"gh", b"github_pat_", b"gl", b"sig="), b"J": (b"eyJ",)}
+_SCANS = tuple((needs.get(lead, (lead,)), finditer, low)
+               for passes, needs, low in ((_LOW_PASSES, _LOW_NEEDS, True), (_DATA_PASSES, _DATA_NEEDS, False))
+               for lead, finditer in passes)
+"""Every pass as (literals one of which its subject must hold, finditer, runs on the lowercased proxy)."""
 _HEX = set("0123456789abcdefABCDEF")
 
 
@@ -168,25 +172,25 @@ def _candidates(data: bytes, text: str) -> dict[int, bool]:
     must judge it (else only the precise rules run)."""
     found: dict[int, bool] = {}
     low = data.lower()
-    for passes, needs, subject in ((_LOW_PASSES, _LOW_NEEDS, low), (_DATA_PASSES, _DATA_NEEDS, data)):
-        for lead, finditer in passes:
-            for literal in needs.get(lead, (lead,)):
-                if literal in subject:
-                    break
-            else:
+    for needs, finditer, on_low in _SCANS:
+        subject = low if on_low else data
+        for literal in needs:
+            if literal in subject:
+                break
+        else:
+            continue
+        for m in finditer(subject):
+            kind = m.lastgroup
+            if kind[0] == "c":
+                found.setdefault(data.rfind(b"\n", 0, m.start()) + 1, False)
                 continue
-            for m in finditer(subject):
-                kind = m.lastgroup
-                if kind[0] == "c":
-                    found.setdefault(data.rfind(b"\n", 0, m.start()) + 1, False)
+            if kind[0] == "v":
+                match, offset = _EXACT[kind]
+                if not match(data, m.start() + offset):
                     continue
-                if kind[0] == "v":
-                    match, offset = _EXACT[kind]
-                    if not match(data, m.start() + offset):
-                        continue
-                elif kind[0] == "r" and not _high_entropy(text[m.start("run"):m.end("run")]):
-                    continue
-                found[data.rfind(b"\n", 0, m.start()) + 1] = True
+            elif kind[0] == "r" and not _high_entropy(text[m.start("run"):m.end("run")]):
+                continue
+            found[data.rfind(b"\n", 0, m.start()) + 1] = True
     return found
 
 
