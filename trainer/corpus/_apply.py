@@ -422,17 +422,19 @@ class CorpusUpdate:
         self.report({"stage": "write", "done": 0, "total": len(plan)})
         tag = f"{self.commit[:12]}.{os.getpid()}"
         staged: list[Path] = []
-        for i, (name, members) in enumerate(plan):
+        texts, reusable, repo = self.texts, self.reusable, self.spec.name
+        contents = ([shards.encode_quoted(texts[p], p, repo, lang, b) if p in texts else reusable[p][1]
+                     for p, b, lang in members] if members else None for _, members in plan)
+        threads = self.workers if len(plan) >= _pool.MIN_SHARDS_THREADED else 1
+        for i, ((name, members), data) in enumerate(zip(plan, shards.compress_all(contents, threads),
+                                                        strict=True)):
             final = f"{name}{shards.SUFFIX}"
-            if not members:
+            if data is None:
                 if name in self.old_shards:
                     self.pending.append((None, final))
                     conn.execute("DELETE FROM shards WHERE name=?", (name,))
                     self.written.append(name)
                 continue
-            lines = [shards.encode_quoted(self.texts[p], p, self.spec.name, lang, b) if p in self.texts
-                     else self.reusable[p][1] for p, b, lang in members]
-            data = shards.compress(lines)
             digest = shards.checksum(data)
             if self.old_shards.get(name) == digest:
                 continue
