@@ -140,18 +140,6 @@ _DATA_PASSES = (
     _pass(b"'", r_single=_RUN + rb"'"),
     _pass(b'"', r_double=_RUN + rb'"'),
 )
-# Literals every hit of a pass contains (one of them, at least), where they are rarer than its
-# lead byte: a file holding none of them skips the pass after a few substring searches (~1 us a
-# 4 KB file) instead of the regex engine stopping at each 'p', 'w', 'h', 'c', 'k', 'x' or 'g'
-# (6-9 us). Read off the alternatives above; a pass not listed needs its lead byte only.
-_LOW_NEEDS = {b"p": (b"pass", b"pypi-", b"putty"), b"w": (b"pwd", b"aws"), b"h": (b"auth",),
-              b"c": (b"secret", b"contrase", b"cred"), b"x": (b"xox",),
-              b"k": (b"key", b"token", b"k_live_", b"k_test_", b"sk-")}
-_DATA_NEEDS = {b"g": (b"gh", b"github_pat_", b"gl", b"sig="), b"J": (b"eyJ",)}
-_SCANS = tuple((needs.get(lead, (lead,)), finditer, low)
-               for passes, needs, low in ((_LOW_PASSES, _LOW_NEEDS, True), (_DATA_PASSES, _DATA_NEEDS, False))
-               for lead, finditer in passes)
-"""Every pass as (literals one of which its subject must hold, finditer, runs on the lowercased proxy)."""
 _HEX = set("0123456789abcdefABCDEF")
 
 
@@ -172,25 +160,22 @@ def _candidates(data: bytes, text: str) -> dict[int, bool]:
     must judge it (else only the precise rules run)."""
     found: dict[int, bool] = {}
     low = data.lower()
-    for needs, finditer, on_low in _SCANS:
-        subject = low if on_low else data
-        for literal in needs:
-            if literal in subject:
-                break
-        else:
-            continue
-        for m in finditer(subject):
-            kind = m.lastgroup
-            if kind[0] == "c":
-                found.setdefault(data.rfind(b"\n", 0, m.start()) + 1, False)
+    for passes, subject in ((_LOW_PASSES, low), (_DATA_PASSES, data)):
+        for lead, finditer in passes:
+            if lead not in subject:
                 continue
-            if kind[0] == "v":
-                match, offset = _EXACT[kind]
-                if not match(data, m.start() + offset):
+            for m in finditer(subject):
+                kind = m.lastgroup
+                if kind[0] == "c":
+                    found.setdefault(data.rfind(b"\n", 0, m.start()) + 1, False)
                     continue
-            elif kind[0] == "r" and not _high_entropy(text[m.start("run"):m.end("run")]):
-                continue
-            found[data.rfind(b"\n", 0, m.start()) + 1] = True
+                if kind[0] == "v":
+                    match, offset = _EXACT[kind]
+                    if not match(data, m.start() + offset):
+                        continue
+                elif kind[0] == "r" and not _high_entropy(text[m.start("run"):m.end("run")]):
+                    continue
+                found[data.rfind(b"\n", 0, m.start()) + 1] = True
     return found
 
 
