@@ -10,12 +10,13 @@ files: :func:`trainer.corpus.update._update_locked` renames the staged shards af
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
 import time
-from collections import defaultdict
-from collections.abc import Callable
+from collections import defaultdict, deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,8 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from durable import fsync_dir
-from trainer.corpus import dedupe, filters, gitobjects, manifest, shards, split
-from trainer.corpus._rows import Rows, bands, cross_repo, dup_status, process
+from trainer.corpus import _pool, dedupe, filters, gitobjects, manifest, shards, split
+from trainer.corpus._rows import Rows, bands, cross_repo, dup_status, process, process_many
 from trainer.corpus.spec import CorpusResult, CorpusSpec
 from trainer.errors import ShardCorrupt
 
@@ -52,6 +53,8 @@ class CorpusUpdate:
     report: Callable[[dict], None]
     hook: Callable[[str], None]
     """Called at crash-relevant points (``staged``, ``before-commit``); tests SIGKILL there."""
+    workers: int = 1
+    """Processes for the per-file work when the update reads at least ``_pool.MIN_BYTES``."""
 
     # Filled by the phases, in the order run() calls them.
     old: dict[str, tuple[str | None, str]] = field(default_factory=dict)
@@ -59,12 +62,15 @@ class CorpusUpdate:
     old_sigs: dict[str, bytes] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
     """Shards per split: the last update's choice until :meth:`_resize_splits` settles it."""
-    texts: dict[str, str] = field(default_factory=dict)
+    texts: dict[str, bytes] = field(default_factory=dict)
+    """path -> its scrubbed text as a JSON string literal (``shards.quote``), for the shards."""
     added: int = 0
     modified: int = 0
     deleted: int = 0
     new_rows: list[dict] = field(default_factory=list)
     to_read: list[tuple[str, str]] = field(default_factory=list)
+    read_bytes: int = 0
+    """Bytes of the blobs in ``to_read`` (a guess of 4 KB each where git gave no size)."""
     unsized: list[str] = field(default_factory=list)
     band_rows: list[tuple[int, str]] = field(default_factory=list)
     pinned_now: list[str] = field(default_factory=list)
@@ -149,42 +155,79 @@ class CorpusUpdate:
                    "split": "heldout" if heldout else "train", "shard": 0, "skip": None,
                    "eligible": 0, "dup_of": None, "secrets": 0, "sig": None}
             attrs = filters.attributes(e.path, self.rules) if self.rules else {}
-            row["skip"] = filters.path_skip(e.path, e.mode, spec.include, spec.exclude, attrs)
+            row["skip"], lang = filters.path_verdict(e.path, e.mode, spec.include, spec.exclude, attrs)
             if row["skip"] is None:
-                row["lang"] = filters.language_of(e.path)
+                row["lang"] = lang
                 if e.size is not None and e.size > spec.max_file_bytes:  # never read
                     row.update(skip="too-large", bytes=e.size)
                 else:
                     self.to_read.append((e.path, e.blob))
+                    self.read_bytes += e.size if e.size is not None else 4096
                     if e.size is None:  # diff-tree gives no sizes; ls-tree -l does
                         self.unsized.append(e.blob)
             self.new_rows.append(row)
 
     def _scan(self) -> None:
-        """Read the queued blobs and run the content filters, secrets and signatures."""
+        """Read the queued blobs and run the content filters, secrets and signatures: in
+        ``workers`` forked processes for a large update (:mod:`trainer.corpus._pool`), in this
+        one otherwise; the results are the same and arrive in the same order either way."""
         by_path = {r["path"]: r for r in self.new_rows}
-        total = len(self.to_read)
-        t0 = time.perf_counter()
         ids = [b for _, b in self.to_read]
         if self.unsized:  # one process: sizes first, then only the blobs within max_file_bytes
             blob_iter = gitobjects.read_blobs_upto(self.repo, ids, self.spec.max_file_bytes)
         else:
             blob_iter = ((b, len(data), data) for b, data in gitobjects.read_blobs(self.repo, ids))
-        nbytes = 0
-        for i, ((p, _b), (_, size, data)) in enumerate(zip(self.to_read, blob_iter, strict=True)):
-            if data is None:
-                by_path[p].update(skip="too-large", bytes=size)
-                continue
-            fields = process(data, self.spec)
-            nbytes += len(data)
-            text = fields.pop("text", None)
-            if text is not None:
-                self.texts[p] = text
-            by_path[p].update(fields)
-            if i % 500 == 0 or i + 1 == total:
+        sent: deque[list[str]] = deque()
+
+        def batches() -> Iterator[list[bytes]]:
+            paths, datas, size = [], [], 0
+            for (p, _b), (_, nbytes, data) in zip(self.to_read, blob_iter, strict=True):
+                if data is None:
+                    by_path[p].update(skip="too-large", bytes=nbytes)
+                    continue
+                paths.append(p)
+                datas.append(data)
+                size += len(data)
+                if len(paths) >= _pool.CHUNK_FILES or size >= _pool.CHUNK_BYTES:
+                    sent.append(paths)
+                    yield datas
+                    paths, datas, size = [], [], 0
+            if paths:
+                sent.append(paths)
+                yield datas
+
+        spec = self.spec
+        workers = self.workers if self.read_bytes >= _pool.MIN_BYTES else 1
+        with contextlib.ExitStack() as stack:
+            if workers > 1:
+                pool = stack.enter_context(_pool.Pool(lambda datas: process_many(datas, spec), workers))
+                results = pool.map(batches())
+            else:
+                results = (process_many(datas, spec) for datas in batches())
+            self._collect(results, sent, by_path)
+
+    def _collect(self, results: Iterator[list[dict]], sent: deque[list[str]], by_path: dict) -> None:
+        """File each batch's results under its paths (``sent``, in the same order); report."""
+        total, done, nbytes = len(self.to_read), 0, 0
+        t0 = time.perf_counter()
+        last = 0
+        for fields_list in results:
+            paths = sent.popleft()
+            for p, fields in zip(paths, fields_list, strict=True):
+                nbytes += fields["bytes"]
+                quoted = fields.pop("quoted", None)
+                if quoted is not None:
+                    self.texts[p] = quoted
+                by_path[p].update(fields)
+            done += len(paths)
+            if done - last >= 500:
+                last = done
                 dt = max(time.perf_counter() - t0, 1e-9)
-                self.report({"stage": "scan", "done": i + 1, "total": total, "files_per_s": (i + 1) / dt,
+                self.report({"stage": "scan", "done": done, "total": total, "files_per_s": done / dt,
                              "mb_per_s": nbytes / dt / 1e6})
+        dt = max(time.perf_counter() - t0, 1e-9)
+        self.report({"stage": "scan", "done": total, "total": total, "files_per_s": total / dt,
+                     "mb_per_s": nbytes / dt / 1e6})
 
     def _index(self) -> None:
         """Band keys of the new rows, their shards, and the band rows to insert."""
@@ -226,8 +269,9 @@ class CorpusUpdate:
     def _pin_heldout(self) -> None:
         """Pins: drop those of vanished/ineligible paths, add what the minimum needs."""
         conn, spec = self.conn, self.spec
-        conn.execute("DELETE FROM pins WHERE NOT EXISTS "
-                     "(SELECT 1 FROM files WHERE files.path = pins.path AND eligible=1)")
+        gone = [p for (p,) in conn.execute("DELETE FROM pins WHERE NOT EXISTS (SELECT 1 FROM files "
+                                           "WHERE files.path = pins.path AND eligible=1) RETURNING path")]
+        self._unpin(gone)
         held = conn.execute("SELECT COUNT(*) FROM (SELECT 1 FROM files WHERE split='heldout' AND eligible=1 "
                             "LIMIT ?)", (spec.heldout_min,)).fetchone()[0]
         if held >= spec.heldout_min:
@@ -242,6 +286,21 @@ class CorpusUpdate:
         conn.executemany("INSERT OR IGNORE INTO pins(path) VALUES (?)", [(p,) for p in self.pinned_now])
         conn.executemany("UPDATE files SET split='heldout', shard=? WHERE path=?",
                          [(split.shard_of(p, self.counts["heldout"]), p) for p in self.pinned_now])
+
+    def _unpin(self, paths: list[str]) -> None:
+        """A row whose pin was just dropped (its file became ineligible) takes the split its
+        path hashes to, as a full build that never saw the pin gives it."""
+        spec, moved = self.spec, []
+        for p in paths:
+            r = self.rows.get(p)
+            if r is None or r["split"] != "heldout" or split.is_heldout(spec.name, p, spec.heldout_fraction):
+                continue
+            self._snapshot(p)
+            r = dict(r)
+            r.update(split="train", shard=split.shard_of(p, self.counts["train"]))
+            self.rows.put(r)
+            moved.append((r["shard"], p))
+        self.conn.executemany("UPDATE files SET split='train', shard=? WHERE path=?", moved)
 
     def _affected(self, cross: dict[str, str]) -> set[str]:
         """Every path whose duplicate status this update can have changed."""
@@ -354,7 +413,7 @@ class CorpusUpdate:
             want = sorted(reread)
             blobs = [self.rows.get(p)["blob"] for p in want]
             for p, (_, data) in zip(want, gitobjects.read_blobs(self.repo, blobs), strict=True):
-                self.texts[p] = process(data, self.spec)["text"]
+                self.texts[p] = process(data, self.spec)["quoted"]
 
     def _stage_shards(self) -> None:
         """Write each changed shard to a hidden temp file, fsync them together, and record the
@@ -363,17 +422,19 @@ class CorpusUpdate:
         self.report({"stage": "write", "done": 0, "total": len(plan)})
         tag = f"{self.commit[:12]}.{os.getpid()}"
         staged: list[Path] = []
-        for i, (name, members) in enumerate(plan):
+        texts, reusable, repo = self.texts, self.reusable, self.spec.name
+        contents = ([shards.encode_quoted(texts[p], p, repo, lang, b) if p in texts else reusable[p][1]
+                     for p, b, lang in members] if members else None for _, members in plan)
+        threads = self.workers if len(plan) >= _pool.MIN_SHARDS_THREADED else 1
+        for i, ((name, members), data) in enumerate(zip(plan, shards.compress_all(contents, threads),
+                                                        strict=True)):
             final = f"{name}{shards.SUFFIX}"
-            if not members:
+            if data is None:
                 if name in self.old_shards:
                     self.pending.append((None, final))
                     conn.execute("DELETE FROM shards WHERE name=?", (name,))
                     self.written.append(name)
                 continue
-            lines = [shards.encode(self.texts[p], p, self.spec.name, lang, b) if p in self.texts
-                     else self.reusable[p][1] for p, b, lang in members]
-            data = shards.compress(lines)
             digest = shards.checksum(data)
             if self.old_shards.get(name) == digest:
                 continue

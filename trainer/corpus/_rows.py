@@ -13,24 +13,42 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer.corpus import dedupe, filters, gitobjects, manifest
+from trainer.corpus import dedupe, filters, gitobjects, manifest, shards
 from trainer.corpus.secrets import scrub
 from trainer.corpus.spec import CorpusSpec
 
 
 def process(data: bytes, spec: CorpusSpec) -> dict:
     """Content filters, secrets and signature for one blob: the row fields it decides
-    (``text`` is carried along, not stored in the row)."""
-    skip = filters.content_skip(data, spec.max_file_bytes)
-    if skip:
-        return {"skip": skip, "eligible": 0, "bytes": len(data)}
-    text, found = scrub(data.decode("utf-8"))
-    if found and spec.secrets == "drop":
-        return {"skip": "secret", "eligible": 0, "bytes": len(data), "secrets": found}
-    raw = text.encode("utf-8") if found else data
-    sig = dedupe.signature(raw)
-    return {"skip": None, "eligible": 1, "bytes": len(raw), "secrets": found, "text": text,
-            "sig": sig.tobytes() if sig is not None else None}
+    (``quoted``, the scrubbed text for the shard record, is carried along, not stored in the row)."""
+    return process_many([data], spec)[0]
+
+
+def process_many(datas: list[bytes], spec: CorpusSpec) -> list[dict]:
+    """:func:`process` of each blob, in order; the signatures computed in one batch
+    (:func:`dedupe.signatures`), and ``quoted``, the text as the JSON literal its shard record
+    holds (:func:`shards.quote`). A pure function of (blobs, spec): what a scan worker runs."""
+    out: list[dict] = []
+    raws: list[bytes] = []
+    for data in datas:
+        skip = filters.content_skip(data, spec.max_file_bytes)
+        if skip:
+            out.append({"skip": skip, "eligible": 0, "bytes": len(data)})
+            continue
+        text, found = scrub(data.decode("utf-8"))
+        if found and spec.secrets == "drop":
+            out.append({"skip": "secret", "eligible": 0, "bytes": len(data), "secrets": found})
+            continue
+        raw = text.encode("utf-8") if found else data
+        out.append({"skip": None, "eligible": 1, "bytes": len(raw), "secrets": found,
+                    "quoted": shards.quote(text)})
+        raws.append(raw)
+    sigs = iter(dedupe.signatures(raws))
+    for fields in out:
+        if fields["eligible"]:
+            sig = next(sigs)
+            fields["sig"] = sig.tobytes() if sig is not None else None
+    return out
 
 
 def bands(row: dict) -> list[int]:

@@ -30,7 +30,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from durable import fsync_dir, write_atomic
-from trainer.corpus import gitobjects, manifest, mirror
+from trainer.corpus import _pool, gitobjects, manifest, mirror
 from trainer.corpus._apply import CorpusUpdate
 from trainer.corpus._rows import attr_rules
 from trainer.corpus.spec import ENGINE_VERSION, CorpusResult, CorpusSpec
@@ -155,13 +155,17 @@ def _write_summary(conn, cdir: Path, s: dict | None = None) -> dict:
 # --------------------------------------------------------------------------- update
 
 def update(spec: CorpusSpec, home: str | os.PathLike[str], to_rev: str | None = None, *,
-           full: bool = False, progress: Progress | None = None) -> CorpusResult:
+           full: bool = False, progress: Progress | None = None, workers: int | None = None) -> CorpusResult:
     """Bring the corpus of ``spec`` to ``to_rev`` (default: the tracked branch's head).
 
     Diffs from the last ingested commit recorded in the manifest; with no state, a changed
     spec, a vanished old commit or ``full=True`` the whole tree is processed. Raises
     :class:`RepositoryError` (remote/revision), :class:`ShardCorrupt`, :class:`CorpusError`
     (e.g. disk full); in every case the last good corpus stays as it was.
+
+    ``workers``: processes for the per-file work (filters, secrets, signatures) of an update
+    that reads at least ``_pool.MIN_BYTES`` (a full build); default: the cores this process may
+    use. Smaller updates stay in this process. The corpus is the same for any value.
     """
     home = Path(home)
     cdir = corpus_dir(home, spec.name)
@@ -176,7 +180,8 @@ def update(spec: CorpusSpec, home: str | os.PathLike[str], to_rev: str | None = 
         try:
             conn = manifest.connect(cdir / "manifest.sqlite")
             recover(cdir, conn=conn)
-            return _update_locked(spec, home, cdir, repo, conn, commit, full, report, started)
+            return _update_locked(spec, home, cdir, repo, conn, commit, full, report, started,
+                                  workers or _pool.available_cores())
         except (OSError, sqlite3.Error) as exc:
             raise CorpusError(f"corpus {spec.name} update to {commit[:12]} failed: {exc}. The last "
                               "good corpus is intact; free disk space and run the update again.") from exc
@@ -199,7 +204,7 @@ def _log_rebuild(spec: CorpusSpec, old_fingerprint: str | None) -> None:
     log.info("corpus %s: full rebuild, settings changed: %s", spec.name, ", ".join(changed))
 
 
-def _update_locked(spec, home, cdir, repo, conn, commit, full, report, started) -> CorpusResult:
+def _update_locked(spec, home, cdir, repo, conn, commit, full, report, started, workers) -> CorpusResult:
     old_commit = manifest.get_meta(conn, "commit")
     version = int(manifest.get_meta(conn, "version", "0"))
     old_fingerprint = manifest.get_meta(conn, "fingerprint")
@@ -238,7 +243,8 @@ def _update_locked(spec, home, cdir, repo, conn, commit, full, report, started) 
     try:
         result, pending, summary = CorpusUpdate(
             spec=spec, home=home, cdir=cdir, repo=repo, conn=conn, commit=commit, old_commit=old_commit,
-            version=version, full=full, changes=changes, rules=rules, report=report, hook=_hook).run()
+            version=version, full=full, changes=changes, rules=rules, report=report, hook=_hook,
+            workers=workers).run()
     except BaseException:
         conn.execute("ROLLBACK")
         for stray in _stray_temps(cdir / "shards"):
