@@ -291,3 +291,23 @@ def part(view: Settings) -> dict[str, t.Any]:
                       "decision": entry.get("decision"), "summary": entry.get("summary"),
                       "judged_at": entry.get("judged_at")}
     return out
+
+
+def format_part(model: str, data: t.Mapping[str, t.Any]) -> list[str]:
+    """:func:`part` as lines for ``repotune status`` (none when no canary ever ran)."""
+    if data.get("error"):
+        return [f"canary of {model}: {data['error']}"]
+    lines = []
+    running, last = data.get("running"), data.get("last")
+    if running:
+        head = (f"canary of {model}: version {running['version']} serves {running['share']:.0%} of clients "
+                f"beside production version {running.get('production')} since {_utc(running['since'])}"
+                + (f" (run {running['run']})" if running.get("run") else ""))
+        decision = running.get("decision")
+        look = (f"  at the last look ({_utc(running['judged_at'])}): {running.get('summary')}; {decision['reason']}"
+                if decision and running.get("judged_at") else "  not judged yet (the scheduler looks every tick)")
+        lines += [head, look]
+    if last:
+        lines.append(f"last canary of {model}: version {last['version']} {last['outcome']} (run {last['run']}): "
+                     f"{last.get('reason')}; {last.get('summary') or 'no figures'}")
+    return lines
