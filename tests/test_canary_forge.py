@@ -158,3 +158,25 @@ def test_promote_from_chatops_and_stop_from_the_cli_report_to_the_forge(env, mak
     assert gpu.count == 1  # a stop queues no editor-task evaluation
     again = CliRunner().invoke(cli, ["canary", "stop"], catch_exceptions=False)
     assert again.exit_code == 1 and f"no canary of {MODEL} is running" in again.output
+
+
+def test_the_demos_scripted_editors_drive_a_canary_to_promotion(env, make_artifact):
+    """``repotune demo --canary``'s client (:func:`bot.demo_run.drive_canary`) over HTTP against
+    the real proxy: its known acceptance per version is what the test reads, and it promotes."""
+    from bot import canary, demo_run, scheduler
+    from tests.fixtures.triton import serve_app
+
+    chat, repo, proxy = env
+    chat.settings.canary.min_shown = 10
+    prod = repo.current()
+    run_id = _canary_run(chat.settings, make_artifact("good"), {"kind": "push"})
+    state = repo.canary()
+    with serve_app(proxy) as base:
+        counts = demo_run.drive_canary(f"{base}/v1/completions", state.version, keys=40, rates=(0.2, 0.95))
+    assert set(counts) == {prod, state.version} and sum(c[0] for c in counts.values()) == 40
+    assert proxy.config["repotune.telemetry"].writer.flush()
+    arms = canary.arms(chat.settings, prod, state, time.time())
+    assert {a.version: [a.shown, a.accepted] for a in arms} == counts  # what the editors did is what counts
+    (did,) = scheduler.tick(chat.settings, chat.conn)["canary"]
+    assert did["action"] == "promote", did
+    assert load_run(chat.settings.home, run_id).status == RunStatus.SERVING and repo.current() == state.version

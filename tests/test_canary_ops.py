@@ -234,3 +234,9 @@ def test_status_views_show_the_running_canary_and_the_last_decision(ops):
     assert f"last canary of alpha: version 2 rolled back (run {run.id}): rolled back by hand" in out.output
     page = client.get("/").get_data(as_text=True)
     assert "Last decision: version <strong>2</strong>" in page and "rolled back" in page
+
+
+def test_demo_canary_needs_canary_promotion_on(tmp_path: Path):
+    out = CliRunner().invoke(cli, ["demo", "--canary", "--home", str(tmp_path / "demo-home")])
+    assert out.exit_code == 1
+    assert "--canary needs canary promotion on: add `[canary]` with `enabled = true`" in out.output
