@@ -4,6 +4,11 @@
 the forge would send, follows the run it triggers (:func:`wait_for_run`) and asks the proxy for
 a completion (:func:`complete`), as an editor would. The server side (the demo repository, its
 settings, the base model) is :mod:`bot.demo`.
+
+With ``canary`` (``repotune demo --canary``, and ``[canary] enabled`` in the demo's config) the
+run stops in ``canary`` instead of serving; :func:`drive_canary` then plays many editors (one
+API key each) whose acceptance rate is known per version (:data:`CANARY_RATES`: the candidate's
+higher), until the scheduler's acceptance test decides (docs/canary.md).
 """
 
 from __future__ import annotations
@@ -56,11 +61,16 @@ def deliver_github(url: str, secret: str, event: str, payload: dict[str, t.Any])
 
 FINAL = {"serving", "rejected", "failed", "canceled"}
 
+CANARY_RATES = (0.35, 0.8)
+"""The scripted editors' acceptance rate of (production, canary) completions: the candidate is
+clearly better, so the test promotes it after a look or two."""
+
 
 def wait_for_run(home: Path, commit: str, *, timeout: float = 900.0,
                  on_status: Callable[[str, str, float], None] | None = None,
-                 poll: float = 0.5) -> t.Any:
-    """Follow the run a push of ``commit`` triggered until it ends; returns its RunRecord."""
+                 poll: float = 0.5, until: t.Collection[str] = FINAL) -> t.Any:
+    """Follow the run a push of ``commit`` triggered until its status is in ``until`` (default:
+    it ended); returns its RunRecord."""
     from bot.runs import list_runs
 
     started = time.monotonic()
@@ -77,7 +87,7 @@ def wait_for_run(home: Path, commit: str, *, timeout: float = 900.0,
                     seen = status
                     if on_status:
                         on_status(run.id, status, time.monotonic() - started)
-                if status in FINAL:
+                if status in until:
                     return run
                 break
         time.sleep(poll)  # polling a file-backed record; there is no event to wait on
@@ -103,12 +113,69 @@ def complete(completions_url: str, prompt: str, max_tokens: int = 24, suffix: st
         return json.loads(response.read())
 
 
+def drive_canary(completions_url: str, canary_version: int, *, keys: int = 40, rounds: int = 1,
+                 rates: tuple[float, float] = CANARY_RATES, seed: int = 0) -> dict[int, list[int]]:
+    """Editors at work during a canary: ``rounds`` completions from each of ``keys`` API keys
+    (routing is sticky per key), each followed by feedback, accepted with the rate of the version
+    that answered (``rates`` = production's, the canary's). Returns {version: [shown, accepted]}."""
+    import random
+
+    rng = random.Random(seed)
+    counts: dict[int, list[int]] = {}
+    for _ in range(rounds):
+        for k in range(keys):
+            auth = {"Authorization": f"Bearer demo-editor-{k:03d}"}
+            answer, headers = _post(completions_url, {"prompt": DEMO_PREFIX, "max_tokens": 8, "temperature": 0},
+                                    auth)
+            version = int(headers.get("x-repotune-model-version") or 0)
+            accepted = rng.random() < rates[1 if version == canary_version else 0]
+            _post(f"{completions_url.rstrip('/')}/{answer['id']}/feedback", {"accepted": accepted}, auth)
+            tally = counts.setdefault(version, [0, 0])
+            tally[0] += 1
+            tally[1] += int(accepted)
+    return counts
+
+
+def _post(url: str, fields: dict[str, t.Any], headers: dict[str, str]) -> tuple[dict[str, t.Any], t.Any]:
+    request = urllib.request.Request(url, data=json.dumps(fields).encode(), method="POST",
+                                     headers={"Content-Type": "application/json", **headers})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return json.loads(response.read() or b"{}"), response.headers
+
+
+def follow_canary(home: Path, run: t.Any, completions_url: str, *, echo: Callable[[str], None] = print,
+                  timeout: float = 900.0) -> t.Any:
+    """Drive editors at the canary of ``run`` until the scheduler decides it; the settled run."""
+    from bot.runs import load_run
+
+    share = float((run.metrics.get("canary") or {}).get("share") or 0)
+    echo(f"version {run.version} is a canary for {share:.0%} of clients; editors accept "
+         f"{CANARY_RATES[1]:.0%} of its completions and {CANARY_RATES[0]:.0%} of production's")
+    started, total, rounds = time.monotonic(), {}, 0
+    while run.status.value == "canary":
+        if time.monotonic() - started > timeout:
+            raise BotError(f"the canary of run {run.id} was not decided within {timeout:.0f}s; "
+                           "`repotune canary status` shows its figures")
+        for version, (shown, accepted) in drive_canary(completions_url, run.version,
+                                                       seed=rounds).items():
+            tally = total.setdefault(version, [0, 0])
+            tally[0], tally[1] = tally[0] + shown, tally[1] + accepted
+        rounds += 1
+        echo("  editors so far: " + ", ".join(f"version {v} {a}/{s} accepted" for v, (s, a) in sorted(total.items())))
+        run = load_run(home, run.id)
+    canary = run.metrics.get("canary") or {}
+    echo(f"canary decided: {(canary.get('decision') or {}).get('reason')}; {canary.get('summary')}")
+    return run
+
+
 def run_demo(home: Path, webhook_url: str, completions_url: str, *, files: int = 30, seed: int | None = None,
-             echo: Callable[[str], None] = print, timeout: float = 900.0, family: str | None = None) -> t.Any:
+             echo: Callable[[str], None] = print, timeout: float = 900.0, family: str | None = None,
+             canary: bool = False) -> t.Any:
     """push → ingest → train → evaluate → promote → serve, printing each stage with its time.
 
     ``family`` (the demo's ``[training] family``) decides the closing request: a FIM family's
-    sends the code after the cursor as ``suffix``, as an editor does."""
+    sends the code after the cursor as ``suffix``, as an editor does. ``canary``: the run
+    publishes a canary, which scripted editors drive to a decision (:func:`follow_canary`)."""
     paths = DemoPaths(home)
     if not paths.bare.exists():
         raise BotError(f"no demo repository under {paths.root}: start `repotune up` first (no config)")
@@ -127,7 +194,10 @@ def run_demo(home: Path, webhook_url: str, completions_url: str, *, files: int =
         echo(f"  [{elapsed:7.1f}s] run {run_id}: {status} (+{elapsed - last[0]:.1f}s)")
         last[0] = elapsed
 
-    run = wait_for_run(home, after, timeout=timeout, on_status=show)
+    run = wait_for_run(home, after, timeout=timeout, on_status=show,
+                       until=FINAL | {"canary"} if canary else FINAL)
+    if run.status.value == "canary":
+        run = follow_canary(home, run, completions_url, echo=echo, timeout=timeout)
     if run.status.value == "serving":
         echo(f"version {run.version} is serving")
     else:

@@ -109,12 +109,15 @@ class ModelStatus:
     """The run id holding this model's training lock, if any."""
     freshness: dict[str, t.Any] = field(default_factory=dict)
     """This model's freshness points per corpus (see :func:`bot.freshness.summary`)."""
+    canary: dict[str, t.Any] = field(default_factory=dict)
+    """``{"enabled", "running", "last"}`` (:func:`bot.canary.part`): the running canary with the
+    figures of the scheduler's last look, and the last decision; or ``{"error": …}``."""
 
     def to_dict(self) -> dict[str, t.Any]:
         return {"name": self.name, "method": self.method, "repos": list(self.repos),
                 "serving": self.serving.to_dict(), "last_run": self.last_run,
                 "last_run_status": self.last_run_status, "pending": self.pending,
-                "training_lock": self.training_lock, "freshness": self.freshness}
+                "training_lock": self.training_lock, "freshness": self.freshness, "canary": self.canary}
 
 
 @dataclass(frozen=True)
@@ -240,7 +243,17 @@ def _model(settings: Settings, spec: t.Any, connection: redis.Redis | None, queu
     return ModelStatus(name=spec.name, method=spec.method, repos=[r.name for r in view.repos],
                        serving=_serving(view), last_run=last.id if last else None,
                        last_run_status=last.status.value if last else None, pending=pending,
-                       training_lock=holder, freshness=fresh)
+                       training_lock=holder, freshness=fresh, canary=_canary(view))
+
+
+def _canary(view: Settings) -> dict[str, t.Any]:
+    from bot import canary
+
+    try:
+        return canary.part(view)
+    except Exception as exc:  # as _freshness: never take the status down
+        log.warning("status: canary of %s unreadable: %s", view.serving.model_name, exc)
+        return {"error": "the canary state could not be read (the server log says why)"}
 
 
 def _freshness(settings: Settings) -> dict[str, t.Any]:
@@ -392,13 +405,27 @@ def public(data: dict[str, t.Any]) -> dict[str, t.Any]:
     out["repositories"] = [{k: v for k, v in r.items() if k != "url"} for r in data.get("repositories", [])]
     out["runs"] = [public_run(r) for r in data.get("runs", [])]
     out["freshness"] = _public_freshness(data.get("freshness") or {})
-    out["models"] = [dict(m, freshness=_public_freshness(m.get("freshness") or {}))
-                     for m in data.get("models") or []]
+    out["models"] = [dict(m, freshness=_public_freshness(m.get("freshness") or {}),
+                          canary=public_canary(m.get("canary") or {})) for m in data.get("models") or []]
     editor = data.get("editor_freshness") or {}
     if "models" in editor:
         editor = {**editor, "models": {name: [dict(p, error=scrub(p.get("error")), skipped=scrub(p.get("skipped")))
                                               for p in points] for name, points in editor["models"].items()}}
     out["editor_freshness"] = editor
+    return out
+
+
+def public_canary(part: dict[str, t.Any]) -> dict[str, t.Any]:
+    """A model's canary part as the HTTP views show it: reasons and figures scrubbed, and not
+    who acted by hand (a chat-ops ``by`` names a merge request of some repository)."""
+    out = dict(part)
+    for key in ("running", "last"):
+        entry = part.get(key)
+        if isinstance(entry, dict):
+            entry = {k: scrub(v) for k, v in entry.items() if k != "by"}
+            if isinstance(entry.get("decision"), dict):
+                entry["decision"] = {k: scrub(v) for k, v in entry["decision"].items()}
+            out[key] = entry
     return out
 
 

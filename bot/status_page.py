@@ -253,6 +253,45 @@ def _acceptance_view(status: dict[str, t.Any]) -> dict[str, t.Any]:
             "versions": [{"version": v, "rows": rows} for v, rows in sorted(versions.items(), reverse=True)]}
 
 
+def _canary_view(status: dict[str, t.Any]) -> list[dict[str, t.Any]]:
+    """Per model with a canary now or before: the running one (versions, share, since, and per
+    arm shown / accepted / rate with the interval of the last look) and the last decision."""
+    out = []
+    for m in status.get("models") or []:
+        part = m.get("canary") or {}
+        if part.get("error"):
+            out.append({"model": m["name"], "error": part["error"], "running": None, "last": None})
+            continue
+        running, last = part.get("running"), part.get("last")
+        if not running and not last:
+            continue
+        view: dict[str, t.Any] = {"model": m["name"], "error": None, "running": None, "last": last}
+        if running:
+            decision = running.get("decision") or {}
+            view["running"] = {**running, "arms": [_arm_view("production", decision.get("production")),
+                                                   _arm_view("canary", decision.get("candidate"))]
+                               if decision else [], "interval": _interval_text(decision)}
+        if last:
+            view["last"] = {**last, "interval": _interval_text(last.get("decision") or {})}
+        out.append(view)
+    return out
+
+
+def _arm_view(role: str, arm: dict[str, t.Any] | None) -> dict[str, t.Any]:
+    arm = arm or {}
+    rate = arm.get("rate")
+    return {"role": role, "version": arm.get("version"), "shown": arm.get("shown", 0),
+            "accepted": arm.get("accepted", 0), "rate_text": "–" if rate is None else f"{rate:.1%}"}
+
+
+def _interval_text(decision: dict[str, t.Any]) -> str:
+    """``+11.0 points (+3.2 … +18.5) at 97.5%``, or why there is none yet."""
+    d, low, high, conf = (decision.get(k) for k in ("difference", "low", "high", "confidence"))
+    if None in (d, low, high, conf):
+        return "no interval yet (too few shown completions per version)"
+    return f"{d * 100:+.1f} points ({low * 100:+.1f} … {high * 100:+.1f}) at {conf:.1%}"
+
+
 # --- Markdown ------------------------------------------------------------------------------
 
 
@@ -323,6 +362,7 @@ def index() -> str:
         freshness=_freshness_view(home, status),
         editor_freshness=_editor_view(status),
         acceptance=_acceptance_view(status),
+        canaries=_canary_view(status),
         model_parts=status.get("models") or [],
     )
 

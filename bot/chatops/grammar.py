@@ -50,9 +50,10 @@ SPECS: dict[str, CommandSpec] = {s.name: s for s in (
     CommandSpec("promote", "promote <run-id>", "Serve the model of a run that passed or was rejected."),
     CommandSpec("rollback", "rollback [<version>] [--model <name>]",
                 "Serve the previous model version (or the given one) of a model."),
-    CommandSpec("canary", "canary <status/stop/promote>",
+    CommandSpec("canary", "canary <status/stop/promote> [--model <name>]",
                 "`status`: the canary's acceptance test so far; `stop`: roll it back; "
-                "`promote`: serve it to everyone."),
+                "`promote`: serve it to everyone (`--model`: which model, needed only when this "
+                "repository feeds several)."),
     CommandSpec("pause", "pause", "Stop automatic retraining (commands still work)."),
     CommandSpec("resume", "resume", "Resume automatic retraining."),
 )}
@@ -117,7 +118,7 @@ def shown(text: str, limit: int = 40) -> str:
     return clean + ("…" if len(text) > limit else "")
 
 
-MODEL_COMMANDS = frozenset({"retrain", "rollback"})
+MODEL_COMMANDS = frozenset({"retrain", "rollback", "canary"})
 """Commands that take ``--model <name>`` (the key ``model`` of their args, present only when given)."""
 
 

@@ -155,12 +155,14 @@ def _rollback(ctx: Context, cmd: Command) -> str:
 def _canary(ctx: Context, cmd: Command) -> str:
     from bot import canary
 
-    action = cmd.args["action"]
+    action, model = cmd.args["action"], cmd.args.get("model")
     if action == "status":
-        return "**Canary**\n\n```\n" + canary.format_status(canary.status(ctx.settings)) + "\n```"
-    job_id = canary.enqueue_action(ctx.settings, ctx.redis, action, by=f"@{ctx.author} on {ctx.where}")
+        return "**Canary**\n\n```\n" + canary.format_status(canary.status(ctx.settings, model)) + "\n```"
+    job_id = canary.enqueue_action(ctx.settings, ctx.redis, action, by=f"@{ctx.author} on {ctx.where}",
+                                   model=model)
     word = "Promoting the canary to everyone" if action == "promote" else "Rolling the canary back"
-    return f":traffic_light: {word} (job `{job_id}`)."
+    of = f" of model `{model}`" if model else ""
+    return f":traffic_light: {word}{of} (job `{job_id}`)."
 
 
 def _pause(ctx: Context, cmd: Command) -> str:

@@ -8,7 +8,7 @@ cannot make the bot write to the forge (no amplification); a collaborator below 
 level gets the one-line refusal. A command on the shared model (promote, rollback, pause,
 resume) then needs the same level on every repository feeding the model, or an operator
 (:func:`~bot.chatops.auth.decide_shared`); each repository's level is asked once per job. With
-``[[models]]``, a command on one model (retrain, rollback, promote) runs only from a repository
+``[[models]]``, a command on one model (retrain, rollback, promote, canary) runs only from a repository
 that model learns from, and needs the level on every repository it learns from
 (:func:`_check_model`).
 """
@@ -185,7 +185,7 @@ def _check_shared(settings: Settings, forge: Forge, event: CommentEvent, name: s
     return {"handled": True, "command": name, "allowed": False, "repo": decision.repo}
 
 
-MODEL_COMMANDS = frozenset({"retrain", "rollback", "promote"})
+MODEL_COMMANDS = frozenset({"retrain", "rollback", "promote", "canary"})
 """Commands that act on one model; with ``[[models]]`` they go through :func:`_check_model`."""
 
 

@@ -155,6 +155,7 @@ the corpus when none is configured; the base model as the first serving version.
 @click.option("--model", default=None, metavar="NAME", help="Only this model (its repositories, runs, versions).")
 def status_command(config_path, home, as_json, model) -> None:
     """Repositories, serving version, recent runs, queues: a section per model."""
+    from bot import canary
     from bot.errors import BotError
     from bot.status import snapshot
 
@@ -174,6 +175,8 @@ def status_command(config_path, home, as_json, model) -> None:
                    f"{m.last_run or '—'} {m.last_run_status or ''}".rstrip()
                    + (f"; training {m.training_lock}" if m.training_lock else "")
                    + (f"; pending files {m.pending['files']}" if m.pending else ""))
+        for line in canary.format_part(m.name, m.canary):
+            click.echo(line)
     for repo in status.repositories:
         c = repo.corpus or {}
         click.echo(f"repo {repo.name}: commit {str(c.get('commit') or '—')[:12]} "
