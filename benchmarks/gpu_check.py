@@ -244,17 +244,44 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
-def serve(base: Path, texts: list[str], work: Path, plan: Plan) -> None:
-    """Publish and activate the python-backend artifact on the embedded Triton; time completions."""
+def backend_device(log_path: Path, version: int) -> str:
+    """``device/dtype`` the python backend's instance of ``version`` reported in Triton's log
+    (the line ``serving/python_backend/model.py`` prints at initialize), or ``unreported``."""
+    import importlib.util
+
+    from serving.repository import PYTHON_MODEL
+
+    spec = importlib.util.spec_from_file_location("repotune_python_backend_model", PYTHON_MODEL)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # imports numpy only: triton_python_backend_utils is optional
+    prefix = module.DEVICE_LOG_PREFIX
+    found = "unreported"
+    for line in log_path.read_text(errors="replace").splitlines():
+        if prefix in line and f" version={version} " in line:
+            fields = dict(f.split("=", 1) for f in line.split(prefix, 1)[1].split() if "=" in f)
+            found = f"{fields.get('device')}/{fields.get('dtype')}"
+    return found
+
+
+def serve(base: Path, texts: list[str], work: Path, plan: Plan, gpu: bool) -> None:
+    """Publish and activate the python-backend artifact on the embedded Triton; time completions.
+
+    On the GPU machine the artifact's ``config.pbtxt`` asks for a ``KIND_GPU`` instance on GPU 0
+    (``python_backend_config(gpus=[0])``), so the backend loads the model there in bf16/fp16;
+    ``model_device`` is what the backend itself logged, not what was asked for."""
     import converter
+    from converter.triton_config import python_backend_config
     from serving import ModelRepository, TritonClient, TritonServer
     from serving.repository import load_tokenizer
 
     artifact = converter.convert(base, work / "py-artifact", to="python", model_name="gpucheck",
                                  verify=False).artifact
+    if gpu:
+        (artifact / "config.pbtxt").write_text(python_backend_config("gpucheck", 8, gpus=[0]), encoding="utf-8")
     root = work / "triton"
+    log_path = work / "tritonserver.log"
     os.environ.setdefault("REPOTUNE_TRITON_CPU_THREADS", str(min(8, os.cpu_count() or 1)))
-    with TritonServer(root, log_path=work / "tritonserver.log") as triton:
+    with TritonServer(root, log_path=log_path) as triton:
         repo = ModelRepository(root, "gpucheck", triton.url)
         version = repo.publish(artifact)
         repo.activate(version)
@@ -271,12 +298,12 @@ def serve(base: Path, texts: list[str], work: Path, plan: Plan) -> None:
             return (time.perf_counter() - start) * 1000
 
         client.generate(prompts[0], plan.max_tokens, top_k=1)  # warm-up
+        device = backend_device(log_path, version)
         for concurrency in (1, 8):
             with ThreadPoolExecutor(concurrency) as pool:
                 latencies = list(pool.map(one, (prompts * 2)[: max(plan.requests, 2 * concurrency)]))
             emit(f"serving_c{concurrency}", p50_ms=percentile(latencies, 50), p99_ms=percentile(latencies, 99),
-                 requests=len(latencies), max_tokens=plan.max_tokens,
-                 model_device="cpu")  # serving/python_backend/model.py places the model on the CPU
+                 requests=len(latencies), max_tokens=plan.max_tokens, model_device=device)
 
 
 def ft_convert(base: Path, work: Path) -> None:
@@ -315,7 +342,7 @@ def main() -> None:
     full_finetune(codegen, shards, work, plan, gpu)
     _free(device)
     ft_convert(codegen, work)
-    serve(codegen, texts, work, plan)
+    serve(codegen, texts, work, plan, gpu)
     emit("done", seconds=time.perf_counter() - started)
 
 

@@ -17,6 +17,7 @@ a field name or type Triton does not know fails here, not when Triton loads the 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -141,17 +142,29 @@ def python_backend_config(
     model_dir: str = "model",
     instance_count: int = 1,
     max_queue_delay_us: int = 2000,
+    gpus: Sequence[int] = (),
+    dtype: str | None = None,
 ) -> str:
-    """``config.pbtxt`` for RepoTune's python-backend model: the FT GPT-J tensors, CPU instances.
+    """``config.pbtxt`` for RepoTune's python-backend model: the FT GPT-J tensors.
 
     ``model_dir`` (parameter ``model_dir``) is the Hugging Face checkpoint folder inside each
     version directory. ``schema`` picks the ``random_seed`` type so the proxy can send the
     same request to this model and to a FasterTransformer model of that schema.
+
+    Placement: no ``gpus`` gives ``KIND_CPU`` instances (the embedded CPU server); ``gpus``
+    (device ids) gives ``instance_count`` ``KIND_GPU`` instances on each of them, and the model
+    (``serving/python_backend/model.py``) then loads on that GPU. A Triton without those GPUs
+    refuses to load such a version, so GPU placement is asked for, never guessed. ``dtype``
+    (parameter ``dtype``: ``fp32``, ``fp16``, ``bf16``) overrides the model's default (fp32 on
+    the CPU, bf16/fp16 on a GPU).
     """
     if max_batch_size < 1:
         raise ValueError(f"max_batch_size must be positive, got {max_batch_size}")
-    cfg = _model_config(model_name, "python", max_batch_size, gptj_inputs(schema), {"model_dir": model_dir},
-                        instance_count=instance_count)
+    if dtype is not None and dtype not in ("fp32", "fp16", "bf16"):
+        raise ValueError(f"dtype must be fp32, fp16 or bf16, got {dtype!r}")
+    params = {"model_dir": model_dir, **({"dtype": dtype} if dtype else {})}
+    cfg = _model_config(model_name, "python", max_batch_size, gptj_inputs(schema), params,
+                        instance_count=instance_count, gpus=gpus)
     cfg.dynamic_batching.max_queue_delay_microseconds = max_queue_delay_us
     cfg.dynamic_batching.SetInParent()
     return _to_text(cfg)
@@ -206,9 +219,13 @@ def _check_schema(schema: str) -> None:
 
 
 def _model_config(name: str, backend: str, max_batch_size: int, inputs: list[TensorSpec],
-                  params: dict[str, Any], *, instance_count: int = 1,
+                  params: dict[str, Any], *, instance_count: int = 1, gpus: Sequence[int] = (),
                   default_model_filename: str | None = None) -> Any:
-    """The ``ModelConfig`` both backends share: the GPT-J tensors, CPU instances, parameters."""
+    """The ``ModelConfig`` both backends share: the GPT-J tensors, instances, parameters.
+
+    Instances are ``KIND_CPU`` unless ``gpus`` names devices (``KIND_GPU`` there). The
+    FasterTransformer backend always gets ``KIND_CPU``: it places its ranks on the GPUs itself
+    (as FauxPilot's configs do), and Triton would otherwise start one model per GPU."""
     from tritonclient.grpc import model_config_pb2 as pb
 
     cfg = pb.ModelConfig(name=name, backend=backend, max_batch_size=max_batch_size)
@@ -218,7 +235,11 @@ def _model_config(name: str, backend: str, max_batch_size: int, inputs: list[Ten
         _tensor(cfg.input.add(), spec, pb)
     for spec in GPTJ_OUTPUTS:
         _tensor(cfg.output.add(), spec, pb)
-    cfg.instance_group.add(count=instance_count, kind=pb.ModelInstanceGroup.KIND_CPU)
+    if gpus:
+        cfg.instance_group.add(count=instance_count, kind=pb.ModelInstanceGroup.KIND_GPU,
+                               gpus=[int(g) for g in gpus])
+    else:
+        cfg.instance_group.add(count=instance_count, kind=pb.ModelInstanceGroup.KIND_CPU)
     _set_parameters(cfg, params)
     return cfg
 

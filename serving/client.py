@@ -17,12 +17,21 @@ minutes) on the worker that received it, so every request on a kept-alive connec
 that worker waits for the whole load — during a hot swap that stalled a share of the proxy's
 requests for the full load time (and past their deadline on a busy machine). A new connection
 is handed to a free worker. Measured on localhost the extra connect costs well under 1 ms.
+
+Text models (Triton's vLLM backend: ``text_input`` in, ``text_output`` out, decoupled) are
+reached through Triton's HTTP generate extension instead of ``infer``, which refuses decoupled
+models: :meth:`TritonClient.generate_text` (``POST .../generate``, one JSON answer) and
+:meth:`TritonClient.stream_text` (``POST .../generate_stream``, Server-Sent Events). The body is
+``{"text_input", "sampling_parameters", "exclude_input_in_output", "stream"}``: the generate
+extension passes fields named like model inputs as those tensors, and the backend reads
+``sampling_parameters`` (a JSON string) before the request's parameters, whose values may not
+be lists (stop strings are).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -244,6 +253,52 @@ class TritonClient:
         return _generations(result, rows, return_log_probs, version)
 
 
+    def generate_text(self, text: str, sampling: dict[str, Any], *, version: int | None = None) -> str:
+        """Complete ``text`` on a text model; the completion alone (prompt excluded).
+
+        ``sampling`` is the vLLM ``SamplingParams`` object (:func:`serving.textgen.sampling_parameters`)."""
+        what = f"completing with {self.model_name!r}" + (f" version {version}" if version else "")
+        resp = self._request("POST", self._path(version, "/generate"), body=_text_body(text, sampling, False),
+                             headers={"Content-Type": "application/json"}, what=what, version=version)
+        if resp.status != 200:
+            raise _status_error(resp.status, self._error_text(resp), what, self.model_name, version)
+        try:
+            return str(json.loads(resp.data)["text_output"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise InferenceFailed(f"{what}: Triton's generate answer has no text_output ({resp.data[:300]!r})") from exc
+
+    def stream_text(self, text: str, sampling: dict[str, Any], *, version: int | None = None) -> Iterator[str]:
+        """Complete ``text`` on a text model, yielding each new piece of the completion as the
+        backend sends it (``generate_stream``). The request is sent before the first ``next``
+        returns; an error object in the event stream raises :class:`InferenceFailed`."""
+        import urllib3
+
+        what = f"streaming from {self.model_name!r}" + (f" version {version}" if version else "")
+        try:
+            resp = self._pool.request(
+                "POST", self._path(version, "/generate_stream"), body=_text_body(text, sampling, True),
+                headers={"Content-Type": "application/json", "Connection": "close"}, preload_content=False,
+                timeout=urllib3.Timeout(connect=min(self.timeout_s, 10.0), read=self.timeout_s))
+        except urllib3.exceptions.TimeoutError as exc:
+            raise TritonTimeout(f"{what}: Triton did not answer within {self.timeout_s:.0f}s") from exc
+        except urllib3.exceptions.HTTPError as exc:
+            raise TritonUnavailable(f"{what}: cannot reach Triton at {self.url} ({exc}); is it running?") from exc
+        try:
+            if resp.status != 200:
+                resp.read()
+                raise _status_error(resp.status, self._error_text(resp), what, self.model_name, version)
+            for event in _sse_events(resp):
+                if "error" in event:
+                    raise InferenceFailed(f"{what}: the backend failed mid-stream: {event['error']}")
+                if event.get("text_output"):
+                    yield str(event["text_output"])
+        except urllib3.exceptions.TimeoutError as exc:
+            raise TritonTimeout(f"{what}: no event within {self.timeout_s:.0f}s") from exc
+        except urllib3.exceptions.HTTPError as exc:
+            raise TritonUnavailable(f"{what}: the stream from Triton broke off ({exc})") from exc
+        finally:
+            resp.release_conn()
+
     def _input_types(self, version: int | None) -> dict[str, str]:
         """Input name → Triton dtype as the model declares it (``random_seed`` is INT32 in
         FasterTransformer backend v1.1 and UINT64 later); read once, then cached."""
@@ -259,6 +314,33 @@ class TritonClient:
 
 _NUMPY = {"UINT32": np.uint32, "INT32": np.int32, "FP32": np.float32, "UINT64": np.uint64,
           "INT64": np.int64, "BOOL": bool, "BYTES": object}
+
+
+def _text_body(text: str, sampling: dict[str, Any], stream: bool) -> bytes:
+    """A generate-extension request for the vLLM backend's tensors."""
+    return json.dumps({"text_input": text, "sampling_parameters": json.dumps(sampling),
+                       "exclude_input_in_output": True, "stream": stream}).encode()
+
+
+def _sse_events(resp) -> Iterator[dict[str, Any]]:
+    """The JSON objects of a Server-Sent Events body (``data: {...}`` lines, blank-line separated)."""
+    buffer = b""
+    for chunk in resp.stream(4096):
+        buffer += chunk
+        while b"\n\n" in buffer:
+            block, buffer = buffer.split(b"\n\n", 1)
+            yield from _sse_block(block)
+    if buffer.strip():
+        yield from _sse_block(buffer)
+
+
+def _sse_block(block: bytes) -> Iterator[dict[str, Any]]:
+    data = b"\n".join(line[5:].strip() for line in block.splitlines() if line.startswith(b"data:"))
+    if data:
+        try:
+            yield json.loads(data)
+        except ValueError as exc:
+            raise InferenceFailed(f"Triton's generate_stream sent an event that is not JSON: {data[:300]!r}") from exc
 
 
 def _request_tensors(rows: list[list[int]], output_len: int, *, top_k: int, top_p: float, temperature: float,

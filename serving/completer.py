@@ -10,7 +10,9 @@
 
 Triton is reached through :class:`Generator`, the one method of
 :class:`serving.client.TritonClient` the pipeline uses; a request whose version was unloaded
-mid-swap is retried once on a freshly read pointer. Counters (tokens generated, retries) go
+mid-swap is retried once on a freshly read pointer. A version served by Triton's vLLM backend
+takes prompt text instead of token ids: ``complete`` and ``stream`` then hand the same prepared
+prompt to :class:`serving.textgen.TextCompleter`. Counters (tokens generated, retries) go
 to a :class:`CompletionObserver`, so the pipeline carries no metrics library.
 """
 
@@ -45,6 +47,7 @@ from serving.completions import (
 )
 from serving.errors import ServingError, VersionUnavailable
 from serving.repository import POINTER_FILE, load_tokenizer
+from serving.textgen import TextCompleter, speaks_text
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +85,7 @@ class VersionRouter:
         self._adapter: str | None = None
         self._tokenizers: dict[Any, Any] = {}
         self._families: dict[int, Family | None] = {}
+        self._text: dict[int, bool] = {}
 
     def version(self, fresh: bool = False, client: str = "") -> int:
         """The version serving ``client`` (a telemetry client hash; empty: production); 503
@@ -127,6 +131,16 @@ class VersionRouter:
                 for old in [v for v in self._tokenizers if v != key][:-2]:
                     del self._tokenizers[old]  # keep a few, versions come and go
         return tok
+
+    def speaks_text(self, version: int) -> bool:
+        """True when the version takes prompt text (the vLLM backend), read once per version."""
+        with self._lock:
+            known = self._text.get(version)
+        if known is None:
+            known = speaks_text(self.model_dir / str(version))
+            with self._lock:
+                self._text[version] = known
+        return known
 
     def context(self, version: int) -> int:
         return context_window(self.model_dir / str(version), self.default_context_window)
@@ -178,6 +192,10 @@ class Prompt:
     """Response headers saying what was changed (suffix ignored, context trimmed)."""
     adapter: str | None = None
     """The LoRA adapter applied on ``version`` (adapter models), else ``None``."""
+    texts: list[str] = field(default_factory=list)
+    """The prompt text per completion (as ``rows``): what a text model (vLLM) is sent."""
+    text_protocol: bool = False
+    """``version`` takes text, not token ids (:mod:`serving.textgen`)."""
 
 
 @dataclass
@@ -221,6 +239,8 @@ class Completer:
         self.strict_suffix = strict_suffix
         self.strict_context = strict_context
         self.observer = observer or CompletionObserver()
+        self._texts = TextCompleter(router, triton, model_name=model_name, timeout_s=timeout_s,  # type: ignore[arg-type]
+                                    observer=self.observer)
 
     def parse(self, body: Any) -> CompletionRequest:
         """Validate a request body (400 :class:`ApiError` naming the parameter)."""
@@ -257,10 +277,14 @@ class Completer:
                                        f"max_tokens={req.max_tokens}->{max_tokens}")
         stops = list(req.stop) + [s for s in (stop_tokens(family) if family else ()) if s not in req.stop]
         stop_ids = [ids for ids in (tok(s, add_special_tokens=False)["input_ids"] for s in stops) if ids]
-        return Prompt(version, tok, rows, stop_ids, tok.eos_token_id, max_tokens, stops, headers, adapter)
+        return Prompt(version, tok, rows, stop_ids, tok.eos_token_id, max_tokens, stops, headers, adapter,
+                      texts=[f.text for f in fitted for _ in range(req.n)],
+                      text_protocol=self.router.speaks_text(version))
 
     def complete(self, req: CompletionRequest, prompt: Prompt) -> Completion:
         """One Triton call for every row; choices cut at the stop strings, usage counted."""
+        if prompt.text_protocol:
+            return self._texts.complete(req, prompt)
         version, gens = self._generate(prompt.version, prompt.rows, prompt.max_tokens, req, prompt)
         tok = prompt.tokenizer
         choices, completion_tokens, stopped_at = [], 0, []
@@ -283,6 +307,8 @@ class Completer:
         ``started`` (``time.monotonic()``) is when the request arrived: the deadline
         ``timeout_s`` covers all chunks together.
         """
+        if prompt.text_protocol:
+            return self._texts.stream(req, prompt, started)
         deadline = (time.monotonic() if started is None else started) + self.timeout_s
         first_n = min(max(1, self.stream_chunk_tokens), prompt.max_tokens)
         # The first chunk runs before the response starts: failures still get a real status.

@@ -65,6 +65,7 @@ from serving.errors import (
     ServingError,
     SmokeTestFailed,
 )
+from serving.textgen import check_text_smoke, speaks_text
 
 log = logging.getLogger(__name__)
 
@@ -393,6 +394,8 @@ class ModelRepository(CanaryMethods):
         tokenized by ``vdir``'s tokenizer): it must produce tokens inside the vocabulary with
         finite log probabilities."""
         label = f"adapter {adapter} (base version {version})" if adapter else f"version {version}"
+        if speaks_text(self.model_dir / str(version)):  # the vLLM backend: text in, text out
+            return check_text_smoke(client, version, vdir, self.smoke, f"{label} of {self.model_name!r}", adapter)
         try:
             tokenizer = load_tokenizer(vdir)
             ids = tokenizer(self.smoke.prompt)["input_ids"]

@@ -39,6 +39,13 @@ non-numeric folders). The base is loaded once, by this version; an adapter is re
 ``peft`` on first use and kept in a least-recently-used set of ``max_adapters`` (config
 parameter, default 8), so activating a new adapter version costs reading its few megabytes,
 never a model load. Rows with no adapter (or an empty name) run on the bare base.
+
+Device: where Triton gives the instance a GPU (``instance_group { kind: KIND_GPU }``, so
+``args["model_instance_kind"] == "GPU"`` and ``args["model_instance_device_id"]``) and this
+torch sees CUDA, the model and its adapters load on ``cuda:<id>`` in the configured ``dtype``
+(default bf16 where the card has it, else fp16: fp32 on a GPU wastes half its memory and its
+tensor cores); otherwise on the CPU in ``dtype`` (default fp32). :func:`choose_device` is that
+decision as a pure function.
 """
 
 from __future__ import annotations
@@ -61,12 +68,32 @@ except ImportError:  # pragma: no cover - lets the pure helpers be imported for 
 
 DEFAULT_OUTPUT_LEN = 16
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
-"""``config.pbtxt`` parameter ``dtype`` values; fp32 unless asked (CPU kernels are fp32-first)."""
+"""``config.pbtxt`` parameter ``dtype`` values; default fp32 on the CPU (its kernels are
+fp32-first), bf16 (or fp16 where the card lacks bf16) on a GPU."""
 ADAPTERS_DIR = "adapters"
 """Adapter versions' folder inside the model folder (``<model>/adapters/<name>/``)."""
 ADAPTER_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 """What an adapter name may be: it becomes a folder name and a peft adapter name."""
 DEFAULT_MAX_ADAPTERS = 8
+DEVICE_LOG_PREFIX = "REPOTUNE-PYTHON-BACKEND-DEVICE"
+"""Starts the line ``initialize`` prints (to Triton's log) naming the device and dtype it chose."""
+
+
+def choose_device(kind: str | None, device_id: str | int | None, cuda_available: bool,
+                  dtype: str | None, bf16_supported: bool = True) -> tuple[str, str]:
+    """(torch device, torch dtype name) for one model instance.
+
+    ``kind`` / ``device_id`` are Triton's ``model_instance_kind`` / ``model_instance_device_id``;
+    ``dtype`` is the config parameter (``fp32``/``fp16``/``bf16`` or empty). A GPU instance on a
+    torch without CUDA falls back to the CPU rather than failing the load: the CPU build of
+    torch is what the embedded server ships.
+    """
+    if dtype and dtype not in DTYPES:
+        raise ValueError(f"parameter dtype={dtype!r}: use one of {', '.join(DTYPES)}")
+    if (kind or "").upper() == "GPU" and cuda_available:
+        default = "bf16" if bf16_supported else "fp16"
+        return f"cuda:{int(device_id or 0)}", DTYPES[dtype or default]
+    return "cpu", DTYPES[dtype or "fp32"]
 
 
 def _scalar_per_row(request, name: str, batch: int, default, dtype):
@@ -112,11 +139,20 @@ class TritonPythonModel:
         checkpoint = version_dir / (params.get("model_dir") or "model")
         if not checkpoint.is_dir():
             raise RuntimeError(f"no Hugging Face checkpoint at {checkpoint}; publish an artifact with model/")
-        dtype = DTYPES.get(params.get("dtype") or "fp32")
-        if dtype is None:
-            raise RuntimeError(f"parameter dtype={params.get('dtype')!r}: use one of {', '.join(DTYPES)}")
+        cuda = torch.cuda.is_available()
+        try:
+            device, dtype = choose_device(args.get("model_instance_kind"), args.get("model_instance_device_id"),
+                                          cuda, params.get("dtype"), cuda and torch.cuda.is_bf16_supported())
+        except ValueError as exc:
+            raise RuntimeError(str(exc)) from exc
+        self.device = torch.device(device)
+        self.dtype = dtype
         self.model = AutoModelForCausalLM.from_pretrained(str(checkpoint), dtype=getattr(torch, dtype))
+        self.model.to(self.device)
         self.model.eval()
+        # One line in Triton's log saying where this instance runs (benchmarks/gpu_check.py reads it).
+        print(f"{DEVICE_LOG_PREFIX} model={args.get('model_name')} version={args['model_version']} "
+              f"instance={args.get('model_instance_name')} device={self.device} dtype={dtype}", flush=True)
         cfg = self.model.config
         self.end_id = default_end_id(checkpoint, cfg)
         self.vocab_size = int(cfg.vocab_size)
@@ -160,10 +196,11 @@ class TritonPythonModel:
         started = time.perf_counter()
         try:
             if self.peft is None:
-                self.peft = PeftModel.from_pretrained(self.model, str(folder), adapter_name=key)
+                self.peft = PeftModel.from_pretrained(self.model, str(folder), adapter_name=key,
+                                                      torch_device=str(self.device))
                 self.peft.eval()
             else:
-                self.peft.load_adapter(str(folder), adapter_name=key)
+                self.peft.load_adapter(str(folder), adapter_name=key, torch_device=str(self.device))
         except Exception:
             # A half-read adapter (layers injected, weights not) must not stay behind.
             if self.peft is not None and key in self.peft.peft_config:
@@ -265,10 +302,11 @@ class TritonPythonModel:
         for i, r in enumerate(rows):  # left padding keeps every row's last token at the end
             ids[i, longest - len(r["prompt"]):] = torch.tensor(r["prompt"])
             mask[i, longest - len(r["prompt"]):] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         generator = None
         if not first["greedy"]:
-            generator = torch.Generator().manual_seed(first["seed"])
+            generator = torch.Generator(device=self.device).manual_seed(first["seed"])
         out_tokens: list[list[int]] = [[] for _ in rows]
         out_logps: list[list[float]] = [[] for _ in rows]
         done = [r["new"] == 0 for r in rows]
@@ -290,11 +328,12 @@ class TritonPythonModel:
                 else:
                     probs = torch.softmax(scores, dim=-1)
                     chosen = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-                picked = logprobs.gather(-1, chosen[:, None]).squeeze(-1)
+                picked = logprobs.gather(-1, chosen[:, None]).squeeze(-1).tolist()
+                tokens = chosen.tolist()  # one device-to-host copy per step, not one per row
                 for i, r in enumerate(rows):
                     if done[i]:
                         continue
-                    token = int(chosen[i])
+                    token = tokens[i]
                     if token == r["end_id"]:
                         done[i] = True
                         continue
@@ -304,7 +343,7 @@ class TritonPythonModel:
                         done[i] = True
                 current = chosen[:, None]
                 current_pos = current_pos[:, -1:] + 1
-                mask = torch.cat([mask, torch.ones((batch, 1), dtype=mask.dtype)], dim=1)
+                mask = torch.cat([mask, torch.ones((batch, 1), dtype=mask.dtype, device=mask.device)], dim=1)
                 seen = torch.cat([seen, current], dim=1)
         return [{"tokens": t, "logps": lp} for t, lp in zip(out_tokens, out_logps, strict=True)]
 
