@@ -216,6 +216,8 @@ def _validate(settings: Settings) -> None:
         settings.evaluation.__post_init__()
     except ValueError as exc:
         raise ConfigError(f"[evaluation]: {exc}; see `repotune config --help-settings`") from exc
+    if settings.serving.device not in ("cpu", "gpu"):
+        raise ConfigError(f"[serving] device = {settings.serving.device!r}: use cpu or gpu")
     problems = lora_problems(settings.training)
     if problems:
         raise ConfigError(f"[training] {'; '.join(problems)}; see `repotune config --help-settings`")

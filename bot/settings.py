@@ -202,7 +202,9 @@ class ServingOptions:
     keep_versions: int = defaults.KEEP_VERSIONS
     """Old versions kept for rollback."""
     gpus: int = 1
-    """Tensor-parallel degree of a FasterTransformer conversion."""
+    """GPUs of a conversion: FasterTransformer's tensor-parallel degree; with device = "gpu", the python backend's instances (one on each of GPUs 0..gpus-1)."""
+    device: str = "cpu"
+    """Where the python backend runs the model: cpu (the embedded Triton), or gpu (KIND_GPU instances; a Triton without the GPUs refuses to load the version)."""
     dtype: str = "fp32"
     """Weights dtype of the converted model (fp32, fp16, bf16)."""
     proxy_host: str = defaults.PROXY_HOST

@@ -90,6 +90,7 @@ def convert(
     mp: int | None = None,
     adapters: Sequence[tuple[str, Path]] = (),
     vllm_options: VllmOptions | None = None,
+    device: str = "cpu",
 ) -> ConvertResult:
     """Turn the checkpoint ``src`` into the artifact folder ``out``.
 
@@ -106,17 +107,21 @@ def convert(
     ``bf16`` or ``auto``; ``gpus`` is the tensor-parallel size; ``vllm_options`` overrides all
     of them) and, with ``adapters`` (``(name, folder)`` pairs trained on ``src``), the adapters
     and ``multi_lora.json``. ``out`` must not exist or be empty.
+    ``device`` places the python backend's instances: ``cpu`` (the embedded server), or ``gpu``
+    (one instance on each of GPUs ``0..gpus-1``, in ``dtype``; a Triton without them refuses to
+    load the version, so GPU placement is asked for, never guessed).
     """
     started = time.perf_counter()
     src = Path(src).expanduser().resolve()
     out = Path(out).expanduser().absolute()
-    _check_request(to, dtype, bool(adapters), out)
+    _check_request(to, dtype, bool(adapters), out, device)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         if to == "python":
+            placement = {"gpus": list(range(gpus)), "dtype": dtype} if device == "gpu" else {}
             meta, report = _to_python(src, staging, model_name=model_name, verify=verify,
-                                      max_batch_size=max_batch_size or 8, progress=progress)
+                                      max_batch_size=max_batch_size or 8, progress=progress, **placement)
             tp = 1
         elif to == "vllm":
             options = vllm_options or VllmOptions(dtype=VLLM_DTYPE[dtype], tensor_parallel=gpus,
@@ -150,11 +155,13 @@ def convert(
         verify=report.as_dict() if report else None, files=files)
 
 
-def _check_request(to: str, dtype: str, adapters: bool, out: Path) -> None:
-    """Refuse a target, dtype or adapter request the target cannot honour, and a used ``out``."""
+def _check_request(to: str, dtype: str, adapters: bool, out: Path, device: str = "cpu") -> None:
+    """Refuse a target, dtype, device or adapter request the target cannot honour, and a used ``out``."""
     if to not in BACKENDS:
         raise ConversionError(f"unknown target {to!r}: use one of {', '.join(BACKENDS)}")
-    dtypes = tuple(VLLM_DTYPE) if to == "vllm" else ("fp32", "fp16")
+    if device not in ("cpu", "gpu"):
+        raise ConversionError(f"unknown device {device!r}: use cpu or gpu")
+    dtypes = {"vllm": tuple(VLLM_DTYPE), "python": ("fp32", "fp16", "bf16")}.get(to, ("fp32", "fp16"))
     if dtype not in dtypes:
         raise ConversionError(f"unknown dtype {dtype!r} for {to}: use one of {', '.join(dtypes)}")
     if adapters and to != "vllm":
@@ -246,7 +253,7 @@ def _check_model_type(src: Path, config: dict[str, Any]) -> None:
 # ---------------------------------------------------------------- python backend
 
 def _to_python(src: Path, staging: Path, *, model_name: str, verify: bool, max_batch_size: int,
-               progress: ProgressFn | None):
+               progress: ProgressFn | None, gpus: Sequence[int] = (), dtype: str | None = None):
     config = read_config(src)
     family = checkpoint_family(src, "python")
     start_id, end_id, tok_len = token_ids(src)
@@ -263,7 +270,7 @@ def _to_python(src: Path, staging: Path, *, model_name: str, verify: bool, max_b
         shutil.copy2(path, payload / path.name)
         _emit(progress, "copy", i + 1, len(todo), file=path.name)
     copy_tokenizer(src, payload)
-    (staging / "config.pbtxt").write_text(python_backend_config(model_name, max_batch_size),
+    (staging / "config.pbtxt").write_text(python_backend_config(model_name, max_batch_size, gpus=gpus, dtype=dtype),
                                           encoding="utf-8")
     report = None
     if verify:

@@ -87,3 +87,18 @@ def test_out_must_be_new(codegen_small: Path, tmp_path: Path) -> None:
     (tmp_path / "busy" / "x").write_text("x")
     with pytest.raises(ConversionError, match="not empty"):
         convert(codegen_small, tmp_path / "busy", to="python")
+
+
+def test_gpu_placement_is_asked_for(codegen_small: Path, tmp_path: Path) -> None:
+    """``device="gpu"`` puts one KIND_GPU instance group on GPUs 0..gpus-1 in the asked dtype (the
+    backend then loads the model there); an unknown device is refused before anything is written."""
+    art = convert(codegen_small, tmp_path / "gpu", to="python", device="gpu", gpus=2, dtype="bf16",
+                  verify=False).artifact
+    text = (art / "config.pbtxt").read_text()
+    cfg = parse_model_config(text)
+    assert [(g.kind, list(g.gpus)) for g in cfg.instance_group] == [
+        (model_config_pb2.ModelInstanceGroup.KIND_GPU, [0, 1])]
+    assert config_parameters(text)["dtype"] == "bf16"
+    with pytest.raises(ConversionError, match="unknown device"):
+        convert(codegen_small, tmp_path / "tpu", to="python", device="tpu")
+    assert not (tmp_path / "tpu").exists()

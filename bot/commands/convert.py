@@ -66,6 +66,8 @@ def convert_group() -> None:
               help="Override the qkv block count (4 for CodeGen-1, 8 for codegen2-1B/3.7B).")
 @click.option("--model-mount", default="/model", show_default=True,
               help="Where the Triton container mounts the model repository.")
+@click.option("--device", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True,
+              help="--to python: run the model on the CPU, or on GPUs 0..--gpus-1 (KIND_GPU instances).")
 @click.option("--no-verify", is_flag=True, help="Skip the logits comparison (not recommended).")
 @click.option("--adapter", "adapters", multiple=True, metavar="[NAME=]DIR",
               help="vllm: a LoRA adapter trained on CHECKPOINT, served by NAME (default: the folder "
@@ -77,7 +79,7 @@ def convert_group() -> None:
 def convert_checkpoint(checkpoint: Path, to: str, out: Path, gpus: int, dtype: str | None,
                        model_name: str, schema: str, mp: int | None, model_mount: str,
                        no_verify: bool, adapters: tuple[str, ...], gpu_memory_utilization: float,
-                       max_model_len: int | None) -> None:
+                       max_model_len: int | None, device: str) -> None:
     """Convert the Hugging Face CodeGen CHECKPOINT into a servable artifact.
 
     `--to fastertransformer` does CodeGen → GPT-J → FasterTransformer for --gpus ranks, writes
@@ -102,7 +104,8 @@ def convert_checkpoint(checkpoint: Path, to: str, out: Path, gpus: int, dtype: s
         result = convert(checkpoint, out, to=to, gpus=gpus, dtype=dtype,
                          model_name=model_name, verify=not no_verify, progress=progress,
                          schema=schema, mp=mp, model_mount=model_mount,
-                         adapters=[parse_adapter(a) for a in adapters], vllm_options=options)
+                         adapters=[parse_adapter(a) for a in adapters], vllm_options=options,
+                         device=device)
     click.echo(f"artifact: {result.artifact}")
     if to == "vllm":
         meta = json.loads((result.artifact / "artifact.json").read_text(encoding="utf-8"))
