@@ -284,7 +284,9 @@ def ensure_serving(settings: config.Settings, base: Path,
         return None
     repository = serving_version.repository(settings)
     if serving_version.serves_adapters(settings):
-        if repository.current() is None:
+        from serving.repository import read_pointer
+
+        if read_pointer(repository.model_dir) is None:  # a restart skips this: no base digest to read
             progress(f"loading the base of LoRA model {settings.serving.model_name!r} "
                      "(it serves bare until its first adapter)")
             repository.serve_base(base)
