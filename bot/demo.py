@@ -11,7 +11,9 @@ loop ``repotune demo`` drives against it.
 2. no base model → a tiny model is bootstrapped from the corpus (``trainer.tiny``): a CodeGen, or
    the FIM family ``[training] family`` names (then the demo fills in the middle end to end);
 3. nothing serving → the base model is published and activated as version 1, so the
-   completion endpoint answers from the first second.
+   completion endpoint answers from the first second; with ``[[models]]`` every model is
+   brought up this way, a LoRA model by loading its base once and serving it bare until its
+   first adapter (:func:`ensure_serving`, docs/models.md).
 
 ``run_demo(...)`` is the scripted loop: commit new code to the demo repository, deliver a
 signed GitHub push webhook, follow the run it starts through ingest → train → evaluate →
@@ -31,7 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from bot import config, serving_version
+from bot import config, models, serving_version
 from bot.errors import BotError
 from durable import write_atomic
 
@@ -269,18 +271,35 @@ def _check_bootstrapped_family(base: Path, family: str | None) -> None:
 
 def ensure_serving(settings: config.Settings, base: Path,
                    progress: Callable[[str], None] = log.info) -> int | None:
-    """Publish and activate ``base`` when no version serves yet; returns the serving version."""
+    """Make one model answer from the first second; returns its serving version.
+
+    ``settings`` are that model's view (:func:`bot.models.settings_for`; with one model the
+    plain settings do). A full model publishes and activates ``base`` as version 1 when nothing
+    serves yet; a LoRA model on the python backend gets ``base`` loaded once as its base version
+    and, until its first adapter, serves it bare (:meth:`serving.adapters.AdapterRepository.serve_base`;
+    the returned version is then None: no adapter serves). After a restart Triton has nothing
+    loaded: what the pointer names is loaded again.
+    """
     if not settings.serving.triton_url:
         return None
-    import converter
-
     repository = serving_version.repository(settings)
+    if serving_version.serves_adapters(settings):
+        from serving.repository import read_pointer
+
+        if read_pointer(repository.model_dir) is None:  # a restart skips this: no base digest to read
+            progress(f"loading the base of LoRA model {settings.serving.model_name!r} "
+                     "(it serves bare until its first adapter)")
+            repository.serve_base(base)
+        return repository.ensure_loaded()
     current = serving_version.active_version(settings)
     if current is not None:
         repository.activate(current)  # after a restart Triton has nothing loaded
         return current
-    progress("publishing the base model as the first serving version")
-    artifact = settings.home / "models" / "base-artifact"
+    import converter
+
+    progress(f"publishing the base model as the first serving version of {settings.serving.model_name!r}")
+    spec = models.get_model(settings, None)
+    artifact = settings.home / "models" / ("base-artifact" if spec.implicit else f"base-artifact-{spec.name}")
     if not (artifact / "artifact.json").exists():
         import shutil
 
@@ -292,14 +311,18 @@ def ensure_serving(settings: config.Settings, base: Path,
 
 
 def bootstrap(settings: config.Settings, **demo_options: t.Any) -> None:
-    """``repotune up``'s bootstrap: demo forge if nothing is configured, base model, first version.
+    """``repotune up``'s bootstrap: demo forge if nothing is configured, base model, first version
+    of every configured model (:func:`ensure_serving`; one model without ``[[models]]``).
 
     ``demo_options`` go to :func:`setup_demo` (tests use fewer training steps)."""
     if not settings.repos:
         paths = setup_demo(settings, **demo_options)
         log.info("no repositories configured: serving the demo repository %s", paths.bare)
-    base = ensure_base_model(settings, progress=print)
-    ensure_serving(settings, base, progress=print)
+    for spec in models.model_specs(settings):
+        view = models.settings_for(settings, spec)
+        # A model without its own base shares the default one, bootstrapped from every repository.
+        base = ensure_base_model(view if spec.base_model else settings, progress=print)
+        ensure_serving(view, base, progress=print)
 
 
 # --- the scripted loop ---------------------------------------------------------------------

@@ -8,8 +8,8 @@
     ingest_step      (queue ingest)  a run's step 1: trainer.corpus.update of every corpus
     train_step       (queue gpu)     step 2: trainer.finetune.train (CPU, in-process) or .launch (GPUs)
     evaluate_step    (queue gpu)     step 3: trainer.evaluate.compare against the serving model → gate
-    convert_step     (queue gpu)     step 4: converter.convert → artifact
-    publish_step     (queue deploy)  step 5: serving.ModelRepository.publish + activate (or a canary)
+    convert_step     (queue gpu)     step 4: converter.convert → artifact (a LoRA adapter: itself, or merged)
+    publish_step     (queue deploy)  step 5: the model's repository publish + activate (or a canary)
     promote_job      (queue deploy)  a rejected run: convert + publish anyway; a published one: activate
     rollback_job     (queue deploy)  serving.ModelRepository.rollback
     eval_job         (queue gpu)     re-run the evaluation of a run (no status change)
@@ -262,7 +262,7 @@ def _compare(settings: Settings, run: RunRecord) -> GateDecision | None:
     from trainer import evaluate
 
     out_dir = run_dir(settings.home, run.id) / "eval"
-    baseline = serving_version.serving_checkpoint(settings)[1] or settings.base_model_path()
+    baseline = serving_version.baseline(settings)  # a LoRA model's: base + its serving adapter
     comparison = evaluate.compare(run.checkpoint, baseline, recipe.heldout_records(settings),
                                   recipe.eval_config(settings),
                                   corpus_version=recipe.corpus_version_label(run), out_dir=out_dir,
@@ -290,12 +290,31 @@ def evaluate_step(run_id: str) -> dict[str, t.Any]:
 
 
 def convert_step(run_id: str) -> str:
-    """Step 4: turn the checkpoint into a Triton artifact (python backend or FasterTransformer)."""
+    """Step 4: turn the checkpoint into a Triton artifact (python backend or FasterTransformer).
+
+    A LoRA run's checkpoint is an adapter folder: on the python backend that folder *is* the
+    artifact (the adapter repository publishes it beside the loaded base; nothing to convert);
+    for a backend that cannot apply adapters it is merged into a full checkpoint first
+    (:func:`trainer.lora.merge_adapter`) and converted like a full run's."""
     import converter
+    from families.adapters import is_adapter
 
     with lifecycle.step(run_id, RunStatus.CONVERTING) as (settings, run, conn):
         sv = settings.serving
-        result = converter.convert(run.checkpoint, run_dir(settings.home, run.id) / "artifact",
+        checkpoint = run.checkpoint
+        if is_adapter(checkpoint) and serving_version.serves_adapters(settings):
+            run.artifact = str(checkpoint)
+            lifecycle.move(settings, run, RunStatus.PUBLISHING, "adapter: published as trained, no conversion")
+            lifecycle.advance(settings, conn, run, "publish")
+            return run.artifact
+        if is_adapter(checkpoint):
+            from trainer.lora import merge_adapter
+
+            merged = run_dir(settings.home, run.id) / "merged"
+            if not (merged / "config.json").is_file():  # a retried step finds it merged already
+                merge_adapter(checkpoint, merged)
+            checkpoint = str(merged)
+        result = converter.convert(checkpoint, run_dir(settings.home, run.id) / "artifact",
                                    to=sv.backend, gpus=sv.gpus, dtype=sv.dtype, model_name=sv.model_name,
                                    progress=_step_progress(settings, run))
         run.artifact = str(result.artifact)
@@ -307,22 +326,33 @@ def convert_step(run_id: str) -> str:
 def publish_step(run_id: str) -> int:
     """Step 5: publish the artifact as a new version and switch serving to it; with ``[canary]
     enabled`` (and a production version to compare with), serve it to a share of clients instead
-    and keep the model until the scheduler's acceptance test decides (:mod:`bot.canary`)."""
+    and keep the model until the scheduler's acceptance test decides (:mod:`bot.canary`).
+
+    A LoRA model on the python backend publishes an adapter version and activates it without
+    reloading its base. It takes no canary: the proxy's canary routes a share of clients to
+    another Triton version, and an adapter version is not one; the adapter is smoke-tested on
+    the loaded base before the switch and rolls back with a pointer switch, and the run's
+    history says the canary was skipped (docs/models.md)."""
     with lifecycle.step(run_id, RunStatus.PUBLISHING) as (settings, run, conn):
         repository = serving_version.repository(settings)
         progress = _step_progress(settings, run)
         version = repository.publish(run.artifact, progress=progress)
         run.version = int(version)
         previous = repository.current()
-        if settings.canary.enabled and previous is not None:
+        note = f"version {version}"
+        adapters = serving_version.serves_adapters(settings)
+        if settings.canary.enabled and previous is not None and not adapters:
             from bot import canary
 
             state = canary.start(settings, repository, run, version, progress=progress)
             lifecycle.move(settings, run, RunStatus.CANARY, f"version {version} to {state.share:.0%} of clients")
             return run.version  # the model stays this run's until the canary is decided
+        if settings.canary.enabled and previous is not None:
+            note = f"adapter version {version}; canary skipped: adapter models switch whole (docs/models.md)"
+            log.warning("run %s: %s", run.id, note)
         repository.activate(version, progress=progress)
         freshness.queue_editor_eval(settings, conn, run.version, previous, run.checkpoint, run.id)
-        lifecycle.move(settings, run, RunStatus.SERVING, f"version {version}")
+        lifecycle.move(settings, run, RunStatus.SERVING, note)
         lifecycle.finish(settings, conn, run)
     return run.version
 

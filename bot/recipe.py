@@ -134,7 +134,10 @@ def finetune_config(settings: Settings, run: RunRecord) -> FinetuneConfig:
     the run's inputs (base model, shards, output folder). An unknown recipe name is a ConfigError."""
     tr = settings.training
     base = settings.base_model_path()
-    if tr.continue_from_serving:  # continued training: start where the serving model left off
+    # Continued training starts where the serving model left off. Not for LoRA: an adapter
+    # applies to the base exactly as it is on disk, so every adapter is trained on the base
+    # itself (the serving adapter is its baseline at the gate, not its starting point).
+    if tr.continue_from_serving and getattr(tr, "method", "full") != "lora":
         base = serving_version.serving_checkpoint(settings)[1] or base
     values = {**tr.recipe(), "base": base,
               "train_files": [str(p) for p in shards(settings, "train")],

@@ -10,7 +10,9 @@ serves.
 Every function answers for one model: ``model`` names it, or ``settings`` are already that
 model's view (:func:`bot.models.settings_for`); with one model nothing needs naming. A LoRA model
 served by the python backend is an adapter repository (``serving.adapters``): its versions are
-adapters over a base loaded once, with the same lifecycle methods.
+adapters over a base loaded once, with the same lifecycle methods; its serving checkpoint is the
+serving adapter's published folder (evaluated as base + adapter), and before its first adapter
+the bare base serves (the pointer names the base version and no adapter).
 """
 
 from __future__ import annotations
@@ -36,12 +38,19 @@ def repository(settings: Settings, model: str | None = None, *, need_triton: boo
         raise BotError("no Triton to publish to: set serving.triton_url (REPOTUNE_SERVING_TRITON_URL) "
                        "or run under `repotune up`, which starts the bundled Triton")
     root, name, keep = settings.home / "triton", settings.serving.model_name, max(1, settings.serving.keep_versions)
-    spec = models.get_model(settings, None)
-    if spec.method == "lora" and settings.serving.backend == "python":
+    if serves_adapters(settings):
         from serving.adapters import open_repository
 
         return open_repository(root, name, adapter=True, triton_url=url, keep=keep)
     return ModelRepository(root, name, url, keep=keep)
+
+
+def serves_adapters(settings: Settings, model: str | None = None) -> bool:
+    """Whether ``model``'s versions are LoRA adapters over a base loaded once: a LoRA model on
+    the python backend. A LoRA model on another backend (FasterTransformer, vLLM) has its
+    adapter merged into a full checkpoint at conversion and is served like a full model."""
+    settings = models.settings_for(settings, model)
+    return models.get_model(settings, None).method == "lora" and settings.serving.backend == "python"
 
 
 def active_version(settings: Settings, model: str | None = None) -> int | None:
@@ -64,15 +73,40 @@ def _runs_of(settings: Settings, name: str) -> t.Iterator[t.Any]:
 def serving_checkpoint(settings: Settings, model: str | None = None) -> tuple[int | None, str | None]:
     """(version, checkpoint) of ``model``'s serving version when one of its run records serves
     the active version (the newest such run when no pointer exists yet); (None, None) otherwise.
-    This is the gate's baseline: a model is compared with its own serving version, never another's."""
+    For a LoRA model the checkpoint is the serving adapter's published folder, run or no run.
+    This is the gate's baseline (:func:`baseline`): a model is compared with its own serving
+    version, never another's."""
     settings = models.settings_for(settings, model)
     active = active_version(settings)
+    if active is not None and serves_adapters(settings):
+        adapter = _adapter_folder(settings, active)
+        if adapter is not None:
+            return active, adapter
     for run in _runs_of(settings, settings.serving.model_name):
         if run.version is None or run.status != RunStatus.SERVING:
             continue
         if active is None or run.version == active:
             return run.version, run.checkpoint
     return None, None
+
+
+def _adapter_folder(settings: Settings, version: int) -> str | None:
+    """The published folder of adapter ``version`` (peft files, tokenizer, manifest naming the
+    base by digest): what evaluation loads as base + adapter. Taken from the repository rather
+    than the run, so an adapter promoted or rolled back to by hand, or whose run folder was
+    pruned, is still its model's baseline."""
+    try:
+        return str(repository(settings, need_triton=False).version_dir(version))
+    except Exception:  # the version folder is gone (retention): fall back to the run records
+        return None
+
+
+def baseline(settings: Settings, model: str | None = None) -> str:
+    """What a candidate of ``model`` is gated against: the serving checkpoint (for a LoRA model
+    its serving adapter, evaluated as base + adapter), or the base model when nothing of the
+    model's own serves (a full model's base published as version 1, a LoRA model's bare base)."""
+    settings = models.settings_for(settings, model)
+    return serving_checkpoint(settings)[1] or settings.base_model_path()
 
 
 def last_run(settings: Settings, model: str | None = None) -> t.Any:

@@ -6,11 +6,12 @@
     ├── repotune webhook      waitress (serving.http.HttpServer), the webhook app (+ status page)
     ├── repotune worker ×4    one per queue: ingest, gpu, deploy, control
     ├── proxy (thread)        serving.create_proxy_app under waitress on proxy_host:proxy_port,
-    │                         configured by bot.proxy_settings exactly as `repotune serve` is
+    │                         configured by bot.proxy_settings exactly as `repotune serve` is;
+    │                         serves every model in <home>/triton (each [[models]] entry)
     └── scheduler (main)      bot.scheduler.tick every policy.tick_seconds
 
-Startup order: Redis → Triton → ``bootstrap`` hook (e.g. the demo repository and tiny base model)
-→ workers → webhook → proxy → scheduler loop. SIGINT/SIGTERM stop everything in reverse order,
+Startup order: Redis → Triton → ``bootstrap`` hook (e.g. the demo repository and tiny base model;
+every configured model loaded and serving, :func:`bot.demo.bootstrap`) → workers → webhook → proxy → scheduler loop. SIGINT/SIGTERM stop everything in reverse order,
 also when they arrive during startup (:func:`run`); every child runs in its own process group, so
 nothing else stops them.
 Children get the effective settings through the environment (``REDIS_URL``,
@@ -176,10 +177,20 @@ def start_proxy(up: Up) -> str | None:
     from serving.http import HttpServer
 
     sv = up.settings.serving
-    app = create_proxy_app(proxy_config(up.settings))
+    app = create_proxy_app(proxy_config(up.settings, model_name=default_model(up.settings)))
     server = HttpServer(app, sv.proxy_host, sv.proxy_port, http_limits(up.settings), name="proxy").start()
     up.on_stop("proxy", server.stop)
     return f"{server.url}/v1/completions"
+
+
+def default_model(settings: config.Settings) -> str:
+    """The model a request naming none gets: ``serving.model_name`` when it is a configured
+    model (always, without ``[[models]]``), else the first ``[[models]]`` entry. Every other
+    model the repository holds is served too (:class:`serving.models.ModelSet` finds them)."""
+    from bot import models
+
+    names = models.model_names(settings)
+    return settings.serving.model_name if settings.serving.model_name in names else names[0]
 
 
 def _wait_http(url: str, proc: subprocess.Popen, timeout: float = 60.0) -> None:
@@ -268,6 +279,12 @@ def _adopt_edited_recipe(up: Up, seen: list[int | None]) -> None:
         return
     for name in SNAPSHOT_SECTIONS:
         setattr(up.settings, name, getattr(loaded, name))
+    # A model's own overrides are recipe too; adding or removing a model needs a restart (its
+    # base is loaded and its serving version activated at startup).
+    if [m.name for m in loaded.models] == [m.name for m in up.settings.models]:
+        up.settings.models = loaded.models
+    else:
+        log.warning("%s adds or removes [[models]]: restart `repotune up` to serve them", up.settings.source)
 
 
 def scheduler_loop(up: Up) -> None:

@@ -11,6 +11,8 @@ base, and adapter versions live beside the version folders, where Triton does no
     <root>/<model>/adapters/<N>/           adapter version N: peft files, tokenizer, repotune-adapter.json,
                                            artifact.json, serving.json {"model", "version": B, "adapter": N}
     <root>/<model>/serving.json            the pointer: a symlink to the serving adapter's serving.json
+                                           (before the first adapter, :meth:`AdapterRepository.serve_base`
+                                           points it at ``<B>/serving.json``: the bare base serves)
 
 Every request carries the pointer's adapter name (the ``adapter`` input); the backend reads an
 adapter with peft the first time it is named and keeps a few in memory. So:
@@ -41,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from durable import copytree_fsync, fsync_dir, write_atomic, write_json_atomic
-from families.adapters import AdapterError, read_manifest, resolve_base
+from families.adapters import AdapterError, checkpoint_digest, read_manifest, resolve_base
 from serving._repo import POINTER_FILE, ProgressFn, emit, read_json
 from serving.client import TritonClient
 from serving.errors import ModelLoadFailed, RepositoryStateError, SmokeTestFailed
@@ -200,6 +202,30 @@ class AdapterRepository(ModelRepository):
                             switched_at=time.time())
             self._retain()
             emit(progress, "switch", 3, 3, version=number)
+
+    def serve_base(self, base: str | Path, progress: ProgressFn | None = None) -> int:
+        """Write (once) and load the model's base version; with no pointer yet, serve the bare base.
+
+        What a LoRA model answers with before its first adapter: the base it will be trained
+        from, smoke-tested, behind a pointer ``{"model", "version": B}`` that names no adapter
+        (the proxy then sends requests without one). An adapter activated later re-points it;
+        a pointer already there is left alone. Returns the base version ``B``. Raises
+        :class:`RepositoryStateError` when the model already holds another base (by digest).
+        """
+        base = Path(base).resolve()
+        try:
+            digest = checkpoint_digest(base)
+        except AdapterError as exc:
+            raise RepositoryStateError(f"cannot serve base {base}: {exc}") from exc
+        client = self._triton()
+        with self._locked():
+            self._sweep()
+            number, _ = self._base_for(digest, base, progress)
+            self._ensure_base(client, number)
+            if read_pointer(self.model_dir) is None:
+                self._smoke(client, number, self.model_dir / str(number))
+                self._relink(f"{number}/{POINTER_FILE}")
+        return number
 
     def ensure_loaded(self) -> int | None:
         """Load the serving adapter's base into a (re)started Triton (nothing when it is ready);
