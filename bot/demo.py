@@ -188,7 +188,7 @@ def _ensure_secret(paths: DemoPaths) -> str:
 
 def _adopt(settings: config.Settings, loaded: config.Settings) -> None:
     """Copy the demo file's settings into the running ``settings`` (keeping URLs ``up`` chose)."""
-    for section in ("policy", "training", "evaluation"):
+    for section in ("policy", "training", "evaluation", "canary"):
         setattr(settings, section, getattr(loaded, section))
     settings.repos = loaded.repos
     settings.source = loaded.source
@@ -304,7 +304,9 @@ def ensure_serving(settings: config.Settings, base: Path,
         import shutil
 
         shutil.rmtree(artifact, ignore_errors=True)
-        converter.convert(base, artifact, to="python", model_name=settings.serving.model_name)
+        sv = settings.serving
+        converter.convert(base, artifact, to="python", model_name=sv.model_name, device=sv.device, gpus=sv.gpus,
+                          dtype=sv.dtype)
     version = repository.publish(artifact)
     repository.activate(version)
     return int(version)

@@ -316,7 +316,7 @@ def convert_step(run_id: str) -> str:
             checkpoint = str(merged)
         result = converter.convert(checkpoint, run_dir(settings.home, run.id) / "artifact",
                                    to=sv.backend, gpus=sv.gpus, dtype=sv.dtype, model_name=sv.model_name,
-                                   progress=_step_progress(settings, run))
+                                   device=sv.device, progress=_step_progress(settings, run))
         run.artifact = str(result.artifact)
         lifecycle.move(settings, run, RunStatus.PUBLISHING)
         lifecycle.advance(settings, conn, run, "publish")

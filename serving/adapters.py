@@ -207,7 +207,7 @@ class AdapterRepository(ModelRepository):
         """Write (once) and load the model's base version; with no pointer yet, serve the bare base.
 
         What a LoRA model answers with before its first adapter: the base it will be trained
-        from, smoke-tested, behind a pointer ``{"model", "version": B}`` that names no adapter
+        from, smoke-tested, behind a pointer ``{"model", "version": B, "adapter": null}`` that names no adapter
         (the proxy then sends requests without one). An adapter activated later re-points it;
         a pointer already there is left alone. Returns the base version ``B``. Raises
         :class:`RepositoryStateError` when the model already holds another base (by digest).
@@ -224,6 +224,10 @@ class AdapterRepository(ModelRepository):
             self._ensure_base(client, number)
             if read_pointer(self.model_dir) is None:
                 self._smoke(client, number, self.model_dir / str(number))
+                # "adapter": null tells the proxy this is an adapter model serving its bare base
+                # (numbered 0 in completions and telemetry, as no adapter version is 0).
+                write_json_atomic(self.model_dir / str(number) / POINTER_FILE,
+                                  {"model": self.model_name, "version": number, "adapter": None})
                 self._relink(f"{number}/{POINTER_FILE}")
         return number
 

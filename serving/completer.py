@@ -83,14 +83,23 @@ class VersionRouter:
         self._version: int | None = None
         self._canary: CanaryState | None = None
         self._adapter: str | None = None
+        self._adapter_model = False
         self._tokenizers: dict[Any, Any] = {}
         self._families: dict[int, Family | None] = {}
         self._text: dict[int, bool] = {}
 
     def version(self, fresh: bool = False, client: str = "") -> int:
-        """The version serving ``client`` (a telemetry client hash; empty: production); 503
-        :class:`ApiError` when none serves."""
-        return self.route(fresh, client)[0]
+        """The version serving ``client`` (a telemetry client hash; empty: production), as
+        :meth:`served` numbers it; 503 :class:`ApiError` when none serves."""
+        return self.served(*self.route(fresh, client))
+
+    def served(self, version: int, adapter: str | None) -> int:
+        """The number a completion, telemetry and ``/v1/models`` give the version that served:
+        the Triton version, or for an adapter model (:mod:`serving.adapters`) its adapter version,
+        0 for the bare base. These are the numbers the model's repository, runs and rollback use."""
+        if adapter is not None:
+            return int(adapter)
+        return 0 if self._adapter_model else version
 
     def route(self, fresh: bool = False, client: str = "") -> tuple[int, str | None]:
         """The (Triton version, adapter name or ``None``) serving ``client``, from one pointer read."""
@@ -112,6 +121,7 @@ class VersionRouter:
                 adapter = pointer.get("adapter")
                 self._stamp, self._version, self._canary = stamp, pointer.get("version"), canary_of(pointer)
                 self._adapter = str(adapter) if adapter is not None else None
+                self._adapter_model = "adapter" in pointer
             if self._version is None:
                 raise ApiError(503, "no model version is serving yet; deploy one with "
                                     "`repotune deploy <checkpoint>`", code="model_unavailable")
@@ -297,8 +307,9 @@ class Completer:
                                   log_probs=gen.log_probs))
         self.observer.tokens(completion_tokens)
         usage = _usage(prompt, [g.tokens for g in gens])
-        body = envelope(self.model_name, version, choices, usage, _completion_id(), int(time.time()))
-        return Completion(version=version, body=body, completion_tokens=completion_tokens,
+        served = self.router.served(version, prompt.adapter)
+        body = envelope(self.model_name, served, choices, usage, _completion_id(), int(time.time()))
+        return Completion(version=served, body=body, completion_tokens=completion_tokens,
                           stopped_at=tuple(stopped_at))
 
     def stream(self, req: CompletionRequest, prompt: Prompt, started: float | None = None) -> CompletionStream:
@@ -313,7 +324,8 @@ class Completer:
         first_n = min(max(1, self.stream_chunk_tokens), prompt.max_tokens)
         # The first chunk runs before the response starts: failures still get a real status.
         version, first = self._generate(prompt.version, prompt.rows, first_n, req, prompt)
-        return CompletionStream(version, self._events(req, prompt, version, first, first_n, deadline))
+        return CompletionStream(self.router.served(version, prompt.adapter),
+                                self._events(req, prompt, version, first, first_n, deadline))
 
     # ------------------------------------------------------------------ internals
 
@@ -343,14 +355,14 @@ class Completer:
         if req.echo:
             for i in range(n_rows):
                 c = choice(i, "", None, prompt.tokenizer, req, req.prompts[i // req.n])
-                yield envelope(self.model_name, state.version, [c], None, cid, created)
+                yield envelope(self.model_name, self.router.served(state.version, prompt.adapter), [c], None, cid, created)
         pending, step = first, 0
         while True:
             for c in self._deltas(req, prompt, state, pending):
-                yield envelope(self.model_name, state.version, [c], None, cid, created)
+                yield envelope(self.model_name, self.router.served(state.version, prompt.adapter), [c], None, cid, created)
             if all(f is not None for f in state.finished):
                 if req.include_usage:  # OpenAI's last chunk: usage and no choices
-                    yield envelope(self.model_name, state.version, [], _usage(prompt, state.produced), cid, created)
+                    yield envelope(self.model_name, self.router.served(state.version, prompt.adapter), [], _usage(prompt, state.produced), cid, created)
                 return
             if time.monotonic() > deadline:
                 yield ApiError(504, "the completion exceeded its deadline", code="timeout").body()

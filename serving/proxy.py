@@ -287,8 +287,10 @@ def _info_routes(app, cfg: ProxyConfig, models: ModelSet, metrics: _Metrics) -> 
         triton = models.triton(cfg.model_name)
         live = triton.live()
         try:
-            version = models.router(cfg.model_name).version()
-            ready = live and triton.model_ready(version)
+            router = models.router(cfg.model_name)
+            loaded, adapter = router.route()
+            version = router.served(loaded, adapter)
+            ready = live and triton.model_ready(loaded)
         except ApiError:
             version, ready = None, False
         resp = jsonify({"triton_live": live, "version": version, "ready": ready})

@@ -137,6 +137,7 @@ class Poller(threading.Thread):
         self.url, self.pointer_dir = url, pointer_dir
         self.stop = threading.Event()
         self.answers: list[tuple[int, str, object, object]] = []
+        self.labels: list[tuple[str, object, object]] = []  # the answer's "model", pointer before/after
         self.latencies: list[float] = []
         self.failures: list[str] = []
 
@@ -154,7 +155,9 @@ class Poller(threading.Thread):
                                              "temperature": 0}, timeout=30)
                 if answer.status_code == 200 and answer.json()["choices"]:
                     self.latencies.append(time.monotonic() - started)
-                    self.answers.append((i, answer.json()["choices"][0]["text"], before, self.adapter()))
+                    after = self.adapter()
+                    self.answers.append((i, answer.json()["choices"][0]["text"], before, after))
+                    self.labels.append((answer.json()["model"], before, after))
                 else:
                     self.failures.append(f"{answer.status_code} {answer.text[:200]}")
             except requests.RequestException as exc:
@@ -210,8 +213,8 @@ def test_two_models_lora_and_full_push_to_serving_scoped_keys_adapter_swap(world
         # 1. Before any push: team-b serves its base as version 1, team-a its bare base.
         base = lora.base_version()
         assert full.current() == 1 and lora.current() is None and base is not None
-        assert read_pointer(lora.model_dir) == {"model": "team-a", "version": base}
-        assert _complete(tree, "team-a").model == f"team-a@{base}"
+        assert read_pointer(lora.model_dir) == {"model": "team-a", "version": base, "adapter": None}
+        assert _complete(tree, "team-a").model == "team-a@0"  # the bare base: no adapter version yet
         assert _complete(tree, "team-b").model == "team-b@1"
         _check_scoping(tree)
 
@@ -223,7 +226,7 @@ def test_two_models_lora_and_full_push_to_serving_scoped_keys_adapter_swap(world
         assert is_adapter(run.checkpoint) and run.artifact == run.checkpoint
         assert run.metrics["gate"]["passed"] is True and run.metrics["baseline"].endswith("models/base")
         assert run.version == 1 and lora.current() == 1 and lora.base_version() == base
-        assert _complete(tree, "team-a").model == f"team-a@{base}"
+        assert _complete(tree, "team-a").model == "team-a@1"  # completions name the adapter version
         assert _runs(home, "team-b") == []
 
         # 3. Push to repo-b: only team-b trains, in full, converted and published as version 2.
@@ -263,7 +266,7 @@ def test_two_models_lora_and_full_push_to_serving_scoped_keys_adapter_swap(world
 
     # 5. A restart loads both models again, each from what its pointer names.
     with running_up_config(home, world["config"], env=world["env"]) as tree:
-        assert _complete(tree, "team-a").model == f"team-a@{base}" and lora.current() == 2
+        assert _complete(tree, "team-a").model == "team-a@2" and lora.current() == 2
         assert _complete(tree, "team-b").model == "team-b@2"
         _check_scoping(tree)
 
@@ -287,3 +290,5 @@ def _check_swap(poller: Poller) -> None:
     for n, texts in by_adapter.items():
         assert all(len(v) == 1 for v in texts.values()), (n, texts)  # greedy: one answer per prompt
     assert any(by_adapter[1][i] != by_adapter[2][i] for i in range(len(PROMPTS))), by_adapter
+    wrong = [(label, a) for label, a, b in poller.labels if a == b and label != f"team-a@{a}"]
+    assert not wrong, f"answers named another adapter version than the one serving: {wrong[:5]}"
