@@ -118,8 +118,9 @@ def test_adapter_swap_under_load_changes_completions_without_reloading_the_base(
     assert len({first_text, second_text, base_text}) == 3  # the adapters really change the answers
     before = [r for r in load.results if r[0] < started]
     after = [r for r in load.results if r[0] > switched]
-    assert before and all(r[2] == str(base) and r[3] == first_text for r in before)
-    assert after and all(r[2] == str(base) and r[3] == second_text for r in after)
+    # The version header names the adapter version that answered (the repository's numbering).
+    assert before and all(r[2] == str(first) and r[3] == first_text for r in before)
+    assert after and all(r[2] == str(second) and r[3] == second_text for r in after)
     # Nothing was loaded: Triton initialised no model instance, and it still serves only the base,
     # with the adapters folder beside it ignored.
     assert _instance_loads(triton_server) == loads_before
