@@ -5,8 +5,10 @@ goes through :class:`HttpServer`, never Flask's development server. Why waitress
 gunicorn's sync workers: waitress reads each request completely on its event loop before a
 worker thread sees it, so a client that dribbles one byte a second costs a socket, not a
 thread, and the forge's webhook deliveries are answered while such clients wait; a
-connection idle for ``idle_timeout_s`` is closed, and a body over ``max_body_bytes`` is
-answered 413 before the app parses a byte of it. It also runs in-process without forking,
+connection idle for ``idle_timeout_s`` is closed, one still sending its request
+``request_timeout_s`` after its first byte is closed too (a client that dribbles a byte every
+few seconds is never idle, so the idle timeout alone would keep it forever), and a body over
+``max_body_bytes`` is answered 413 before the app parses a byte of it. It also runs in-process without forking,
 so the process that started an embedded Triton is the one that stops it.
 
 Lifecycle, one method each: :meth:`HttpServer.bind` (open the socket; the port is known
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +38,9 @@ class HttpLimits:
     """Largest request line plus headers; larger is answered 431."""
     idle_timeout_s: int = 30
     """A connection that sends or reads nothing for this long is closed (slow or stuck clients)."""
+    request_timeout_s: int = 60
+    """A request (line, headers and body) must arrive within this long of its first byte; a
+    connection still sending one after that is closed (clients that dribble bytes forever)."""
     threads: int = 8
     """Worker threads running the app; slow clients never hold one (the event loop buffers them)."""
     connection_limit: int = 256
@@ -73,10 +79,12 @@ class HttpServer:
         lim = self.limits
         self._server = create_server(
             self.app, host=self.host, port=self.requested_port, threads=lim.threads,
-            channel_timeout=lim.idle_timeout_s, cleanup_interval=max(1, min(lim.idle_timeout_s, 10)),
+            channel_timeout=lim.idle_timeout_s,
+            cleanup_interval=max(1, min(lim.idle_timeout_s, lim.request_timeout_s, 10)),
             max_request_body_size=lim.max_body_bytes, max_request_header_size=lim.max_header_bytes,
             connection_limit=lim.connection_limit, expose_tracebacks=False, ident="repotune",
             clear_untrusted_proxy_headers=True)
+        _enforce_request_deadline(self._server, lim.request_timeout_s)
         return self
 
     def serve_forever(self) -> None:
@@ -111,3 +119,42 @@ class HttpServer:
         server.task_dispatcher.shutdown(cancel_pending=True, timeout=timeout_s)
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout_s)
+
+
+def _enforce_request_deadline(server: Any, timeout_s: float) -> None:
+    """Close connections whose request has been arriving for more than ``timeout_s``.
+
+    waitress only knows idleness: its periodic ``maintenance`` closes channels quiet for
+    ``channel_timeout``. This listener's channels are made :class:`_DeadlineChannel` (which stamps
+    when a request's first byte arrived) and its ``maintenance`` also closes every channel whose
+    request is older than the deadline and still incomplete, the way waitress closes idle ones
+    (``will_close``: the event loop closes it, no worker thread involved).
+    """
+    from waitress.channel import HTTPChannel
+
+    class _DeadlineChannel(HTTPChannel):
+        reading_since: float | None = None
+
+        def received(self, data: bytes) -> bool:
+            if data and self.request is None and self.reading_since is None:
+                self.reading_since = time.monotonic()
+            try:
+                return super().received(data)
+            finally:
+                if self.request is None:  # the request completed (or nothing is being read)
+                    self.reading_since = None
+
+    idle_maintenance = server.maintenance
+
+    def maintenance(now: float) -> None:
+        idle_maintenance(now)
+        cutoff = time.monotonic() - timeout_s
+        for channel in list(server.active_channels.values()):
+            started = getattr(channel, "reading_since", None)
+            if started is not None and started < cutoff and not channel.will_close:
+                log.info("closing a connection from %s: its request took over %ss to arrive",
+                         channel.addr[0] if channel.addr else "?", timeout_s)
+                channel.will_close = True
+
+    server.channel_class = _DeadlineChannel
+    server.maintenance = maintenance

@@ -66,3 +66,34 @@ def test_stop_closes_the_listener() -> None:
     srv.stop()
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=2).recv(1)
+
+
+def test_a_client_dribbling_forever_is_closed_at_the_request_deadline() -> None:
+    """Never idle (a byte every 0.3 s), so only the whole-request deadline can close it; a
+    request that arrives in time on the same listener is answered."""
+    srv = HttpServer(_echo_length, "127.0.0.1", 0,
+                     HttpLimits(idle_timeout_s=30, request_timeout_s=2, threads=2)).start()
+    sock = socket.create_connection(("127.0.0.1", srv.port))
+    try:
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n")
+        sock.settimeout(0.3)
+        started, closed = time.monotonic(), False
+        while time.monotonic() - started < 20:
+            try:
+                sock.sendall(b"a")
+                if sock.recv(100) == b"":
+                    closed = True
+                    break
+            except TimeoutError:
+                continue  # nothing from the server yet: dribble on
+            except OSError:  # reset by the server
+                closed = True
+                break
+        elapsed = time.monotonic() - started
+        assert closed, "a connection still sending its request after 20 s was kept open"
+        assert 2 <= elapsed < 10, elapsed
+        with urllib.request.urlopen(srv.url + "/", data=b"abcd", timeout=5) as resp:
+            assert resp.read() == b"4"
+    finally:
+        sock.close()
+        srv.stop()
