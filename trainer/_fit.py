@@ -45,6 +45,42 @@ class Fit:
     resume: Path | None
     tokens_per_step: int
 
+    def curves(self, data: Any) -> tuple[list[list[float]], list[list[float]]]:
+        """(held-out curve, training-loss curve), the held-out loss evaluated once more at the end."""
+        from trainer.finetune import _final_curves
+
+        return _final_curves(self.trainer, self.reporter, has_heldout=data.heldout is not None)
+
+    def result(self, cfg: FinetuneConfig, curves: tuple[list, list], *, started: float, use_cpu: bool,
+               block_size: int, embedding: dict, family: Any, data: Any, extras: dict[str, Any]) -> Any:
+        """The run's :class:`~trainer.finetune.TrainResult` (``extras`` added to the common ones),
+        written to ``output_dir/train.json`` by rank 0 before every rank returns."""
+        from durable import write_json_atomic
+        from trainer.finetune import TrainResult, _peak_memory_bytes
+
+        heldout_curve, loss_curve = curves
+        trainer, args, seconds = self.trainer, self.trainer.args, self.train_seconds
+        steps = trainer.state.global_step
+        steps_here = steps - self.reporter.start_step
+        result = TrainResult(
+            checkpoint=Path(cfg.output_dir), steps=steps, tokens=steps * self.tokens_per_step,
+            train_loss=loss_curve[-1][1] if loss_curve else None,
+            heldout_loss=heldout_curve[-1][1] if heldout_curve else None,
+            wall_time_s=round(time.perf_counter() - started, 3),
+            tokens_per_s=round(steps_here * self.tokens_per_step / seconds, 2) if seconds > 0 else 0.0,
+            peak_memory_bytes=_peak_memory_bytes(not use_cpu),
+            resumed_from=str(self.resume) if self.resume else None,
+            loss_curve=loss_curve, heldout_curve=heldout_curve,
+            extras={"block_size": block_size, "tokens_per_step": self.tokens_per_step,
+                    "world_size": args.world_size, "device": "cpu" if use_cpu else "cuda",
+                    "steps_this_run": steps_here, "train_seconds": round(seconds, 3), "embedding": embedding,
+                    "family": family.name, "data": data.summary(), "config": cfg.to_dict(), **extras})
+        if args.process_index == 0:
+            write_json_atomic(Path(cfg.output_dir) / "train.json", result.as_dict())
+        # Other nodes' launchers read train.json as soon as their ranks exit: keep them until it exists.
+        trainer.accelerator.wait_for_everyone()
+        return result
+
 
 def fit_model(cfg: FinetuneConfig, args: Any, model: Any, data: Any, block_size: int,
               progress: ProgressFn | None) -> Fit:

@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from durable import write_json_atomic
 from families import FAMILIES
 from trainer._base_model import (
     check_token_range,
@@ -329,48 +328,14 @@ def _train(cfg: FinetuneConfig, progress: ProgressFn | None, started: float, use
     model, embedding = load_model(cfg, tokenizer)
     check_token_range(data.max_token_id, embedding["rows"])
     fit = fit_model(cfg, args, model, data, block_size, progress)
-    trainer, reporter, train_seconds = fit.trainer, fit.reporter, fit.train_seconds
-    resume, tokens_per_step = fit.resume, fit.tokens_per_step
-
-    heldout_curve, loss_curve = _final_curves(trainer, reporter, has_heldout=data.heldout is not None)
-    trainer.save_model(str(out))
+    curves = fit.curves(data)
+    fit.trainer.save_model(str(out))
     if args.should_save:
         tokenizer.save_pretrained(str(out))
-
-    steps = trainer.state.global_step
-    steps_here = steps - reporter.start_step
-    result = TrainResult(
-        checkpoint=out,
-        steps=steps,
-        tokens=steps * tokens_per_step,
-        train_loss=loss_curve[-1][1] if loss_curve else None,
-        heldout_loss=heldout_curve[-1][1] if heldout_curve else None,
-        wall_time_s=round(time.perf_counter() - started, 3),
-        tokens_per_s=round(steps_here * tokens_per_step / train_seconds, 2) if train_seconds > 0 else 0.0,
-        peak_memory_bytes=_peak_memory_bytes(not use_cpu),
-        resumed_from=str(resume) if resume else None,
-        loss_curve=loss_curve,
-        heldout_curve=heldout_curve,
-        extras={
-            "block_size": block_size,
-            "tokens_per_step": tokens_per_step,
-            "world_size": args.world_size,
-            "num_nodes": int(os.environ.get("CROSS_SIZE") or 1),  # set by DeepSpeed's launcher
-            "device": "cpu" if use_cpu else "cuda",
-            "deepspeed": cfg.deepspeed,
-            "steps_this_run": steps_here,
-            "train_seconds": round(train_seconds, 3),
-            "embedding": embedding,
-            "family": family.name,
-            "data": data.summary(),
-            "config": cfg.to_dict(),
-        },
-    )
-    if args.process_index == 0:
-        write_json_atomic(out / "train.json", result.as_dict())
-    # Other nodes' launchers read train.json as soon as their ranks exit: keep them until it exists.
-    trainer.accelerator.wait_for_everyone()
-    return result
+    return fit.result(cfg, curves, started=started, use_cpu=use_cpu, block_size=block_size, embedding=embedding,
+                      family=family, data=data,
+                      extras={"num_nodes": int(os.environ.get("CROSS_SIZE") or 1),  # set by DeepSpeed's launcher
+                              "deepspeed": cfg.deepspeed})
 
 
 def _final_curves(trainer, reporter, *, has_heldout: bool) -> tuple[list[list[float]], list[list[float]]]:

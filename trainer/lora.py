@@ -28,7 +28,7 @@ import typing as t
 from pathlib import Path
 from typing import Any
 
-from durable import fsync_dir, fsync_tree, write_json_atomic
+from durable import fsync_dir, fsync_tree
 from families.adapters import (
     AdapterError,
     AdapterManifest,
@@ -171,49 +171,17 @@ def train_lora(cfg: FinetuneConfig, progress: ProgressFn | None, started: float 
     trainable, total = model.get_nb_trainable_parameters()
 
     fit = fit_model(cfg, args, model, data, block_size, progress)
-    trainer, reporter, train_seconds = fit.trainer, fit.reporter, fit.train_seconds
-    resume, tokens_per_step = fit.resume, fit.tokens_per_step
-    extras = {"lora": {**lora_settings(cfg, targets), "trainable_params": trainable, "total_params": total},
-              "base": str(base), "base_digest": base_digest}
-    return _finish(cfg, trainer, reporter, data, family, base, started, train_seconds, use_cpu,
-                   tokens_per_step, block_size, embedding, resume, extras, tokenizer)
-
-
-def _finish(cfg, trainer, reporter, data, family, base: Path, started: float, train_seconds: float,
-            use_cpu: bool, tokens_per_step: int, block_size: int, embedding: dict, resume: Path | None,
-            extras: dict[str, Any], tokenizer) -> TrainResult:
-    """Final held-out loss, the adapter folder (manifest last), ``train.json``; the TrainResult."""
-    from trainer.finetune import TrainResult, _final_curves, _peak_memory_bytes
-
-    out = Path(cfg.output_dir)
-    heldout_curve, loss_curve = _final_curves(trainer, reporter, has_heldout=data.heldout is not None)
-    if trainer.args.process_index == 0:
-        trainer.model.save_pretrained(str(out), safe_serialization=True)
+    curves = fit.curves(data)
+    lora = lora_settings(cfg, targets)
+    if args.process_index == 0:
+        fit.trainer.model.save_pretrained(str(out), safe_serialization=True)
         tokenizer.save_pretrained(str(out))
-        write_manifest(out, AdapterManifest(base=str(base), base_digest=extras["base_digest"],
-                                            family=family.name, method="lora",
-                                            lora=lora_settings(cfg, extras["lora"]["target_modules"])))
-    steps = trainer.state.global_step
-    steps_here = steps - reporter.start_step
-    result = TrainResult(
-        checkpoint=out, steps=steps, tokens=steps * tokens_per_step,
-        train_loss=loss_curve[-1][1] if loss_curve else None,
-        heldout_loss=heldout_curve[-1][1] if heldout_curve else None,
-        wall_time_s=round(time.perf_counter() - started, 3),
-        tokens_per_s=round(steps_here * tokens_per_step / train_seconds, 2) if train_seconds > 0 else 0.0,
-        peak_memory_bytes=_peak_memory_bytes(not use_cpu),
-        resumed_from=str(resume) if resume else None,
-        loss_curve=loss_curve, heldout_curve=heldout_curve,
-        extras={"block_size": block_size, "tokens_per_step": tokens_per_step,
-                "world_size": trainer.args.world_size, "device": "cpu" if use_cpu else "cuda",
-                "method": "lora", "deepspeed": "none", "steps_this_run": steps_here,
-                "train_seconds": round(train_seconds, 3), "embedding": embedding, "family": family.name,
-                "data": data.summary(), "config": cfg.to_dict(), **extras},
-    )
-    if trainer.args.process_index == 0:
-        write_json_atomic(out / "train.json", result.as_dict())
-    trainer.accelerator.wait_for_everyone()
-    return result
+        write_manifest(out, AdapterManifest(base=str(base), base_digest=base_digest, family=family.name,
+                                            method="lora", lora=lora))
+    return fit.result(cfg, curves, started=started, use_cpu=use_cpu, block_size=block_size, embedding=embedding,
+                      family=family, data=data,
+                      extras={"method": "lora", "deepspeed": "none", "base": str(base), "base_digest": base_digest,
+                              "lora": {**lora, "trainable_params": trainable, "total_params": total}})
 
 
 # ───────────────────────────── applying and merging ─────────────────────────────
