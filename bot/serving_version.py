@@ -41,7 +41,9 @@ def repository(settings: Settings, model: str | None = None, *, need_triton: boo
     if serves_adapters(settings):
         from serving.adapters import open_repository
 
-        return open_repository(root, name, adapter=True, triton_url=url, keep=keep)
+        sv = settings.serving
+        placement = {"gpus": range(sv.gpus), "dtype": sv.dtype} if sv.device == "gpu" else {}
+        return open_repository(root, name, adapter=True, triton_url=url, keep=keep, **placement)
     return ModelRepository(root, name, url, keep=keep)
 
 

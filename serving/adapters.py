@@ -39,6 +39,7 @@ import contextlib
 import shutil
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -64,11 +65,15 @@ class AdapterRepository(ModelRepository):
     """
 
     def __init__(self, root: str | Path, model_name: str, triton_url: str | None, keep: int = 3, *,
-                 max_batch_size: int = 8, max_adapters: int = 8, **kw: Any) -> None:
+                 max_batch_size: int = 8, max_adapters: int = 8, gpus: Sequence[int] = (),
+                 dtype: str | None = None, **kw: Any) -> None:
         super().__init__(root, model_name, triton_url, keep, **kw)
         self.adapters_dir = self.model_dir / ADAPTERS_DIR
         self.max_batch_size = max_batch_size
         self.max_adapters = max_adapters
+        self.gpus, self.dtype = tuple(gpus), dtype
+        """Placement of the base version written from now on (:func:`converter.triton_config.python_backend_config`):
+        no ``gpus``, the CPU; else ``KIND_GPU`` instances there, in ``dtype``."""
 
     # -- queries ------------------------------------------------------------------------------
 
@@ -143,7 +148,8 @@ class AdapterRepository(ModelRepository):
             from converter.triton_config import python_backend_config
 
             (staging / "model").symlink_to(base, target_is_directory=True)
-            (staging / "config.pbtxt").write_text(python_backend_config(self.model_name, self.max_batch_size))
+            (staging / "config.pbtxt").write_text(python_backend_config(
+                self.model_name, self.max_batch_size, gpus=self.gpus, dtype=self.dtype))
             meta = {"backend": "python", "kind": BASE_KIND, "base_digest": digest,
                     "source": str(base)}
             write_json_atomic(staging / "artifact.json", meta)

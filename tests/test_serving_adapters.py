@@ -176,3 +176,32 @@ def test_open_repository_picks_the_class(tmp_path: Path):
     assert type(open_repository(tmp_path, "m", adapter=True, triton_url=None)) is AdapterRepository
     full = open_repository(tmp_path, "m", adapter=False, triton_url=None, keep=2)
     assert type(full) is ModelRepository and full.keep == 2
+
+
+def test_gpu_placement_of_the_base_follows_serving_device(tiny_model: Path, tmp_path: Path) -> None:
+    """``serving.device = "gpu"``: a LoRA model's base version is written with KIND_GPU instances on
+    GPUs 0..gpus-1 in ``serving.dtype`` (the default stays on the CPU). Written, not loaded: this
+    machine's Triton has no GPU."""
+    from tritonclient.grpc import model_config_pb2
+
+    from bot import config, serving_version
+    from converter import parse_model_config
+    from families.adapters import checkpoint_digest
+
+    toml = tmp_path / "repotune.toml"
+    toml.write_text(f'home = "{tmp_path / "home"}"\n[training]\nmethod = "lora"\n'
+                    '[serving]\ndevice = "gpu"\ngpus = 2\ndtype = "bf16"\ntriton_url = "127.0.0.1:1"\n')
+    settings = config.load(toml, env={})
+    repo = serving_version.repository(settings)
+    assert isinstance(repo, AdapterRepository) and repo.gpus == (0, 1) and repo.dtype == "bf16"
+    with repo._locked():
+        number, written = repo._base_for(checkpoint_digest(tiny_model), tiny_model, None)
+    cfg = parse_model_config((repo.model_dir / str(number) / "config.pbtxt").read_text())
+    assert written and [(g.kind, list(g.gpus)) for g in cfg.instance_group] == [
+        (model_config_pb2.ModelInstanceGroup.KIND_GPU, [0, 1])]
+    assert cfg.parameters["dtype"].string_value == "bf16"
+    cpu = AdapterRepository(tmp_path / "cpu", "m", None)
+    with cpu._locked():
+        number, _ = cpu._base_for(checkpoint_digest(tiny_model), tiny_model, None)
+    cfg = parse_model_config((cpu.model_dir / str(number) / "config.pbtxt").read_text())
+    assert [g.kind for g in cfg.instance_group] == [model_config_pb2.ModelInstanceGroup.KIND_CPU]
