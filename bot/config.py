@@ -228,12 +228,16 @@ def _validate(settings: Settings) -> None:
             raise ConfigError(f"models.{spec.name}.evaluation: {exc}") from exc
 
 
-def load(path: Path | None = None, *, env: Mapping[str, str] = os.environ) -> Settings:
+def load(path: Path | None = None, *, env: Mapping[str, str] | None = None) -> Settings:
     """Read settings: defaults, then the TOML file, then environment overrides.
 
     ``path`` None means ``$REPOTUNE_CONFIG`` if set, else ``./repotune.toml`` if it exists, else
-    defaults only. Raises :class:`ConfigError` naming the key for anything invalid.
+    defaults only. ``env`` None means ``os.environ`` as it is *now*: looked up at each call, not
+    bound once, because libraries may rebind ``os.environ`` (``datasets.map`` with ``num_proc``
+    replaces it with a copy), after which a bound default would read a stale environment.
+    Raises :class:`ConfigError` naming the key for anything invalid.
     """
+    env = os.environ if env is None else env
     settings = Settings()
     path = _config_path(path, env)
     if path is not None:

@@ -182,3 +182,18 @@ def test_up_refuses_an_open_proxy_on_the_network_before_starting_anything(tmp_pa
                             "REPOTUNE_API_KEYS": None, "REPOTUNE_API_KEYS_FILE": None}).invoke(
         cli, ["up", "--home", str(tmp_path / "home")])
     assert result.exit_code == 1 and "REPOTUNE_API_KEYS" in result.output, result.output
+
+
+def test_the_environment_is_read_at_each_load_even_after_os_environ_is_rebound(tmp_path) -> None:
+    """``datasets.map(num_proc=…)`` rebinds ``os.environ`` to a copy; settings loaded afterwards
+    must still see the environment of now (a stale one once let malformed API keys through)."""
+    import copy
+    import os
+
+    original = os.environ
+    os.environ = copy.deepcopy(original)  # noqa: B003 - what datasets does
+    try:
+        os.environ["REPOTUNE_SERVING_PROXY_PORT"] = "6123"
+        assert config.load(None).serving.proxy_port == 6123
+    finally:
+        os.environ = original  # noqa: B003

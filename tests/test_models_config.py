@@ -3,6 +3,7 @@ model of a configuration without them, and a model's view of the settings."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -131,4 +132,5 @@ def test_the_settings_table_documents_every_model_key() -> None:
                                             "lora_alpha", "lora_dropout", "lora_target_modules",
                                             "training", "evaluation")}
     assert all(row.env is None for row in config.SETTINGS if row.key.startswith("models."))
-    assert "models." not in config.example_toml()  # no half-written [[models]] in the example
+    example = config.example_toml()  # no half-written [[models]] in the example
+    assert "[[models]]" not in example and not re.search(r"^#? ?models\.\w+ ?=", example, re.M), example
