@@ -45,7 +45,7 @@ run: install
 ## test: install, then lint and run the whole test suite
 test: install browser editors vocab
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=25
 
 lint: install
 	$(BIN)/ruff check .
