@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -32,6 +33,9 @@ from serving.completer import Completer, CompletionObserver, VersionRouter
 from serving.completions import ApiError
 from serving.config import ProxyConfig
 from serving.repository import POINTER_FILE
+
+NAMES_TTL_S = 1.0
+"""How long a listing of the served models is reused (a new model is served within this)."""
 
 ObserverFactory = Callable[[str], CompletionObserver]
 """Builds the metrics observer of one model's completer (given the model name)."""
@@ -56,12 +60,23 @@ class ModelSet:
         self._lock = threading.Lock()
         self._completers: dict[str, Completer] = {}
         self._tritons: dict[str, TritonClient] = {}
+        self._names: tuple[float, list[str]] | None = None
 
     def names(self) -> list[str]:
         """Served model names: the default first, then every deployed model by name.
 
-        Read from the repository on each call (a directory listing), so a model deployed while
-        the proxy runs is served at once."""
+        Listed from the repository at most every :data:`NAMES_TTL_S` (every request asks), so a
+        model deployed while the proxy runs is served within that, without a restart."""
+        now = time.monotonic()
+        with self._lock:
+            if self._names is not None and now - self._names[0] < NAMES_TTL_S:
+                return self._names[1]
+        names = self._list_names()
+        with self._lock:
+            self._names = (now, names)
+        return names
+
+    def _list_names(self) -> list[str]:
         found = set()
         try:
             with os.scandir(self.root) as entries:

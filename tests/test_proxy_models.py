@@ -8,6 +8,7 @@ links exactly these two: what it serves is then what this module published, noth
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -177,6 +178,27 @@ def test_one_model_still_accepts_any_name(published, triton_server, triton_repo_
         assert resp.status_code == 200, resp.get_data(as_text=True)
         assert resp.get_json()["model"] == f"{BETA}@2"
     assert [m["id"] for m in client.get("/v1/models", headers=auth).get_json()["data"]] == [BETA]
+
+
+def test_a_model_deployed_while_the_proxy_runs_is_served_without_a_restart(published, triton_server,
+                                                                          triton_repo_root: Path,
+                                                                          tmp_path: Path) -> None:
+    """The served models are listed from the repository (cached at most ``NAMES_TTL_S``): a second
+    model linked in after the first requests is listed and answers, with no new proxy."""
+    from serving.models import NAMES_TTL_S
+
+    view = _view(tmp_path / "repo", triton_repo_root, ALPHA)
+    client = create_proxy_app(ProxyConfig(triton_url=triton_server.url, model_repository=view,
+                                          model_name=ALPHA)).test_client()
+    assert [m["id"] for m in client.get("/v1/models").get_json()["data"]] == [ALPHA]
+    assert client.post("/v1/completions", json=_completion(BETA)).get_json()["model"] == f"{ALPHA}@1"
+    _view(view.parent / "repo", triton_repo_root, BETA)  # deploy: beta's folder appears
+    deadline = time.monotonic() + NAMES_TTL_S + 5
+    while BETA not in [m["id"] for m in client.get("/v1/models").get_json()["data"]]:
+        assert time.monotonic() < deadline, "a newly deployed model was not listed"
+        time.sleep(0.05)
+    resp = client.post("/v1/completions", json=_completion(BETA))
+    assert resp.status_code == 200 and resp.get_json()["model"] == f"{BETA}@2", resp.get_data(as_text=True)
 
 
 @pytest.mark.parametrize(("setting", "says"), [
