@@ -319,6 +319,9 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="CPU, tiny shapes (CI).")
     parser.add_argument("--workdir", type=Path, default=None, help="Keep the files here (default: a temp folder).")
     args = parser.parse_args()
+    from serving.triton import stop_on_sigterm
+
+    stop_on_sigterm()  # a killed check stops the Triton it started
     if args.smoke:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     import torch

@@ -230,6 +230,9 @@ def main() -> None:
     parser.add_argument("--telemetry", action="store_true",
                         help="only the telemetry figures: proxy p50 with telemetry on vs off, events/s")
     args = parser.parse_args()
+    from serving.triton import stop_on_sigterm
+
+    stop_on_sigterm()  # a killed benchmark stops the Triton it started
     if args.telemetry:
         telemetry_bench(args.quick)
         return

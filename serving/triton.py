@@ -74,6 +74,21 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def stop_on_sigterm() -> None:
+    """Make SIGTERM (docker stop, kubectl delete, systemd, ``kill``) unwind like Ctrl-C.
+
+    :class:`TritonServer` starts tritonserver in its own session, so no signal to our process
+    group reaches it: it is stopped by the ``with`` block's exit (or a ``finally``), which
+    Python's default SIGTERM, dying on the spot, never runs. Call this in the main thread of
+    any program that starts one."""
+    import signal
+
+    def _raise(signum, frame):  # noqa: ARG001 - signal handler signature
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, _raise)
+
+
 class TritonServer:
     """Run the bundled ``tritonserver`` in explicit model-control mode on 127.0.0.1.
 

@@ -41,16 +41,6 @@ def _find_triton(root: Path, triton_url: str | None) -> str:
         f"(it records its address in {url_file})")
 
 
-def _stop_on_sigterm() -> None:
-    """SIGTERM (docker stop, kubectl delete, systemd) unwinds like Ctrl-C, so ``finally`` stops Triton."""
-    import signal
-
-    def _raise(signum, frame):  # noqa: ARG001 - signal handler signature
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, _raise)
-
-
 @click.command("serve")
 @config_option
 @home_option
@@ -78,6 +68,7 @@ def serve_command(config_path, home, triton_url, model_name, host, port, timeout
     from bot.proxy_settings import api_keys, check_exposure, http_limits, proxy_config
     from serving import ModelRepository, TritonServer, create_proxy_app, tritonserver_binary
     from serving.http import HttpServer
+    from serving.triton import stop_on_sigterm
 
     settings = _settings(config_path, home)
     sv = settings.serving
@@ -93,7 +84,7 @@ def serve_command(config_path, home, triton_url, model_name, host, port, timeout
             raise click.ClickException(str(exc)) from exc
     root = settings.home / "triton"  # the home repotune.toml names too, as `repotune up` uses it
     root.mkdir(parents=True, exist_ok=True)
-    _stop_on_sigterm()
+    stop_on_sigterm()
     server = None
     try:
         if not triton_url:
