@@ -13,6 +13,7 @@ tree, into a fresh home (the mirror clone is not timed).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -53,13 +54,15 @@ def make_repo(root: Path, files: int) -> int:
     return nbytes
 
 
-def build(tree: Path, repo: Path, work: Path, one_core: bool) -> list[float]:
-    """(wall, user, system, children) seconds of one full build with ``tree``'s engine."""
+def build(tree: Path, repo: Path, work: Path, one_core: bool) -> tuple[list[float], dict]:
+    """(wall, user, system, children) seconds of one full build with ``tree``'s engine, and
+    the checksums of the shards it wrote (from its ``corpus.json``)."""
     home = Path(tempfile.mkdtemp(dir=work))
     cmd = ([*(["taskset", "-c", "1"] if one_core else []), sys.executable, "-c", BUILD, str(home), str(repo)])
     env = {**os.environ, "PYTHONPATH": str(tree)}
     out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
-    return [float(x) for x in out.split()[-4:]]
+    shards = json.loads((home / "corpus" / "bench" / "corpus.json").read_text())["shards"]
+    return [float(x) for x in out.split()[-4:]], {name: s["sha256"] for name, s in shards.items()}
 
 
 def main() -> None:
@@ -76,10 +79,14 @@ def main() -> None:
         mb = make_repo(repo, args.files) / 1e6
         print(f"{args.files} files, {mb:.1f} MB; {'one core' if args.one_core else 'all cores'}")
         for _ in range(args.rounds):
+            written = []
             for name, tree in (("against", args.against.resolve()), ("this", ROOT)):
-                wall, user, system, kids = build(tree, repo, work, args.one_core)
+                (wall, user, system, kids), shards = build(tree, repo, work, args.one_core)
+                written.append(shards)
                 print(f"  {name:8} wall {wall:5.2f} s ({mb / wall:5.1f} MB/s)  user {user:5.2f}  "
                       f"sys {system:5.2f}  children {kids:5.2f}   {tree}")
+            # Byte-identical shards unless the two engines' versions differ on purpose.
+            print(f"  same shard bytes: {'yes' if written[0] == written[1] else 'NO'} ({len(written[1])} shards)")
 
 
 if __name__ == "__main__":

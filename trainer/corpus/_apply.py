@@ -25,7 +25,7 @@ import numpy as np
 
 from durable import fsync_dir
 from trainer.corpus import _pool, dedupe, filters, gitobjects, manifest, shards, split
-from trainer.corpus._rows import Rows, bands, cross_repo, dup_status, process, process_many
+from trainer.corpus._rows import Blob, Rows, bands, cross_repo, dup_status, process, process_many
 from trainer.corpus.spec import CorpusResult, CorpusSpec
 from trainer.errors import ShardCorrupt
 
@@ -63,7 +63,7 @@ class CorpusUpdate:
     counts: dict[str, int] = field(default_factory=dict)
     """Shards per split: the last update's choice until :meth:`_resize_splits` settles it."""
     texts: dict[str, bytes] = field(default_factory=dict)
-    """path -> its scrubbed text as a JSON string literal (``shards.quote``), for the shards."""
+    """path -> the JSON line of its shard record (scrubbed text; ``shards.encode``)."""
     added: int = 0
     modified: int = 0
     deleted: int = 0
@@ -179,31 +179,31 @@ class CorpusUpdate:
             blob_iter = ((b, len(data), data) for b, data in gitobjects.read_blobs(self.repo, ids))
         sent: deque[list[str]] = deque()
 
-        def batches() -> Iterator[list[bytes]]:
-            paths, datas, size = [], [], 0
-            for (p, _b), (_, nbytes, data) in zip(self.to_read, blob_iter, strict=True):
+        def batches() -> Iterator[list[Blob]]:
+            paths, blobs, size = [], [], 0
+            for (p, b), (_, nbytes, data) in zip(self.to_read, blob_iter, strict=True):
                 if data is None:
                     by_path[p].update(skip="too-large", bytes=nbytes)
                     continue
                 paths.append(p)
-                datas.append(data)
+                blobs.append((data, p, by_path[p]["lang"], b))
                 size += len(data)
                 if len(paths) >= _pool.CHUNK_FILES or size >= _pool.CHUNK_BYTES:
                     sent.append(paths)
-                    yield datas
-                    paths, datas, size = [], [], 0
+                    yield blobs
+                    paths, blobs, size = [], [], 0
             if paths:
                 sent.append(paths)
-                yield datas
+                yield blobs
 
         spec = self.spec
         workers = self.workers if self.read_bytes >= _pool.MIN_BYTES else 1
         with contextlib.ExitStack() as stack:
             if workers > 1:
-                pool = stack.enter_context(_pool.Pool(lambda datas: process_many(datas, spec), workers))
+                pool = stack.enter_context(_pool.Pool(lambda blobs: process_many(blobs, spec), workers))
                 results = pool.map(batches())
             else:
-                results = (process_many(datas, spec) for datas in batches())
+                results = (process_many(blobs, spec) for blobs in batches())
             self._collect(results, sent, by_path)
 
     def _collect(self, results: Iterator[list[dict]], sent: deque[list[str]], by_path: dict) -> None:
@@ -215,9 +215,9 @@ class CorpusUpdate:
             paths = sent.popleft()
             for p, fields in zip(paths, fields_list, strict=True):
                 nbytes += fields["bytes"]
-                quoted = fields.pop("quoted", None)
-                if quoted is not None:
-                    self.texts[p] = quoted
+                line = fields.pop("line", None)
+                if line is not None:
+                    self.texts[p] = line
                 by_path[p].update(fields)
             done += len(paths)
             if done - last >= 500:
@@ -237,17 +237,29 @@ class CorpusUpdate:
                     r["bytes"] for r in self.new_rows if r["eligible"] and r["split"] == sp))
         signed = [r for r in self.new_rows if r["eligible"] and r["sig"]]
         keys = dedupe.band_keys_many(np.frombuffer(b"".join(r["sig"] for r in signed), np.uint32))
-        for r, k in zip(signed, keys.tolist(), strict=True):
-            r["bands"] = k
-        for r in self.new_rows:
-            r["shard"] = split.shard_of(r["path"], self.counts[r["split"]])
-            self.rows.put(r, index_bands=False)
         # Band rows in key order (cheap b-tree appends); in memory, only keys shared by 2+ files.
         flat = keys.ravel()
         order = np.argsort(flat, kind="stable")
-        self.band_rows = list(zip(flat[order].tolist(),
-                                  [signed[i // dedupe.BANDS]["path"] for i in order.tolist()], strict=True))
-        for i in np.flatnonzero(np.diff(flat[order]) == 0).tolist():
+        flat_sorted = flat[order]
+        shared = np.flatnonzero(np.diff(flat_sorted) == 0)
+        if self.full:
+            # Only a file with a key another file shares can be a near-duplicate here (no
+            # manifest rows to look up): the others get no key list at all, which spares
+            # dedupe 16 lookups each and this phase 16 Python ints each.
+            for r in signed:
+                r["bands"] = []
+            for i in np.unique(np.concatenate([order[shared], order[shared + 1]]) // dedupe.BANDS).tolist():
+                signed[i]["bands"] = keys[i].tolist()
+        else:
+            for r, k in zip(signed, keys.tolist(), strict=True):
+                r["bands"] = k
+        for r in self.new_rows:
+            r["shard"] = split.shard_of(r["path"], self.counts[r["split"]])
+            self.rows.put(r, index_bands=False)
+        paths = [r["path"] for r in signed]
+        self.band_rows = list(zip(flat_sorted.tolist(), map(paths.__getitem__, (order // dedupe.BANDS).tolist()),
+                                  strict=True))
+        for i in shared.tolist():
             for k, p in self.band_rows[i:i + 2]:
                 self.rows.by_band[k].add(p)
 
@@ -410,10 +422,10 @@ class CorpusUpdate:
                 if p not in self.texts and self.reusable.get(p, ("",))[0] != b:
                     reread.add(p)
         if reread:
-            want = sorted(reread)
-            blobs = [self.rows.get(p)["blob"] for p in want]
-            for p, (_, data) in zip(want, gitobjects.read_blobs(self.repo, blobs), strict=True):
-                self.texts[p] = process(data, self.spec)["quoted"]
+            want = [self.rows.get(p) for p in sorted(reread)]
+            blobs = [r["blob"] for r in want]
+            for r, (_, data) in zip(want, gitobjects.read_blobs(self.repo, blobs), strict=True):
+                self.texts[r["path"]] = process((data, r["path"], r["lang"], r["blob"]), self.spec)["line"]
 
     def _stage_shards(self) -> None:
         """Write each changed shard to a hidden temp file, fsync them together, and record the
@@ -422,30 +434,29 @@ class CorpusUpdate:
         self.report({"stage": "write", "done": 0, "total": len(plan)})
         tag = f"{self.commit[:12]}.{os.getpid()}"
         staged: list[Path] = []
-        texts, reusable, repo = self.texts, self.reusable, self.spec.name
-        contents = ([shards.encode_quoted(texts[p], p, repo, lang, b) if p in texts else reusable[p][1]
-                     for p, b, lang in members] if members else None for _, members in plan)
+        lines, reusable = self.texts, self.reusable
+        jobs = ((f"{name}{shards.SUFFIX}",
+                 [lines[p] if p in lines else reusable[p][1] for p, _b, _lang in members] if members else None,
+                 self.old_shards.get(name)) for name, members in plan)
         threads = self.workers if len(plan) >= _pool.MIN_SHARDS_THREADED else 1
-        for i, ((name, members), data) in enumerate(zip(plan, shards.compress_all(contents, threads),
-                                                        strict=True)):
-            final = f"{name}{shards.SUFFIX}"
-            if data is None:
-                if name in self.old_shards:
-                    self.pending.append((None, final))
-                    conn.execute("DELETE FROM shards WHERE name=?", (name,))
-                    self.written.append(name)
-                continue
-            digest = shards.checksum(data)
-            if self.old_shards.get(name) == digest:
-                continue
-            tmp = shards.write_temp(self.sdir, final, data, tag, sync=False)
-            staged.append(tmp)
-            self.hook("staged")
-            self.pending.append((tmp.name, final))
-            self.written.append(name)
-            conn.execute("INSERT OR REPLACE INTO shards(name, sha256, records, bytes) VALUES (?,?,?,?)",
-                         (name, digest, len(members), len(data)))
-            self.report({"stage": "write", "done": i + 1, "total": len(plan)})
+        with contextlib.closing(shards.stage_all(self.sdir, jobs, tag, threads)) as results:
+            for i, ((name, members), done) in enumerate(zip(plan, results, strict=True)):
+                final = f"{name}{shards.SUFFIX}"
+                if done is None:
+                    if name in self.old_shards:
+                        self.pending.append((None, final))
+                        conn.execute("DELETE FROM shards WHERE name=?", (name,))
+                        self.written.append(name)
+                    continue
+                if done.tmp is None:  # the same bytes as the shard it would replace
+                    continue
+                staged.append(done.tmp)
+                self.hook("staged")
+                self.pending.append((done.tmp.name, final))
+                self.written.append(name)
+                conn.execute("INSERT OR REPLACE INTO shards(name, sha256, records, bytes) VALUES (?,?,?,?)",
+                             (name, done.sha256, len(members), done.nbytes))
+                self.report({"stage": "write", "done": i + 1, "total": len(plan)})
         shards.fsync_files(staged)  # durable before the commit point
         fsync_dir(self.sdir)
 

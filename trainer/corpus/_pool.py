@@ -35,8 +35,8 @@ MIN_BYTES = 2_000_000
 """An update reads at least this many bytes of blobs before it starts workers: below that (a
 push of a few files) the scan takes milliseconds and stays in the updating process."""
 MIN_SHARDS_THREADED = 32
-"""An update that writes at least this many shards compresses them on ``workers`` threads
-(:func:`trainer.corpus.shards.compress_all`); a small update's few shards stay on one."""
+"""An update that writes at least this many shards compresses and writes them on ``workers`` threads
+(:func:`trainer.corpus.shards.stage_all`); a small update's few shards stay on one."""
 CHUNK_FILES = 64
 CHUNK_BYTES = 256 * 1024
 """A request holds up to this many files and bytes: enough to amortise the pickling and the

@@ -17,20 +17,24 @@ from trainer.corpus import dedupe, filters, gitobjects, manifest, shards
 from trainer.corpus.secrets import scrub
 from trainer.corpus.spec import CorpusSpec
 
+Blob = tuple[bytes, str, str, str]
+"""What the scan needs of one file: its content, path, language and blob id (the record's ``sha``)."""
 
-def process(data: bytes, spec: CorpusSpec) -> dict:
+
+def process(blob: Blob, spec: CorpusSpec) -> dict:
     """Content filters, secrets and signature for one blob: the row fields it decides
-    (``quoted``, the scrubbed text for the shard record, is carried along, not stored in the row)."""
-    return process_many([data], spec)[0]
+    (``line``, the file's shard record, is carried along, not stored in the row)."""
+    return process_many([blob], spec)[0]
 
 
-def process_many(datas: list[bytes], spec: CorpusSpec) -> list[dict]:
+def process_many(blobs: list[Blob], spec: CorpusSpec) -> list[dict]:
     """:func:`process` of each blob, in order; the signatures computed in one batch
-    (:func:`dedupe.signatures`), and ``quoted``, the text as the JSON literal its shard record
-    holds (:func:`shards.quote`). A pure function of (blobs, spec): what a scan worker runs."""
+    (:func:`dedupe.signatures`), and ``line``, the JSON line of the file's shard record
+    (:func:`shards.encode`). A pure function of (blobs, spec): what a scan worker runs, so the
+    updating process only joins lines."""
     out: list[dict] = []
     raws: list[bytes] = []
-    for data in datas:
+    for data, path, lang, blob in blobs:
         skip = filters.content_skip(data, spec.max_file_bytes)
         if skip:
             out.append({"skip": skip, "eligible": 0, "bytes": len(data)})
@@ -41,7 +45,7 @@ def process_many(datas: list[bytes], spec: CorpusSpec) -> list[dict]:
             continue
         raw = text.encode("utf-8") if found else data
         out.append({"skip": None, "eligible": 1, "bytes": len(raw), "secrets": found,
-                    "quoted": shards.quote(text)})
+                    "line": shards.encode(text, path, spec.name, lang, blob)})
         raws.append(raw)
     sigs = iter(dedupe.signatures(raws))
     for fields in out:

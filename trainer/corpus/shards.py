@@ -18,6 +18,7 @@ import threading
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from json.encoder import encode_basestring as _json_str
 from pathlib import Path
 
@@ -58,21 +59,11 @@ def shard_name(split: str, index: int) -> str:
 
 def encode(text: str, path: str, repo: str, lang: str, sha: str) -> bytes:
     """One JSON line (with its newline) for a record: exactly ``json.dumps`` of the dict
-    (``ensure_ascii=False``), built from the C string encoder without the generic walk."""
-    return encode_quoted(quote(text), path, repo, lang, sha)
-
-
-def quote(text: str) -> bytes:
-    """``text`` as a JSON string literal, UTF-8: the costly part of :func:`encode`, which a
-    scan worker does so the updating process only joins bytes."""
-    return _json_str(text).encode()
-
-
-def encode_quoted(quoted: bytes, path: str, repo: str, lang: str, sha: str) -> bytes:
-    """:func:`encode` of the text whose :func:`quote` is ``quoted`` (the same bytes)."""
+    (``ensure_ascii=False``), built from the C string encoder without the generic walk. A scan
+    worker encodes each file's line, so the updating process only joins bytes."""
     q = _json_str
-    return (b'{"text": ' + quoted
-            + f', "path": {q(path)}, "repo": {q(repo)}, "lang": {q(lang)}, "sha": {q(sha)}}}\n'.encode())
+    return (f'{{"text": {q(text)}, "path": {q(path)}, "repo": {q(repo)}, "lang": {q(lang)}, '
+            f'"sha": {q(sha)}}}\n').encode()
 
 
 def compress(lines: Iterable[bytes]) -> bytes:
@@ -83,23 +74,55 @@ def compress(lines: Iterable[bytes]) -> bytes:
     return ctx.compress(b"".join(lines))
 
 
-def compress_all(shard_lines: Iterable[list[bytes] | None], threads: int) -> Iterator[bytes | None]:
-    """:func:`compress` of each shard's lines (None stays None), in order, on up to ``threads``
-    threads: zstd releases the GIL, so a full build's compression overlaps the encoding of the
-    next shards in the calling thread. At most ``2 x threads`` shards are held at once."""
+@dataclass(frozen=True)
+class Staged:
+    """One shard :func:`stage_all` handled: its checksum and size, and the temp file holding
+    it (None when its bytes equal the shard's current ones, so nothing was written)."""
+
+    sha256: str
+    nbytes: int
+    tmp: Path | None
+
+
+StageJob = tuple[str, list[bytes] | None, str | None]
+"""``(final file name, the shard's lines or None for no records, its current checksum or None)``."""
+
+
+def stage_all(folder: Path, jobs: Iterable[StageJob], tag: str, threads: int) -> Iterator[Staged | None]:
+    """For each job, in order: compress its lines, checksum them and, unless they equal the
+    current shard, write them to a hidden temp file (not fsynced: see :func:`fsync_files`);
+    None for a job without lines. Runs on up to ``threads`` threads, which zstd, hashing and
+    file writes all let run beside the calling thread's encoding of the next shards (creating
+    a file costs 0.1-1 ms on a busy disk, a thousand shards a second or more). At most
+    ``2 x threads`` shards are held at once. Close the iterator (``contextlib.closing``) before
+    removing temp files after an error: a thread may still be writing one until then."""
+
+    def one(job: StageJob) -> Staged:
+        final, lines, current = job
+        data = compress(lines or ())
+        digest = checksum(data)
+        if digest == current:
+            return Staged(digest, len(data), None)
+        return Staged(digest, len(data), write_temp(folder, final, data, tag, sync=False))
+
     if threads <= 1:
-        yield from (None if lines is None else compress(lines) for lines in shard_lines)
+        yield from (None if job[1] is None else one(job) for job in jobs)
         return
-    with ThreadPoolExecutor(threads, thread_name_prefix="shard-zstd") as pool:
+    with ThreadPoolExecutor(threads, thread_name_prefix="shard-stage") as pool:
         queued: deque = deque()
-        for lines in shard_lines:
-            queued.append(None if lines is None else pool.submit(compress, lines))
-            while len(queued) > 2 * threads:
-                job = queued.popleft()
-                yield None if job is None else job.result()
-        while queued:
-            job = queued.popleft()
-            yield None if job is None else job.result()
+        try:
+            for job in jobs:
+                queued.append(None if job[1] is None else pool.submit(one, job))
+                while len(queued) > 2 * threads:
+                    done = queued.popleft()
+                    yield None if done is None else done.result()
+            while queued:
+                done = queued.popleft()
+                yield None if done is None else done.result()
+        finally:
+            for job in queued:
+                if job is not None:
+                    job.cancel()
 
 
 def decompress_lines(data: bytes, where: str) -> list[bytes]:
