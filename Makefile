@@ -3,6 +3,9 @@
 
 PYTHON ?= python3
 VENV   ?= .venv
+# Test files run on this many processes (pytest-xdist, a file per process at a time): each test
+# mostly waits on Triton, Redis or a training child, so two keep a 2-core machine busy.
+TEST_PROCESSES ?= 2
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
@@ -45,7 +48,7 @@ run: install
 ## test: install, then lint and run the whole test suite
 test: install browser editors vocab
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest --durations=25
+	$(BIN)/python -m pytest -n $(TEST_PROCESSES) --dist loadfile --durations=25
 
 lint: install
 	$(BIN)/ruff check .

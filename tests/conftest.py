@@ -26,3 +26,11 @@ pytest_plugins = [
     for info in pkgutil.iter_modules(_fixtures.__path__)
     if not info.name.startswith("_")
 ]
+
+
+def pytest_collection_modifyitems(items: list) -> None:
+    """Files with a test marked ``slow`` first (otherwise in collection order): ``make test`` runs
+    files on two processes (``--dist loadfile``), which take files in this order, so the longest
+    start at once instead of one of them running alone at the end."""
+    slow = {item.nodeid.split("::")[0] for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.nodeid.split("::")[0] not in slow)

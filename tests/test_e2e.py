@@ -26,7 +26,7 @@ import requests
 from bot import demo, demo_run, up
 from tests.fixtures.stack import running_up
 
-pytestmark = pytest.mark.timeout(900)
+pytestmark = [pytest.mark.timeout(900), pytest.mark.slow]
 
 
 class Poller(threading.Thread):

@@ -31,7 +31,7 @@ from families import build_fim_prompt, detect_checkpoint_family
 from tests.fixtures.stack import running_up
 from trainer.evaluate.tasks import FIM_TASK_KINDS
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.timeout(600), pytest.mark.slow]
 
 FAMILY = "starcoder2"
 

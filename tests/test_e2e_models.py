@@ -37,7 +37,7 @@ from serving.repository import ModelRepository, read_pointer
 from tests.fixtures.stack import running_up_config
 from trainer import sample_code
 
-pytestmark = pytest.mark.timeout(900)
+pytestmark = [pytest.mark.timeout(900), pytest.mark.slow]
 
 SECRET = "e2e-models-webhook-secret"
 KEYS = {"team-a": "keyA", "team-b": "keyB"}

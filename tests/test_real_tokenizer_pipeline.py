@@ -70,6 +70,7 @@ def _tiny_starcoder2(tokenizer, out: Path) -> Path:
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_real_starcoder2_tokenizer_goes_from_ingest_to_an_editor_fim_request(
         make_repo, triton_server, triton_repo_root: Path, tmp_path: Path) -> None:
