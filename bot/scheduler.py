@@ -7,7 +7,8 @@ model named ``settings.serving.model_name``):
 ``repotune:pending:<model>:pushes``   list of JSON push summaries waiting for a run
 ``repotune:lock:train:<model>``       run id holding the model (a lease, :mod:`bot.locks`)
 ``repotune:last_train:<model>``       when the last automatic run started (cooldown)
-``repotune:paused``                   automatic retraining paused by chat-ops
+``repotune:paused``                   automatic retraining of every model paused (chat-ops, CLI)
+``repotune:paused:<model>``           automatic retraining of one model paused
 ``repotune:reconcile:last``           when the last reconciliation was queued
 
 :func:`tick` is the whole policy, a function of (settings, Redis, ``now``) so tests call it with an
@@ -71,18 +72,37 @@ def last_train_key(model: str) -> str:
 # --- pause ---------------------------------------------------------------------------------
 
 
-def pause(connection: redis.Redis) -> None:
-    """Stop starting automatic runs (pushes are still ingested)."""
-    connection.set(PAUSED_KEY, "1")
+def paused_key(model: str | None = None) -> str:
+    """The flag of one model (``repotune:paused:<model>``), or the global one (no model)."""
+    return q.key("paused", model) if model else PAUSED_KEY
 
 
-def resume(connection: redis.Redis) -> None:
-    """Start automatic runs again."""
-    connection.delete(PAUSED_KEY)
+def pause(connection: redis.Redis, model: str | None = None) -> None:
+    """Stop starting automatic runs of ``model``, or of every model (pushes are still ingested)."""
+    connection.set(paused_key(model), "1")
 
 
-def is_paused(connection: redis.Redis) -> bool:
-    return bool(connection.exists(PAUSED_KEY))
+def resume(connection: redis.Redis, model: str | None = None) -> None:
+    """Start automatic runs again: of ``model``, or lift the global pause. Each flag is lifted
+    only by its own ``resume``: lifting the global pause leaves a model paused on its own
+    paused, so a team's pause is not undone by someone else's."""
+    connection.delete(paused_key(model))
+
+
+def is_paused(connection: redis.Redis, model: str | None = None) -> bool:
+    """Whether automatic runs are paused for everyone, or (with ``model``) for that model by
+    either flag."""
+    keys = [PAUSED_KEY] + ([paused_key(model)] if model else [])
+    return bool(connection.exists(*keys))
+
+
+def paused_models(connection: redis.Redis, names: t.Iterable[str]) -> list[str]:
+    """Those of ``names`` paused on their own (not counting the global pause)."""
+    names = list(names)
+    if not names:
+        return []
+    flags = connection.mget([paused_key(n) for n in names])
+    return [n for n, flag in zip(names, flags, strict=True) if flag is not None]
 
 
 # --- recording changes ---------------------------------------------------------------------
@@ -253,7 +273,8 @@ def tick(settings: Settings, connection: redis.Redis, now: float | None = None) 
     2. judge running canaries (:func:`bot.canary.evaluate`: promote, roll back or extend; it
        keeps their lease), then fail runs whose worker died (lease expired);
     3. queue a reconciliation of every repository when ``policy.reconcile_seconds`` passed;
-    4. for each model (:func:`bot.models.model_specs`), start a run when: not paused, no run
+    4. for each model (:func:`bot.models.model_specs`), start a run when: neither all models nor
+       this one is paused, no run
        holds the model, its last push is older than the debounce, its change since its last run
        meets a threshold, and its cooldown passed (:func:`tick_model`).
 
@@ -279,9 +300,11 @@ def tick(settings: Settings, connection: redis.Redis, now: float | None = None) 
                                 for r in settings.repos]
 
     paused = is_paused(connection)
-    for spec in models.model_specs(settings):
+    specs = models.model_specs(settings)
+    alone = set(paused_models(connection, [spec.name for spec in specs]))
+    for spec in specs:
         did["models"][spec.name] = tick_model(models.settings_for(settings, spec), connection, now,
-                                              paused=paused)
+                                              paused=paused or spec.name in alone)
     outcomes = list(did["models"].values())
     did["run"] = next((o["run"] for o in outcomes if o["run"]), None)
     did["reason"] = outcomes[0]["reason"] if len(outcomes) == 1 else \

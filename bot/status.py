@@ -107,6 +107,8 @@ class ModelStatus:
     """Changes waiting for this model's next run (empty when Redis is not readable)."""
     training_lock: str | None = None
     """The run id holding this model's training lock, if any."""
+    paused: bool = False
+    """No automatic runs of this model: paused on its own or with every model."""
     freshness: dict[str, t.Any] = field(default_factory=dict)
     """This model's freshness points per corpus (see :func:`bot.freshness.summary`)."""
     canary: dict[str, t.Any] = field(default_factory=dict)
@@ -117,7 +119,8 @@ class ModelStatus:
         return {"name": self.name, "method": self.method, "repos": list(self.repos),
                 "serving": self.serving.to_dict(), "last_run": self.last_run,
                 "last_run_status": self.last_run_status, "pending": self.pending,
-                "training_lock": self.training_lock, "freshness": self.freshness, "canary": self.canary}
+                "training_lock": self.training_lock, "paused": self.paused, "freshness": self.freshness,
+                "canary": self.canary}
 
 
 @dataclass(frozen=True)
@@ -227,11 +230,13 @@ def _model(settings: Settings, spec: t.Any, connection: redis.Redis | None, queu
     last = serving_version.last_run(view)
     pending: dict[str, t.Any] = {}
     holder = None
+    paused = False
     if connection is not None and queue_ok:
         try:
             conn = bounded(connection)
             pending = sched.pending(view, conn)
             holder = sched.lock_holder(conn, spec.name)
+            paused = sched.is_paused(conn, spec.name)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             log.warning("status: Redis unreachable for model %s: %s", spec.name, exc)
     try:
@@ -243,7 +248,7 @@ def _model(settings: Settings, spec: t.Any, connection: redis.Redis | None, queu
     return ModelStatus(name=spec.name, method=spec.method, repos=[r.name for r in view.repos],
                        serving=_serving(view), last_run=last.id if last else None,
                        last_run_status=last.status.value if last else None, pending=pending,
-                       training_lock=holder, freshness=fresh, canary=_canary(view))
+                       training_lock=holder, paused=paused, freshness=fresh, canary=_canary(view))
 
 
 def _canary(view: Settings) -> dict[str, t.Any]:

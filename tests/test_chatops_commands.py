@@ -185,7 +185,7 @@ def test_pause_and_resume(chat: Chat):
     assert not scheduler.is_paused(chat.conn)
 
     (reply,) = chat.say("mia", "@repotune-bot pause")
-    assert "Automatic retraining is paused" in reply
+    assert "Automatic retraining of every model is paused" in reply
     assert scheduler.is_paused(chat.conn)
     (reply,) = chat.say("mia", "/repotune resume")
     assert "resumed" in reply

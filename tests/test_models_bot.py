@@ -18,7 +18,7 @@ from bot import config, lifecycle, models, recipe, scheduler, serving_version
 from bot.cli import cli
 from bot.config import ChatopsSettings, GitHubSettings, GitLabSettings, RepoConfig, Settings
 from bot.errors import BotError
-from bot.models import ModelSpec
+from bot.models import ModelSpec, model_names
 from bot.runs import list_runs, load_run
 from tests.fixtures.forge import GITHUB_TOKEN, LocalForge
 from tests.test_chatops_commands import GH_SECRET, GL_SECRET, PR, Chat
@@ -227,3 +227,66 @@ def test_one_model_needs_no_flag(tmp_path: Path, redis_url: str) -> None:
     run_id = scheduler.request_training(settings, conn, "web")
     assert load_run(settings.home, run_id).model == settings.serving.model_name
     assert scheduler.lock_holder(conn, settings.serving.model_name) == run_id
+
+
+# --- pause per model --------------------------------------------------------------------------
+
+
+def test_a_model_paused_on_its_own_waits_while_the_others_run(two) -> None:
+    settings, conn = two
+    scheduler.pause(conn, "web-lora")
+    scheduler.note_change(settings, conn, repo="web", files=5, nbytes=500,
+                          push={"kind": "push", "repo": "acme/web", "after": "w1"}, now=NOW)
+    did = scheduler.tick(settings, conn, now=NOW + 60)
+    assert did["models"]["web-lora"] == {"run": None, "reason": "paused"}
+    assert did["models"]["both"]["run"] is not None  # the same push still trains the other model
+    assert scheduler.pending(settings, conn, "web-lora")["files"] == 5  # kept for after the pause
+
+    # The global pause and a model's own are separate flags: lifting one leaves the other.
+    scheduler.pause(conn)
+    scheduler.resume(conn)
+    assert scheduler.is_paused(conn, "web-lora") and not scheduler.is_paused(conn, "api-full")
+    assert scheduler.paused_models(conn, model_names(settings)) == ["web-lora"]
+    scheduler.resume(conn, "web-lora")
+    did = scheduler.tick(settings, conn, now=NOW + 120)
+    assert did["models"]["web-lora"]["run"] is not None
+
+
+def test_chatops_pause_of_one_model_needs_maintain_on_its_repos_only(chat: Chat) -> None:
+    (reply,) = chat.say("alice", "/repotune pause --model web-lora")  # write < maintain
+    assert ":no_entry: `pause` needs maintain access to acme/web" in reply
+    (reply,) = chat.say("mia", "/repotune pause --model web-lora")
+    assert reply.endswith("Automatic retraining of model `web-lora` is paused. Commands still work; "
+                          "`/repotune resume --model web-lora` turns it back on.")
+    assert scheduler.paused_models(chat.conn, model_names(chat.settings)) == ["web-lora"]
+    assert not scheduler.is_paused(chat.conn)
+    (reply,) = chat.say("alice", "/repotune status")
+    assert "automatic retraining: **on** · paused on its own: `web-lora`" in reply
+    (reply,) = chat.say("mia", "/repotune pause --model api-full")  # not a model of this repository
+    assert "model `api-full` does not learn from acme/web" in reply
+    assert not scheduler.is_paused(chat.conn, "api-full")
+
+    (reply,) = chat.say("mia", "/repotune pause")  # every model: maintain on every repository
+    assert "of every model is paused" in reply and scheduler.is_paused(chat.conn)
+    (reply,) = chat.say("mia", "/repotune resume")
+    assert "resumed, except for `web-lora`, paused on its own" in reply
+    (reply,) = chat.say("mia", "/repotune resume --model web-lora")
+    assert reply.endswith("Automatic retraining of model `web-lora` resumed.")
+    assert scheduler.paused_models(chat.conn, model_names(chat.settings)) == []
+
+
+def test_cli_pause_and_resume_per_model(tmp_path: Path, redis_url: str) -> None:
+    path = _write_config(tmp_path, redis_url)
+    runner = CliRunner()
+    conn = redis.Redis.from_url(redis_url)
+    out = runner.invoke(cli, ["pause", "--config", str(path), "--model", "api-full"])
+    assert out.exit_code == 0 and "model api-full paused" in out.output, out.output
+    assert scheduler.is_paused(conn, "api-full") and not scheduler.is_paused(conn, "web-lora")
+    out = runner.invoke(cli, ["pause", "--config", str(path), "--model", "nope"])
+    assert out.exit_code == 1 and "nope" in out.output
+    status = json.loads(runner.invoke(cli, ["status", "--config", str(path), "--json"]).output)
+    assert {m["name"]: m["paused"] for m in status["models"]} == {"web-lora": False, "api-full": True}
+    out = runner.invoke(cli, ["resume", "--config", str(path)])
+    assert "except api-full" in out.output
+    out = runner.invoke(cli, ["resume", "--config", str(path), "--model", "api-full"])
+    assert out.exit_code == 0 and not scheduler.is_paused(conn, "api-full")

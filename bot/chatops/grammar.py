@@ -54,8 +54,10 @@ SPECS: dict[str, CommandSpec] = {s.name: s for s in (
                 "`status`: the canary's acceptance test so far; `stop`: roll it back; "
                 "`promote`: serve it to everyone (`--model`: which model, needed only when this "
                 "repository feeds several)."),
-    CommandSpec("pause", "pause", "Stop automatic retraining (commands still work)."),
-    CommandSpec("resume", "resume", "Resume automatic retraining."),
+    CommandSpec("pause", "pause [--model <name>]",
+                "Stop automatic retraining of every model, or of one (commands still work)."),
+    CommandSpec("resume", "resume [--model <name>]",
+                "Resume automatic retraining (`--model`: lift that model's own pause)."),
 )}
 """Every command, in the order ``help`` lists them (docs/chatops.md documents each; a test
 checks both ways)."""
@@ -118,7 +120,7 @@ def shown(text: str, limit: int = 40) -> str:
     return clean + ("…" if len(text) > limit else "")
 
 
-MODEL_COMMANDS = frozenset({"retrain", "rollback", "canary"})
+MODEL_COMMANDS = frozenset({"retrain", "rollback", "canary", "pause", "resume"})
 """Commands that take ``--model <name>`` (the key ``model`` of their args, present only when given)."""
 
 

@@ -168,15 +168,29 @@ def _canary(ctx: Context, cmd: Command) -> str:
 def _pause(ctx: Context, cmd: Command) -> str:
     from bot import scheduler
 
-    scheduler.pause(ctx.redis)
-    return (":pause_button: Automatic retraining is paused. Commands still work; "
-            f"`{ctx.settings.chatops.prefix} resume` turns it back on.")
+    model = cmd.args.get("model")
+    scheduler.pause(ctx.redis, model)
+    what = f"of model `{model}`" if model else "of every model"
+    again = f"`{ctx.settings.chatops.prefix} resume{f' --model {model}' if model else ''}`"
+    return (f":pause_button: Automatic retraining {what} is paused. Commands still work; "
+            f"{again} turns it back on.")
 
 
 def _resume(ctx: Context, cmd: Command) -> str:
-    from bot import scheduler
+    from bot import models, scheduler
 
-    scheduler.resume(ctx.redis)
+    model = cmd.args.get("model")
+    scheduler.resume(ctx.redis, model)
+    if model:
+        if scheduler.is_paused(ctx.redis):
+            return (f":arrow_forward: Model `{model}`'s own pause is lifted, but automatic retraining "
+                    f"of every model is still paused (`{ctx.settings.chatops.prefix} resume`).")
+        return f":arrow_forward: Automatic retraining of model `{model}` resumed."
+    still = scheduler.paused_models(ctx.redis, models.model_names(ctx.settings))
+    if still:
+        named = ", ".join(f"`{m}`" for m in still)
+        return (f":arrow_forward: Automatic retraining resumed, except for {named}, paused on its own "
+                f"(`{ctx.settings.chatops.prefix} resume --model <name>`).")
     return ":arrow_forward: Automatic retraining resumed."
 
 

@@ -130,7 +130,9 @@ def handle_comment_job(event_dict: Mapping[str, Any], settings: Settings | None 
         return {"handled": True, "command": name, "allowed": False, "answered": False}
     _acknowledge(forge, event)
     need = required_level(settings, event.forge, name)
-    on_model = command is not None and name in MODEL_COMMANDS and bool(settings.models)
+    # pause/resume act on every model unless they name one (then like any command on a model).
+    on_model = command is not None and bool(settings.models) and (
+        name in MODEL_COMMANDS or name in ONE_OR_ALL_COMMANDS and bool(command.args.get("model")))
     shared = command is not None and name in SHARED_MODEL_COMMANDS
     operator = (shared or on_model) and is_operator(chatops.operators, event.forge, event.author)
     if not allowed(event.forge, have, need) and not operator:
@@ -187,6 +189,8 @@ def _check_shared(settings: Settings, forge: Forge, event: CommentEvent, name: s
 
 MODEL_COMMANDS = frozenset({"retrain", "rollback", "promote", "canary"})
 """Commands that act on one model; with ``[[models]]`` they go through :func:`_check_model`."""
+ONE_OR_ALL_COMMANDS = frozenset({"pause", "resume"})
+"""Commands on every model, or with ``--model`` on that one (then checked as a model command)."""
 
 
 def _target_model(settings: Settings, here: Any, command: Command) -> Any:

@@ -65,6 +65,8 @@ def _serving_line(data: Mapping[str, Any]) -> str:
         line += f" (kept: {', '.join(str(v) for v in versions)})"
     if "paused" in data:
         line += f" · automatic retraining: **{'paused' if data['paused'] else 'on'}**"
+    if data.get("paused_models"):
+        line += " · paused on its own: " + ", ".join(f"`{m}`" for m in data["paused_models"])
     return line
 
 

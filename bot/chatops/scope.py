@@ -24,7 +24,7 @@ def scope_status(data: Mapping[str, Any], repo: str) -> dict[str, Any]:
     """:func:`bot.status.collect`'s snapshot as the commenter of configured repository ``repo``
     may see it: a whitelist, so a key added to the snapshot later stays out until chosen.
 
-    Corpora: only ``repo``'s. Runs: all (they are the shared model's history), but a run of
+    Corpora: only ``repo``'s. Models paused on their own: those ``repo`` feeds. Runs: all (they are the shared model's history), but a run of
     another repository shows only its id, state, creation time and version, its repository
     as :data:`OTHER`.
     """
@@ -35,6 +35,9 @@ def scope_status(data: Mapping[str, Any], repo: str) -> dict[str, Any]:
     for key in ("paused", "training_lock", "queues", "redis"):
         if key in data:
             out[key] = data[key]
+    if "models" in data:  # models this repository feeds, paused on their own
+        out["paused_models"] = [m.get("name") for m in data.get("models") or [] if isinstance(m, Mapping)
+                                and m.get("paused") and repo in (m.get("repos") or [])]
     out["repositories"] = [r for r in data.get("repositories") or []
                            if isinstance(r, Mapping) and r.get("name") == repo]
     out["runs"] = [_scoped_run(r, repo) for r in data.get("runs") or [] if isinstance(r, Mapping)]

@@ -65,25 +65,50 @@ def promote_command(config_path, home, run_id, model) -> None:
 @click.command("pause")
 @config_option
 @home_option
-def pause_command(config_path, home) -> None:
-    """Stop starting automatic training runs (pushes are still ingested)."""
+@model_option
+def pause_command(config_path, home, model) -> None:
+    """Stop starting automatic training runs of every model, or of one (pushes are still ingested)."""
     from bot import scheduler
 
     settings = _settings(config_path, home)
-    scheduler.pause(_redis(settings))
-    click.echo("automatic retraining paused")
+    name = _model_name(settings, model)
+    scheduler.pause(_redis(settings), name)
+    click.echo(f"automatic retraining of {f'model {name}' if name else 'every model'} paused")
 
 
 @click.command("resume")
 @config_option
 @home_option
-def resume_command(config_path, home) -> None:
-    """Start automatic training runs again."""
-    from bot import scheduler
+@model_option
+def resume_command(config_path, home, model) -> None:
+    """Start automatic training runs again (``--model``: lift that model's own pause only)."""
+    from bot import models, scheduler
 
     settings = _settings(config_path, home)
-    scheduler.resume(_redis(settings))
-    click.echo("automatic retraining resumed")
+    name = _model_name(settings, model)
+    connection = _redis(settings)
+    scheduler.resume(connection, name)
+    if name and scheduler.is_paused(connection):
+        click.echo(f"model {name}'s own pause lifted; every model is still paused (`repotune resume`)")
+    elif name:
+        click.echo(f"automatic retraining of model {name} resumed")
+    else:
+        still = scheduler.paused_models(connection, models.model_names(settings))
+        click.echo("automatic retraining resumed" + (f", except {', '.join(still)} (paused on its own; "
+                                                     "`repotune resume --model NAME`)" if still else ""))
+
+
+def _model_name(settings, model: str | None) -> str | None:
+    """``--model`` checked against the configured models (None: every model)."""
+    from bot import models
+    from bot.errors import BotError
+
+    if model is None:
+        return None
+    try:
+        return models.get_model(settings, model).name
+    except BotError as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 COMMANDS = [retrain_command, promote_command, pause_command, resume_command]

@@ -174,6 +174,7 @@ def status_command(config_path, home, as_json, model) -> None:
                    f"version {sv.version or '—'} (versions {sv.versions or 'none'}); last run "
                    f"{m.last_run or '—'} {m.last_run_status or ''}".rstrip()
                    + (f"; training {m.training_lock}" if m.training_lock else "")
+                   + ("; paused" if m.paused else "")
                    + (f"; pending files {m.pending['files']}" if m.pending else ""))
         for line in canary.format_part(m.name, m.canary):
             click.echo(line)
