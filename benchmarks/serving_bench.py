@@ -10,6 +10,8 @@ model (a tiny CodeGen bootstrapped offline), the Flask proxy on a free port, HTT
 Figures:
 * p50/p99 latency of one greedy completion, straight to Triton (serving.TritonClient:
   tritonclient's v2 encoding over a urllib3 pool) vs through the proxy;
+* how fast a 25 MB prompt is refused by the production edge (body limit raised past it, so the
+  proxy's length check answers before tokenizing);
 * completions/s through the proxy at concurrency 1, 4, 8;
 * swap time (publish + activate, median of several swaps), how many model instances Triton
   initialised per swap (read from its log), rollback time to the previous version, and failed
@@ -283,12 +285,39 @@ def main() -> None:
         print(f"  proxy overhead       p50 {percentile(proxied, 50) - percentile(direct, 50):7.2f} ms   "
               f"p99 {percentile(proxied, 99) - percentile(direct, 99):7.2f} ms")
 
+        refusal_bench(triton, root)
         print(f"throughput through the proxy ({window_s:.0f} s per concurrency):")
         throughput(f"{base}/v1/completions", body, window_s)
 
         swap_bench(repo, artifact, f"{base}/v1/completions", body, work / "triton.log", n_swaps)
         http.shutdown()
         fim_bench(work, [p.read_text() for p in files], triton, root, n_latency, window_s)
+
+
+def refusal_bench(triton, root: Path, rounds: int = 5) -> None:
+    """How fast the production edge refuses a 25 MB prompt when the body limit lets it through,
+    so the proxy's cheap length check (before any tokenizing) is what answers (target: well
+    under 1 s, flat memory; tests/test_proxy_limits.py checks the answer and the memory)."""
+    import requests
+
+    from serving import ProxyConfig, create_proxy_app
+    from serving.http import HttpLimits, HttpServer
+
+    app = create_proxy_app(ProxyConfig(triton_url=triton.url, model_repository=root, max_body_bytes=64 << 20))
+    server = HttpServer(app, "127.0.0.1", 0, HttpLimits(max_body_bytes=64 << 20), name="bench-limits").start()
+    try:
+        body = b'{"prompt": "' + b"x" * (25 << 20) + b'", "max_tokens": 8}'
+        took = []
+        for _ in range(rounds):
+            t = time.perf_counter()
+            resp = requests.post(f"{server.url}/v1/completions", data=body,
+                                 headers={"Content-Type": "application/json"}, timeout=60)
+            took.append((time.perf_counter() - t) * 1000)
+            assert resp.status_code == 413, resp.text[:200]
+        print(f"a 25 MB prompt refused ({resp.json()['error']['code']}): p50 {percentile(took, 50):.0f} ms, "
+              f"max {max(took):.0f} ms over {rounds} requests (target: well under 1 s)")
+    finally:
+        server.stop()
 
 
 def make_adapter(base: Path, out: Path, seed: int) -> Path:

@@ -80,16 +80,30 @@ def serving_checkpoint(settings: Settings, model: str | None = None) -> tuple[in
     version, never another's."""
     settings = models.settings_for(settings, model)
     active = active_version(settings)
-    if active is not None and serves_adapters(settings):
-        adapter = _adapter_folder(settings, active)
-        if adapter is not None:
-            return active, adapter
+    if serves_adapters(settings):
+        if active is not None:
+            adapter = _adapter_folder(settings, active)
+            if adapter is not None:
+                return active, adapter
+        elif _serves_bare_base(settings):  # before the first adapter, or rolled back past the oldest
+            return None, None
     for run in _runs_of(settings, settings.serving.model_name):
         if run.version is None or run.status != RunStatus.SERVING:
             continue
         if active is None or run.version == active:
             return run.version, run.checkpoint
     return None, None
+
+
+def _serves_bare_base(settings: Settings) -> bool:
+    """Whether an adapter model's pointer names its base and no adapter."""
+    from serving.repository import read_pointer
+
+    try:
+        pointer = read_pointer(repository(settings, need_triton=False).model_dir)
+    except Exception:  # as active_version: an unreadable folder means "nothing serves"
+        return False
+    return pointer is not None and pointer.get("adapter") is None
 
 
 def _adapter_folder(settings: Settings, version: int) -> str | None:

@@ -51,6 +51,9 @@ from serving.errors import ModelLoadFailed, RepositoryStateError, SmokeTestFaile
 from serving.repository import FAILED_FILE, ModelRepository, read_pointer
 
 ADAPTERS_DIR = "adapters"
+BARE_BASE = 0
+"""The adapter version of the bare base (no adapter version is 0): what a LoRA model serves
+before its first adapter, and what :meth:`AdapterRepository.rollback` returns to past the oldest."""
 """The adapter versions' folder inside the model folder (the python backend reads the same name)."""
 BASE_KIND = "adapter-base"
 """``artifact.json`` ``kind`` of a base version."""
@@ -230,12 +233,56 @@ class AdapterRepository(ModelRepository):
             self._ensure_base(client, number)
             if read_pointer(self.model_dir) is None:
                 self._smoke(client, number, self.model_dir / str(number))
-                # "adapter": null tells the proxy this is an adapter model serving its bare base
-                # (numbered 0 in completions and telemetry, as no adapter version is 0).
-                write_json_atomic(self.model_dir / str(number) / POINTER_FILE,
-                                  {"model": self.model_name, "version": number, "adapter": None})
-                self._relink(f"{number}/{POINTER_FILE}")
+                self._point_at_base(number)
         return number
+
+    def rollback(self, to: int | None = None, progress: ProgressFn | None = None) -> int:
+        """Serve adapter ``to``; by default the newest healthy adapter older than the serving one,
+        and past the oldest the bare base (:data:`BARE_BASE`, also accepted as ``to``)."""
+        if to is None:
+            current = self.current()  # None: the bare base serves, or nothing does; both are the oldest
+            older = [v["version"] for v in self.versions()
+                     if not v["failed"] and current is not None and v["version"] < current]
+            if older:
+                to = older[-1]
+            elif current is not None and self.base_version() is not None:
+                to = BARE_BASE
+            else:
+                raise RepositoryStateError(
+                    f"no earlier healthy version of {self.model_name!r} to roll back to (serving "
+                    f"{'the bare base' if current is None else current}; adapters on disk: "
+                    f"{[v['version'] for v in self.versions()]})")
+        if int(to) == BARE_BASE:
+            self.activate_base(progress)
+        else:
+            self.activate(int(to), progress=progress)
+        return int(to)
+
+    def activate_base(self, progress: ProgressFn | None = None) -> None:
+        """Smoke-test the bare base through Triton, then point the proxy at it (no adapter): the
+        rollback of a model whose first adapter went bad. The adapters stay on disk."""
+        base_version = self.base_version()
+        if base_version is None:
+            raise RepositoryStateError(f"{self.model_name!r} has no base version to serve")
+        client = self._triton()
+        with self._locked():
+            old = self.current()
+            emit(progress, "load", 0, 3, version=BARE_BASE)
+            self._ensure_base(client, base_version)
+            emit(progress, "smoke", 1, 3, version=BARE_BASE)
+            self._smoke(client, base_version, self.model_dir / str(base_version))
+            emit(progress, "switch", 2, 3, version=BARE_BASE)
+            self._point_at_base(base_version)
+            self._set_state(adapter=None, previous_adapter=old, switched_at=time.time())
+            self._retain()
+            emit(progress, "switch", 3, 3, version=BARE_BASE)
+
+    def _point_at_base(self, number: int) -> None:
+        """The pointer names base version ``number`` and no adapter: the proxy sends requests
+        without one and numbers them 0 in completions and telemetry."""
+        write_json_atomic(self.model_dir / str(number) / POINTER_FILE,
+                          {"model": self.model_name, "version": number, "adapter": None})
+        self._relink(f"{number}/{POINTER_FILE}")
 
     def ensure_loaded(self) -> int | None:
         """Load the serving adapter's base into a (re)started Triton (nothing when it is ready);
