@@ -5,7 +5,8 @@
 
 Prints the secrets scanner alone first: MB/s (CPU and wall, median of 3) of ``scrub`` on generated
 files, beside "detect-secrets on every line" (the slow reference, on a sample) and the fast path's recall
-against that reference on the sample. Then files/s and MB/s of the full build (after the mirror clone, which is timed apart), the
+against that reference on the sample; then the whole per-file work of a scan worker on one core (the
+ceiling of a full build per core). Then files/s and MB/s of the full build (after the mirror clone, which is timed apart), the
 10-file update time (median of --updates rounds, each a new commit of 10 modified files,
 git fetch included) and the full/incremental ratio. Wall times, and CPU seconds of this
 process plus its children (git; the scan workers of a full build, ``--workers``), because on a
@@ -26,6 +27,7 @@ import time
 from pathlib import Path
 
 from trainer.corpus import CorpusSpec, update
+from trainer.corpus._rows import process_many
 from trainer.corpus._secret_reference import judge_line, reference_secrets
 from trainer.corpus.mirror import sync
 from trainer.corpus.secrets import _redact_line, scrub
@@ -128,6 +130,24 @@ def scanner_bench(files: int, reference_files: int, seed: int = 0) -> None:
           f"detect-secrets on every line: {sample_mb / ref_s:.2f} MB/s CPU over {len(lines)} lines "
           f"({len(flagged)} flagged, fast path missed {len(missed)}: recall "
           f"{1 - len(missed) / len(flagged) if flagged else 1:.3f})")
+    per_file_bench(texts, nbytes)
+
+
+def per_file_bench(texts: list[str], nbytes: int) -> None:
+    """The whole per-file work of a build (content filters, secrets, MinHash, the record's JSON
+    line: what one scan worker does) on one core: the ceiling a full build can reach per core."""
+    spec = CorpusSpec(name="bench", url="bench")
+    blobs = [(t.encode(), f"src/f{i}.py", "Python", f"{i:040x}") for i, t in enumerate(texts)]
+    rounds = []
+    for _ in range(3):
+        _redact_line.cache_clear()
+        judge_line.cache_clear()
+        t = time.process_time()
+        for i in range(0, len(blobs), 64):  # the scan workers' batch size
+            process_many(blobs[i:i + 64], spec)
+        rounds.append(time.process_time() - t)
+    print(f"per-file work (filters, secrets, MinHash, record line) on one core: "
+          f"{nbytes / 1e6 / statistics.median(rounds):.1f} MB/s CPU (median of 3)")
 
 
 def main() -> None:
