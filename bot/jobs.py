@@ -329,10 +329,8 @@ def publish_step(run_id: str) -> int:
     and keep the model until the scheduler's acceptance test decides (:mod:`bot.canary`).
 
     A LoRA model on the python backend publishes an adapter version and activates it without
-    reloading its base. It takes no canary: the proxy's canary routes a share of clients to
-    another Triton version, and an adapter version is not one; the adapter is smoke-tested on
-    the loaded base before the switch and rolls back with a pointer switch, and the run's
-    history says the canary was skipped (docs/models.md)."""
+    reloading its base; its canary is the candidate adapter on the same loaded base, for the
+    same share of clients (:meth:`serving.adapters.AdapterRepository.start_canary`)."""
     with lifecycle.step(run_id, RunStatus.PUBLISHING) as (settings, run, conn):
         repository = serving_version.repository(settings)
         progress = _step_progress(settings, run)
@@ -340,16 +338,12 @@ def publish_step(run_id: str) -> int:
         run.version = int(version)
         previous = repository.current()
         note = f"version {version}"
-        adapters = serving_version.serves_adapters(settings)
-        if settings.canary.enabled and previous is not None and not adapters:
+        if settings.canary.enabled and previous is not None:
             from bot import canary
 
             state = canary.start(settings, repository, run, version, progress=progress)
             lifecycle.move(settings, run, RunStatus.CANARY, f"version {version} to {state.share:.0%} of clients")
             return run.version  # the model stays this run's until the canary is decided
-        if settings.canary.enabled and previous is not None:
-            note = f"adapter version {version}; canary skipped: adapter models switch whole (docs/models.md)"
-            log.warning("run %s: %s", run.id, note)
         repository.activate(version, progress=progress)
         freshness.queue_editor_eval(settings, conn, run.version, previous, run.checkpoint, run.id)
         lifecycle.move(settings, run, RunStatus.SERVING, note)

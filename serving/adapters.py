@@ -45,7 +45,9 @@ from typing import Any
 
 from durable import copytree_fsync, fsync_dir, write_atomic, write_json_atomic
 from families.adapters import AdapterError, checkpoint_digest, read_manifest, resolve_base
+from serving._canary_repo import CANARY_FILE
 from serving._repo import POINTER_FILE, ProgressFn, emit, read_json
+from serving.canary import CanaryState
 from serving.client import TritonClient
 from serving.errors import ModelLoadFailed, RepositoryStateError, SmokeTestFailed
 from serving.repository import FAILED_FILE, ModelRepository, read_pointer
@@ -195,6 +197,7 @@ class AdapterRepository(ModelRepository):
         base_version = int(read_json(adir / "artifact.json")["base_version"])
         client = self._triton()
         with self._locked():
+            self._refuse_during_canary(f"activate adapter {number}")
             old = self.current()
             emit(progress, "load", 0, 3, version=number)
             (adir / FAILED_FILE).unlink(missing_ok=True)
@@ -266,6 +269,7 @@ class AdapterRepository(ModelRepository):
             raise RepositoryStateError(f"{self.model_name!r} has no base version to serve")
         client = self._triton()
         with self._locked():
+            self._refuse_during_canary("serve the bare base")
             old = self.current()
             emit(progress, "load", 0, 3, version=BARE_BASE)
             self._ensure_base(client, base_version)
@@ -276,6 +280,66 @@ class AdapterRepository(ModelRepository):
             self._set_state(adapter=None, previous_adapter=old, switched_at=time.time())
             self._retain()
             emit(progress, "switch", 3, 3, version=BARE_BASE)
+
+    # -- canary: a candidate adapter for a share of clients, on the same loaded base --------------
+
+    def start_canary(self, version: int, share: float, progress: ProgressFn | None = None,
+                     *, now: float | None = None) -> CanaryState:
+        """Smoke-test base + adapter ``version``, then route ``share`` of clients to it; the
+        others keep the serving adapter (or the bare base). Nothing is loaded: the backend
+        groups each batch by adapter, so both run on the one base."""
+        number, share = int(version), float(share)
+        if not 0.0 < share < 1.0:
+            raise RepositoryStateError(f"a canary share must be between 0 and 1 (exclusive), got {share}; "
+                                       "to serve an adapter to everyone, activate it")
+        adir = self.version_dir(number)
+        base_version = int(read_json(adir / "artifact.json")["base_version"])
+        client = self._triton()
+        with self._locked():
+            self._refuse_during_canary("start another one")
+            pointer = read_pointer(self.model_dir)
+            if pointer is None or pointer.get("version") != base_version:
+                raise RepositoryStateError(f"adapter {number} of {self.model_name!r} is not on the serving base, "
+                                           "so there is nothing to compare it with; activate it instead")
+            prod = self.current()
+            if prod == number:
+                raise RepositoryStateError(f"adapter {number} of {self.model_name!r} already serves everyone")
+            emit(progress, "smoke", 0, 2, version=number)
+            (adir / FAILED_FILE).unlink(missing_ok=True)
+            try:
+                self._smoke(client, base_version, adir, adapter=str(number))
+            except SmokeTestFailed as exc:
+                write_atomic(adir / FAILED_FILE, f"{exc}\n")
+                raise
+            state = CanaryState(number, share, time.time() if now is None else float(now))
+            write_json_atomic(adir / CANARY_FILE, {"model": self.model_name, "version": base_version,
+                                                   "adapter": prod, "canary": state.as_dict()})
+            self._relink(f"{ADAPTERS_DIR}/{number}/{CANARY_FILE}")
+            self._set_state(canary=state.as_dict())
+            emit(progress, "switch", 2, 2, version=number)
+        return state
+
+    def promote_canary(self) -> int:
+        """Serve the canary adapter to everyone (a pointer switch); returns its version."""
+        with self._locked():
+            state = self._running_canary("promote")
+            old = self.current()
+            self._relink(f"{ADAPTERS_DIR}/{state.version}/{POINTER_FILE}")
+            self._set_state(adapter=state.version, previous_adapter=old, canary=None, switched_at=time.time())
+            self._retain()
+        return state.version
+
+    def stop_canary(self) -> int:
+        """Everyone back to the serving adapter (or the bare base); returns the canary's version."""
+        with self._locked():
+            state = self._running_canary("stop")
+            prod = self.current()
+            if prod is None:
+                self._point_at_base(int(self.base_version()))
+            else:
+                self._relink(f"{ADAPTERS_DIR}/{prod}/{POINTER_FILE}")
+            self._set_state(canary=None, canary_stopped=state.as_dict())
+        return state.version
 
     def _point_at_base(self, number: int) -> None:
         """The pointer names base version ``number`` and no adapter: the proxy sends requests

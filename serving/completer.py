@@ -126,6 +126,8 @@ class VersionRouter:
                 raise ApiError(503, "no model version is serving yet; deploy one with "
                                     "`repotune deploy <checkpoint>`", code="model_unavailable")
             if routes_to_canary(client, self._canary):
+                if self._adapter_model:  # the candidate adapter, on the same loaded base
+                    return int(self._version), str(self._canary.version)  # type: ignore[union-attr]
                 return self._canary.version, None  # type: ignore[union-attr]
             return int(self._version), self._adapter
 

@@ -191,6 +191,43 @@ def test_rolling_back_past_the_oldest_adapter_serves_the_bare_base(repo, proxy, 
     assert _instance_loads(triton_server) == loads_before  # base and bare base: no model load
 
 
+def test_an_adapter_canary_serves_a_sticky_share_on_the_same_base(repo, adapters, triton_server,
+                                                                   triton_repo_root: Path, tmp_path: Path):
+    """[canary] for a LoRA model: the candidate adapter answers a sticky share of clients (the
+    OpenAI ``user`` identifies one), production the rest, and promote / stop are pointer
+    switches: no model instance is initialised at any point."""
+    prod = repo.current()
+    loads_before = _instance_loads(triton_server)
+    app = create_proxy_app(ProxyConfig(triton_url=triton_server.url, model_repository=triton_repo_root,
+                                       model_name=MODEL, timeout_s=30, telemetry_dir=tmp_path / "telemetry"))
+
+    def versions(url: str) -> dict[str, str]:
+        out = {}
+        for i in range(24):
+            resp = requests.post(f"{url}/v1/completions", json={**PROMPT, "user": f"dev-{i}"}, timeout=30)
+            assert resp.status_code == 200, resp.text
+            out[f"dev-{i}"] = resp.headers["x-repotune-model-version"]
+        return out
+
+    with serve_app(app) as url:
+        first = repo.publish(adapters(7))
+        state = repo.start_canary(first, 0.5)
+        assert (state.version, repo.current(), repo.canary()) == (first, prod, state)
+        with pytest.raises(RepositoryStateError, match="canary"):
+            repo.activate(first)
+        split = versions(url)
+        assert set(split.values()) == {str(prod), str(first)}  # both answer, by client
+        assert versions(url) == split  # sticky
+        assert repo.stop_canary() == first and repo.canary() is None and repo.current() == prod
+        assert set(versions(url).values()) == {str(prod)}
+
+        second = repo.publish(adapters(8))
+        repo.start_canary(second, 0.5)
+        assert repo.promote_canary() == second and repo.canary() is None and repo.current() == second
+        assert set(versions(url).values()) == {str(second)}
+    assert _instance_loads(triton_server) == loads_before
+
+
 def test_open_repository_picks_the_class(tmp_path: Path):
     assert type(open_repository(tmp_path, "m", adapter=True, triton_url=None)) is AdapterRepository
     full = open_repository(tmp_path, "m", adapter=False, triton_url=None, keep=2)
