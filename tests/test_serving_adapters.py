@@ -284,3 +284,40 @@ def test_a_lora_model_rolled_back_to_its_bare_base_is_gated_against_the_base(tmp
     assert serving_version.active_version(settings) is None
     assert serving_version.serving_checkpoint(settings) == (None, None)
     assert serving_version.baseline(settings) == str(settings.base_model_path())
+
+
+def test_the_publish_step_of_a_lora_run_starts_an_adapter_canary(adapters, triton_server, triton_repo_root: Path,
+                                                                 tmp_path: Path, monkeypatch, redis_url: str):
+    """The bot's publish step with ``[canary] enabled`` on a LoRA model: the run enters
+    ``canary`` with its adapter as the candidate beside the serving adapter, not a direct switch."""
+    from bot import config, jobs
+    from bot.runs import RunStatus, load_run, new_run, save_run
+
+    name, home = "lora-bot", tmp_path / "home"
+    path = tmp_path / "repotune.toml"
+    path.write_text(f'home = "{home}"\nredis_url = "{redis_url}"\n[training]\nmethod = "lora"\n'
+                    f'[serving]\nmodel_name = "{name}"\n'
+                    f'triton_url = "{triton_server.url}"\n[canary]\nenabled = true\nshare = 0.5\n'
+                    f'min_shown = 10000\n[[repos]]\nname = "web"\nurl = "{(tmp_path / "w.git").as_uri()}"\n')
+    monkeypatch.setenv("REPOTUNE_CONFIG", str(path))
+    settings = config.load(path)
+    config.set_current(settings)
+    try:
+        home.mkdir(parents=True)
+        (home / "triton").symlink_to(triton_repo_root, target_is_directory=True)
+        production = AdapterRepository(triton_repo_root, name, triton_server.url)
+        first = production.publish(adapters(9))
+        production.activate(first)
+        run = new_run(repo="web", trigger={"kind": "push"}, model=name)
+        run.status, run.artifact, run.checkpoint = RunStatus.PUBLISHING, str(adapters(10)), str(tmp_path / "ckpt")
+        run.history.append((RunStatus.PUBLISHING.value, run.created, ""))
+        save_run(settings.home, run)
+        jobs.publish_step(run.id)
+        run = load_run(settings.home, run.id)
+        assert run.status == RunStatus.CANARY and run.version == first + 1
+        state = production.canary()
+        assert state is not None and state.version == run.version and production.current() == first
+        assert run.metrics["canary"]["version"] == run.version
+        production.stop_canary()
+    finally:
+        config.set_current(None)
