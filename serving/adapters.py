@@ -200,14 +200,9 @@ class AdapterRepository(ModelRepository):
             self._refuse_during_canary(f"activate adapter {number}")
             old = self.current()
             emit(progress, "load", 0, 3, version=number)
-            (adir / FAILED_FILE).unlink(missing_ok=True)
             self._ensure_base(client, base_version)
             emit(progress, "smoke", 1, 3, version=number)
-            try:
-                self._smoke(client, base_version, adir, adapter=str(number))
-            except SmokeTestFailed as exc:
-                write_atomic(adir / FAILED_FILE, f"{exc}\n")
-                raise
+            self._smoke_adapter(client, base_version, number)
             emit(progress, "switch", 2, 3, version=number)
             self._relink(f"{ADAPTERS_DIR}/{number}/{POINTER_FILE}")
             self._set_state(adapter=number, previous_adapter=old if old != number else None,
@@ -305,12 +300,7 @@ class AdapterRepository(ModelRepository):
             if prod == number:
                 raise RepositoryStateError(f"adapter {number} of {self.model_name!r} already serves everyone")
             emit(progress, "smoke", 0, 2, version=number)
-            (adir / FAILED_FILE).unlink(missing_ok=True)
-            try:
-                self._smoke(client, base_version, adir, adapter=str(number))
-            except SmokeTestFailed as exc:
-                write_atomic(adir / FAILED_FILE, f"{exc}\n")
-                raise
+            self._smoke_adapter(client, base_version, number)
             state = CanaryState(number, share, time.time() if now is None else float(now))
             write_json_atomic(adir / CANARY_FILE, {"model": self.model_name, "version": base_version,
                                                    "adapter": prod, "canary": state.as_dict()})
@@ -340,6 +330,17 @@ class AdapterRepository(ModelRepository):
                 self._relink(f"{ADAPTERS_DIR}/{prod}/{POINTER_FILE}")
             self._set_state(canary=None, canary_stopped=state.as_dict())
         return state.version
+
+    def _smoke_adapter(self, client: TritonClient, base_version: int, number: int) -> None:
+        """Smoke-complete base + adapter ``number``; a failure marks the adapter failed and raises
+        :class:`SmokeTestFailed` (a retry clears the mark first)."""
+        adir = self.version_dir(number)
+        (adir / FAILED_FILE).unlink(missing_ok=True)
+        try:
+            self._smoke(client, base_version, adir, adapter=str(number))
+        except SmokeTestFailed as exc:
+            write_atomic(adir / FAILED_FILE, f"{exc}\n")
+            raise
 
     def _point_at_base(self, number: int) -> None:
         """The pointer names base version ``number`` and no adapter: the proxy sends requests

@@ -40,16 +40,7 @@ def proxy(triton_server, triton_repo_root: Path, python_artifact: Path, tmp_path
 
 
 def test_tabby_agent_completion_equals_the_direct_tabby_answer(proxy: str, tmp_path: Path, node_client) -> None:
-    node_client("tabby-agent")
-    home = tmp_path / "home"
-    (home / ".tabby-client" / "agent").mkdir(parents=True)
-    (home / ".tabby-client" / "agent" / "config.toml").write_text(
-        f'[server]\nendpoint = "{proxy}"\ntoken = "{KEY}"\n')
-    doc = tmp_path / "main.py"
-    doc.write_text(DOCUMENT)
-    done = subprocess.run(["node", str(NODE_DIR / "tabby_lsp.mjs"), doc.as_uri(), "python", str(doc),
-                           str(CURSOR[0]), str(CURSOR[1]), "60000"], env={**os.environ, "HOME": str(home)},
-                          capture_output=True, text=True, timeout=120, cwd=NODE_DIR)
+    done = _tabby(node_client, tmp_path, proxy, KEY)
     assert done.returncode == 0, done.stderr[-2000:]
     item = json.loads(done.stdout.strip().splitlines()[-1])["items"][0]
 
